@@ -1,0 +1,3 @@
+from genretag.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""The typer app, global options, and the one way the CLI reports errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+import genretag
+
+app = typer.Typer(
+    name="genretag",
+    help="Listen to a music library and say (or tag) which genre each track is.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class State:
+    verbose: int = 0
+    quiet: bool = False
+
+
+state = State()
+
+
+def err_console() -> Console:
+    """Console for messages and progress: stderr, no colour when NO_COLOR or not a terminal."""
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
+
+
+def out_console() -> Console:
+    """Console for results on stdout; wide when piped so that paths are not folded."""
+    width = None if sys.stdout.isatty() else 240
+    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True, width=width)
+
+
+def info(msg: str) -> None:
+    if not state.quiet:
+        err_console().print(msg, markup=False)
+
+
+def debug(msg: str) -> None:
+    if state.verbose and not state.quiet:
+        err_console().print(msg, markup=False)
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    """Print a one-line error to stderr and exit with `code` (2: usage, 1: failure)."""
+    err_console().print(f"genretag: error: {msg}", markup=False)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"genretag {genretag.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress or notes.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr (repeatable).")] = 0,
+) -> None:
+    """Listen to a music library and say (or tag) which genre each track is."""
+    state.quiet = quiet
+    state.verbose = verbose
+
+
+def main() -> None:
+    """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
+    from genretag.audio import AudioError
+    from genretag.model import ModelError
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console().print("genretag: interrupted", markup=False)
+        sys.exit(130)
+    except (ModelError, AudioError) as e:
+        err_console().print(f"genretag: error: {e}", markup=False)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)

@@ -1,0 +1,57 @@
+"""`genretag classify`: genres for files and folders, as a table, JSON lines or CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genretag.cli.app import app, fail, out_console
+from genretag.cli.common import (ClassifyOptions, DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg,
+                                 RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_stream)
+
+
+@app.command("classify")
+def classify_cmd(
+    paths: PathsArg,
+    recursive: RecursiveOpt = True,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")] = None,
+    top_k: TopKOpt = 1,
+    vote: VoteOpt = Vote.soft,
+    segments: SegmentsOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    jobs: JobsOpt = None,
+) -> None:
+    """Say which genre each audio file is.
+
+    Example: genretag classify ~/Music --format jsonl -o genres.jsonl
+
+    Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
+    """
+    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs)
+    from genretag.output import ResultWriter
+
+    try:
+        stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+    except OSError as e:
+        fail(f"cannot write {output}: {e.strerror}", 2)
+    failed = total = 0
+    writer = ResultWriter(stream, fmt.value, top_k)
+    try:
+        for r in classify_stream(paths, opts):
+            total += 1
+            failed += 0 if r.ok else 1
+            writer.write(r)
+    finally:
+        if fmt is Format.table and total:
+            writer.close(out_console() if stream is sys.stdout else None)
+        if output:
+            stream.close()
+    if total == 0:
+        fail("no audio files found", 1)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,95 @@
+"""Options shared by `classify` and `tag`, and the classification loop with its progress bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from genretag.cli.app import err_console, fail, info, state
+
+
+class Vote(str, Enum):
+    soft = "soft"
+    hard = "hard"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Format(str, Enum):
+    table = "table"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+PathsArg = Annotated[list[Path], typer.Argument(help="Audio files and/or folders.", show_default=False)]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many genres to show per file.")]
+VoteOpt = Annotated[Vote, typer.Option("--vote", help="soft: mean of sub-track probabilities; hard: majority.")]
+SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, help="Most sub-tracks per file (default: the model card's, 10).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Decoding worker processes (default: CPU count).")]
+
+
+@dataclass
+class ClassifyOptions:
+    recursive: bool = True
+    vote: str = "soft"
+    segments: int | None = None
+    model: str | None = None
+    device: str = "auto"
+    jobs: int | None = None
+
+
+def load(opts: ClassifyOptions):
+    """Load the model the options name, turning failures into one-line CLI errors."""
+    from genretag.model import ModelError, load_net
+
+    try:
+        net = load_net(opts.model, opts.device)
+    except ModelError as e:
+        fail(str(e), 1 if opts.model is None else 2)
+    info(f"model: {net.card.name} ({net.device.type})")
+    return net
+
+
+def iter_inputs(paths: list[Path], recursive: bool) -> Iterator[str]:
+    from genretag.walk import iter_audio_files
+
+    def on_error(path: str, reason: str) -> None:
+        err_console().print(f"genretag: warning: skipped folder {path}: {reason}", markup=False)
+
+    return iter_audio_files(paths, recursive=recursive, on_error=on_error)
+
+
+def classify_stream(paths: list[Path], opts: ClassifyOptions, net=None) -> Iterator:
+    """Yield TrackResults for everything under `paths`, with a progress bar on a terminal."""
+    from genretag.inference import classify, default_jobs
+
+    net = net or load(opts)
+    jobs = opts.jobs or default_jobs()
+    results = classify(iter_inputs(paths, opts.recursive), net, vote=opts.vote,
+                       segments=opts.segments, jobs=jobs)
+    if state.quiet or not sys.stderr.isatty():
+        yield from results
+        return
+    cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn()]
+    with Progress(*cols, console=err_console(), transient=True) as progress:
+        task = progress.add_task("classifying", total=None, failed=0)
+        failed = 0
+        for r in results:
+            failed += 0 if r.ok else 1
+            progress.update(task, advance=1, failed=failed)
+            yield r

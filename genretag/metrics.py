@@ -1,0 +1,58 @@
+"""Classification metrics on label indices: exact, dependency-free, easy to test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """n x n counts; rows are true labels, columns predictions."""
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return m
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float((y_true == y_pred).mean()) if y_true.size else 0.0
+
+
+def per_class(conf: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per label (0 where undefined)."""
+    out = {}
+    for i, lab in enumerate(labels):
+        tp = conf[i, i]
+        pred, true = conf[:, i].sum(), conf[i, :].sum()
+        p = tp / pred if pred else 0.0
+        r = tp / true if true else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        out[lab] = {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(true)}
+    return out
+
+
+def macro_f1(conf: np.ndarray, labels: list[str]) -> float:
+    """Mean F1 over the labels that occur in the true labels (absent classes would be 0 by fiat)."""
+    pc = per_class(conf, labels)
+    present = [v["f1"] for v in pc.values() if v["support"] > 0]
+    return float(np.mean(present)) if present else 0.0
+
+
+def ece(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the top-label confidence, equal-width bins."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.size == 0:
+        return 0.0
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(total)
+
+
+def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
+    p = np.clip(np.asarray(probs)[np.arange(len(y_true)), np.asarray(y_true, int)], 1e-12, 1.0)
+    return float(-np.log(p).mean())

@@ -1,0 +1,152 @@
+"""Loading a model: name or path -> card + network with verified weights.
+
+Only JSON cards and safetensors weights are ever read (never a pickle), and
+the weights' sha256 is checked against the card before they are used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from genretag.card import ModelCard, load_card, save_card, sha256_file
+from genretag.nets import GenreNet, build_net
+from genretag.paths import bundled_models_dir, models_cache_dir
+
+
+class ModelError(Exception):
+    """A model that cannot be found or loaded; one line for the user."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; 'cuda' without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (auto, cpu or cuda)") from None
+
+
+def default_model_name() -> str:
+    f = bundled_models_dir() / "DEFAULT"
+    return f.read_text().strip() if f.exists() else "default"
+
+
+def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Locate a model card: a .json path, a folder holding one, or a model name.
+
+    Names are looked up among the bundled models, then in the user cache.
+    """
+    if name_or_path in (None, "", "default"):
+        name_or_path = default_model_name()
+    p = Path(name_or_path)
+    if p.suffix == ".json" and p.exists():
+        return p
+    if p.suffix == ".safetensors" and p.with_suffix(".json").exists():
+        return p.with_suffix(".json")
+    if p.is_dir():
+        cards = sorted(p.glob("*.json"))
+        if len(cards) == 1:
+            return cards[0]
+        raise ModelError(f"{p}: expected exactly one model card (*.json) in the folder")
+    name = str(name_or_path)
+    for d in (bundled_models_dir(), models_cache_dir()):
+        c = d / f"{name}.json"
+        if c.exists():
+            return c
+    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)")
+
+
+@dataclass
+class LoadedNet:
+    """A card and the network it describes, on a device, in eval mode."""
+
+    card: ModelCard
+    net: GenreNet
+    device: torch.device
+    path: Path | None = None
+    members: list["LoadedNet"] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.card.labels
+
+    @torch.inference_mode()
+    def predict(self, waves: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Sub-track waveforms (batch, samples) -> calibrated probabilities (batch, labels)."""
+        if self.members:
+            return np.mean([m.predict(_adapt(waves, self.card, m.card)) for m in self.members], axis=0)
+        x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
+        logits = self.net(x) / float(self.card.temperature or 1.0)
+        if self.card.extra.get("multilabel"):
+            return torch.sigmoid(logits).cpu().numpy()
+        return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
+    """Resample/crop an ensemble's sub-tracks to what one member was trained on."""
+    x = waves.cpu().numpy() if isinstance(waves, torch.Tensor) else np.asarray(waves, dtype=np.float32)
+    if src.audio.sample_rate != dst.audio.sample_rate:
+        import soxr
+
+        x = np.stack([soxr.resample(w, src.audio.sample_rate, dst.audio.sample_rate) for w in x])
+    n = dst.audio.segment_samples
+    if x.shape[1] >= n:
+        start = (x.shape[1] - n) // 2
+        return np.ascontiguousarray(x[:, start:start + n], dtype=np.float32)
+    return np.pad(x, ((0, 0), (0, n - x.shape[1]))).astype(np.float32)
+
+
+def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",
+             verify: bool = True) -> LoadedNet:
+    """Load a card and its safetensors weights (sha256-verified) onto a device."""
+    dev = resolve_device(device)
+    card_path = find_card(name_or_path)
+    try:
+        card = load_card(card_path)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{card_path}: {e}") from None
+    if card.members:
+        members = [load_net(card_path.parent / m, device, verify) for m in card.members]
+        if any(m.labels != card.labels for m in members):
+            raise ModelError(f"{card_path}: ensemble members disagree on labels")
+        return LoadedNet(card, members[0].net, dev, card_path, members)
+    wpath = card_path.parent / (card.weights or card_path.with_suffix(".safetensors").name)
+    if not wpath.exists():
+        raise ModelError(f"{card_path.name}: weights file {wpath.name} is missing")
+    if verify and card.weights_sha256:
+        if sha256_file(wpath) != card.weights_sha256:
+            raise ModelError(f"{wpath}: sha256 does not match the model card (corrupt or tampered)")
+    try:
+        net = build_net(card)
+        state = load_file(str(wpath))
+        state = {k: v.float() for k, v in state.items()}
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"{wpath.name}: weights do not fit the card's architecture ({str(e).splitlines()[0][:160]})") from None
+    net.eval().to(dev)
+    return LoadedNet(card, net, dev, card_path)
+
+
+def save_model(net: torch.nn.Module, card: ModelCard, out_dir: str | os.PathLike,
+               half: bool = False) -> Path:
+    """Write `<name>.safetensors` and `<name>.json` (with its sha256) into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    wpath = out / f"{card.name}.safetensors"
+    save_file(state, str(wpath))
+    card.weights = wpath.name
+    card.weights_sha256 = sha256_file(wpath)
+    cpath = out / f"{card.name}.json"
+    save_card(card, cpath)
+    return cpath

@@ -1,0 +1,190 @@
+"""`genretag classify` end to end: real files, real CLI, real model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import genretag
+from audio_factory import FORMATS, make_file, make_tone, write_audio
+from genretag.card import GTZAN_GENRES
+from genretag.model import load_net
+from genretag.walk import iter_audio_files
+
+JSONL_KEYS = {"path", "genre", "confidence", "probabilities", "segments", "error"}
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point, in a subprocess (no tracebacks allowed on stderr)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True,
+                          env=e, timeout=300)
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path) -> Path:
+    """Good files in every format (one nested, one 6-channel 96 kHz), plus bad ones and non-audio."""
+    root = tmp_path / "music"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i, ext in enumerate(sorted(FORMATS)):
+        make_file(root / f"good{i}{ext}", seconds=2.5, freq=220.0 * (i + 1))
+    make_file(root / "sub" / "deeper" / "nested.flac", seconds=1.0)
+    import soundfile as sf
+
+    sf.write(str(root / "sub" / "surround.wav"), make_tone(96000, 1.5, 500.0, channels=6), 96000,
+             subtype="PCM_24")
+    (root / "empty.mp3").write_bytes(b"")
+    (root / "corrupt.flac").write_bytes(b"fLaC" + os.urandom(3000))
+    (root / "notes.txt").write_text("not music")
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * 100)
+    return root
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_folder_with_good_and_bad_files(mixed_folder, tiny_model_dir):
+    r = run_cli("classify", str(mixed_folder), "--model", str(tiny_model_dir), "--format", "jsonl", "--jobs", "2")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    rows = parse_jsonl(r.stdout)
+    by_name = {Path(row["path"]).name: row for row in rows}
+    good = {f"good{i}{ext}" for i, ext in enumerate(sorted(FORMATS))} | {"nested.flac", "surround.wav"}
+    assert set(by_name) == good | {"empty.mp3", "corrupt.flac"}  # no txt/jpg
+    for row in rows:
+        assert set(row) == JSONL_KEYS
+    for name in good:
+        row = by_name[name]
+        assert row["error"] is None, row
+        assert row["genre"] in GTZAN_GENRES
+        assert set(row["probabilities"]) == set(GTZAN_GENRES)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["confidence"] == pytest.approx(max(row["probabilities"].values()), abs=1e-6)
+        assert row["segments"] >= 1
+    assert by_name["good0.aiff"]["segments"] == 2  # 2.5 s, 1 s sub-tracks, max 3 -> 2 whole ones
+    for name in ("empty.mp3", "corrupt.flac"):
+        row = by_name[name]
+        assert row["genre"] is None and row["confidence"] is None and row["segments"] == 0
+        assert row["error"] and "\n" not in row["error"]
+    assert by_name["empty.mp3"]["error"] == "empty file"
+
+
+def test_all_good_exits_zero_and_csv_and_output_file(tmp_path, tiny_model_dir):
+    a = make_file(tmp_path / "a.wav", seconds=2.0)
+    b = make_file(tmp_path / "b.ogg", seconds=2.0, freq=880.0)
+    out = tmp_path / "res.csv"
+    r = run_cli("classify", str(a), str(b), "--model", str(tiny_model_dir), "--format", "csv", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [Path(x["path"]).name for x in rows] == ["a.wav", "b.ogg"]
+    assert list(rows[0]) == ["path", "genre", "confidence", "error"]
+    assert all(x["genre"] in GTZAN_GENRES and x["error"] == "" for x in rows)
+
+
+def test_table_output_for_people(tmp_path, tiny_model_dir):
+    a = make_file(tmp_path / "song.flac", seconds=2.0)
+    r = run_cli("classify", str(a), "--model", str(tiny_model_dir), "--top-k", "3")
+    assert r.returncode == 0, r.stderr
+    assert "song.flac" in r.stdout and "confidence" in r.stdout and "top 3" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["classify", "--format", "xml", "x.mp3"], "xml"),
+    (["classify", "x.mp3", "--vote", "median"], "median"),
+    (["classify", "x.mp3", "--model", "no-such-model"], "no-such-model"),
+    (["classify"], "Missing argument"),
+])
+def test_usage_errors_exit_2_without_traceback(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and needle in r.stderr
+
+
+def test_missing_path_is_an_error_row(tmp_path, tiny_model_dir):
+    ok = make_file(tmp_path / "ok.wav", seconds=1.5)
+    r = run_cli("classify", str(tmp_path / "nope.mp3"), str(ok), "--model", str(tiny_model_dir),
+                "--format", "jsonl")
+    rows = parse_jsonl(r.stdout)
+    assert r.returncode == 1
+    assert rows[0]["error"] == "file not found" and rows[1]["error"] is None
+
+
+def test_no_audio_found(tmp_path, tiny_model_dir):
+    (tmp_path / "a.txt").write_text("x")
+    r = run_cli("classify", str(tmp_path), "--model", str(tiny_model_dir))
+    assert r.returncode == 1 and "no audio files found" in r.stderr
+
+
+def test_walk_survives_symlink_loops_and_respects_no_recursive(tmp_path):
+    root = tmp_path / "lib"
+    (root / "a").mkdir(parents=True)
+    make_file(root / "top.wav")
+    make_file(root / "a" / "inner.wav")
+    os.symlink(root, root / "a" / "loop")
+    (root / "noext").write_bytes((root / "top.wav").read_bytes())  # sniffed by content
+    found = [Path(p).relative_to(root).as_posix() for p in iter_audio_files([root])]
+    assert found == ["noext", "top.wav", "a/inner.wav"]
+    flat = [Path(p).name for p in iter_audio_files([root], recursive=False)]
+    assert flat == ["noext", "top.wav"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable folders")
+def test_unreadable_folder_is_reported_and_skipped(tmp_path):
+    (tmp_path / "locked").mkdir()
+    make_file(tmp_path / "locked" / "x.wav")
+    make_file(tmp_path / "y.wav")
+    (tmp_path / "locked").chmod(0)
+    errors = []
+    found = list(iter_audio_files([tmp_path], on_error=lambda p, why: errors.append(p)))
+    (tmp_path / "locked").chmod(0o755)
+    assert [Path(p).name for p in found] == ["y.wav"] and errors
+
+
+def test_python_api_on_files_and_waveforms(tmp_path, tiny_model_dir):
+    model = genretag.load_model(tiny_model_dir)
+    assert model.labels == list(GTZAN_GENRES) and model.sample_rate == 16000
+    path = make_file(tmp_path / "x.flac", seconds=3.0)
+    wave = make_tone(16000, 3.0, 440.0)
+    res = model.classify([path, wave, tmp_path / "missing.wav"])
+    assert [r.ok for r in res] == [True, True, False]
+    assert res[0].segments == 3 and res[1].segments == 3
+    # the file and the same tone in memory get (nearly) the same answer
+    assert res[0].genre == res[1].genre
+    assert res[0].confidence == pytest.approx(res[1].confidence, abs=0.02)
+    hard = model.classify([wave], vote="hard")[0]
+    assert hard.confidence in (pytest.approx(1 / 3, abs=1e-6), pytest.approx(2 / 3, abs=1e-6),
+                               pytest.approx(1.0, abs=1e-6))
+
+
+def test_parallel_and_serial_give_the_same_results_in_input_order(tmp_path, tiny_model_dir):
+    files = [make_file(tmp_path / f"f{i}.wav", seconds=1.0 + 0.5 * i, freq=200.0 + 100 * i) for i in range(6)]
+    net = load_net(tiny_model_dir)
+    serial = list(genretag.classify(files, net, jobs=1, batch_segments=4))
+    parallel = list(genretag.classify(iter(files), net, jobs=2, batch_segments=7))
+    assert [r.path for r in serial] == [str(f) for f in files] == [r.path for r in parallel]
+    for a, b in zip(serial, parallel):
+        assert a.genre == b.genre
+        for k in a.probabilities:
+            assert a.probabilities[k] == pytest.approx(b.probabilities[k], abs=1e-5)
+
+
+def test_bundled_model_loads_and_classifies(tmp_path):
+    model = genretag.load_model()  # the default in models/, offline
+    assert model.labels == list(GTZAN_GENRES)
+    assert model.card.metrics, "the bundled model card must carry its measured accuracy"
+    sr = model.sample_rate
+    rng = np.random.default_rng(0)
+    path = write_audio(tmp_path / "noise.wav", (0.1 * rng.standard_normal(sr * 8)).astype(np.float32), sr)
+    (r,) = model.classify([path])
+    assert r.ok and r.genre in GTZAN_GENRES and r.segments == 2
+    assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
