@@ -1,0 +1,571 @@
+"""PyTorch port of the pretrained musicnn taggers (Pons & Serra, 2019).
+
+The `musicnn` package (PyPI 0.1.0, ISC) ships TensorFlow-1 checkpoints and needs
+an old TensorFlow, so genretag re-implements the graph here in plain PyTorch and
+loads weights converted by ``scripts/convert_musicnn.py``. Nothing in this module
+needs TensorFlow, librosa or the musicnn package at run time.
+
+Pipeline (everything the original ``musicnn.extractor`` does)::
+
+    waveform 16 kHz --musicnn_frontend--> log-mel (B, T, 96)
+                    --musicnn_patches--> (N, 187, 96) --MusicnnNet--> 50 logits
+                    --sigmoid--> tag probabilities (multi-label, NOT a softmax)
+
+Layouts: the original is NHWC with H = time and W = mel band; here tensors are
+NCHW with the same H/W meaning, so TF kernels are permuted, never flipped.
+TF batch norm (``tf.compat.v1.layers.batch_normalization``) uses eps = 1e-3,
+which is why every BatchNorm below sets ``eps=BN_EPS``.
+
+Verified against the original TF graph on ``tests/fixtures/musicnn`` (see
+``tests/test_musicnn_port.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------
+# constants (musicnn/configuration.py and the checkpoints' config.json)
+# ---------------------------------------------------------------------------
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+HOP_LENGTH = 256
+N_MELS = 96
+LOG_SCALE = 10000.0  # log10(1 + LOG_SCALE * mel)
+PATCH_FRAMES = 187  # librosa.time_to_frames(3, sr=16000, n_fft=512, hop_length=256) + 1
+# Fewest samples that give PATCH_FRAMES frames with center=True (1 + n // 256 frames):
+# 186 * 256 = 47616 samples = 2.976 s. Any length in [47616, 47871] gives 187 frames.
+SEGMENT_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH
+# The original cuts non-overlapping patches from the whole-track spectrogram, so
+# consecutive patches start 187 frames = 47872 samples apart.
+PATCH_HOP_SAMPLES = PATCH_FRAMES * HOP_LENGTH
+BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization default
+FLOAT16_MAX = 65504.0
+
+MSD_TAGS: tuple[str, ...] = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
+    "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists",
+    "classic rock", "soul", "indie rock", "Mellow", "electronica", "80s", "folk", "90s",
+    "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient", "acoustic",
+    "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock",
+    "60s", "rnb", "indie pop", "sad", "House", "happy",
+)
+
+MTT_TAGS: tuple[str, ...] = (
+    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
+    "piano", "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male",
+    "singing", "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman",
+    "male vocal", "no vocal", "pop", "soft", "sitar", "solo", "man", "classic", "choir", "voice",
+    "new age", "dance", "male voice", "female vocal", "beats", "harp", "cello", "no voice",
+    "weird", "country", "metal", "female voice", "choral",
+)
+
+# Sizes of the pooled embeddings returned by MusicnnNet (num_filt_midend=64, units=200).
+MUSICNN_EMBEDDING_DIMS: dict[str, int] = {
+    "timbral": 408, "temporal": 153, "cnn1": 64, "cnn2": 64, "cnn3": 64,
+    "mean_pool": 753, "max_pool": 753, "penultimate": 200,
+}
+
+# ---------------------------------------------------------------------------
+# front-end
+# ---------------------------------------------------------------------------
+
+
+def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, np.log(6.4) / 27.0
+    mel = f / f_sp
+    log_region = f >= min_log_hz
+    mel = np.where(log_region, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mel)
+    return mel
+
+
+def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """Slaney-style, slaney-normalised mel filterbank, (n_mels, 1 + n_fft // 2) float32.
+
+    Re-implements ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (htk=False,
+    norm="slaney") step by step, including its float32 storage between the triangle
+    and the normalisation, so the result is bit-identical and librosa is not needed.
+    """
+    fmax = sr / 2.0 if fmax is None else fmax
+    fftfreqs = np.linspace(0, sr / 2.0, 1 + n_fft // 2)
+    mel_f = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels])
+    weights *= enorm[:, np.newaxis]
+    weights.setflags(write=False)
+    return weights
+
+
+def musicnn_frontend(waveform_16k: Tensor, *, pad_mode: str = "reflect",
+                     fp16_quantize: bool = True) -> Tensor:
+    """Log-mel input of musicnn: (B, N) or (N,) waveform at 16 kHz -> (B, T, 96) float32.
+
+    Matches ``musicnn.extractor.batch_data``: ``librosa.feature.melspectrogram``
+    (n_fft 512, hop 256, periodic Hann, center=True, power 2, slaney mel) then
+    ``.astype(float16)`` then ``log10(10000 * x + 1)`` in float32, T = 1 + N // 256.
+
+    * ``pad_mode="reflect"``: musicnn 0.1.0 ran on librosa 0.7/0.8, whose STFT
+      reflect-pads the signal ends (librosa >= 0.9 zero-pads); the training
+      features were made the same way. Needs N > 256 samples.
+    * ``fp16_quantize=True``: the original rounds the mel power to float16 before
+      the log (training features were stored as float16 too). The mel is clamped
+      to the float16 maximum first, so a (never seen in practice) overflow
+      saturates instead of producing inf.
+    """
+    squeeze = waveform_16k.dim() == 1
+    w = waveform_16k.unsqueeze(0) if squeeze else waveform_16k
+    w = w.to(torch.float32)
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32, device=w.device)
+    spec = torch.stft(w, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window=window,
+                      center=True, pad_mode=pad_mode, return_complex=True)
+    power = spec.abs().pow(2)  # (B, 257, T)
+    fb = torch.from_numpy(mel_filterbank().copy()).to(w.device)
+    mel = torch.matmul(fb, power)  # (B, 96, T)
+    if fp16_quantize:
+        mel = mel.clamp(max=FLOAT16_MAX).to(torch.float16).to(torch.float32)
+    out = torch.log10(LOG_SCALE * mel + 1.0).transpose(1, 2).contiguous()
+    return out[0] if squeeze else out
+
+
+def musicnn_patches(logmel: Tensor, n_frames: int = PATCH_FRAMES, hop: int = PATCH_FRAMES) -> Tensor:
+    """Cut a (T, 96) log-mel into (N, n_frames, 96) patches every ``hop`` frames.
+
+    Same rule as ``musicnn.extractor.batch_data``: patches start at 0, hop, 2*hop ...
+    while a full patch fits; a trailing partial patch is dropped. (The original's
+    ``input_overlap=1`` second setting means hop = 61 frames.) Raises if T < n_frames,
+    where the original would crash; pad the audio first if you need a prediction.
+    """
+    if logmel.dim() != 2:
+        raise ValueError(f"expected (T, n_mels), got {tuple(logmel.shape)}")
+    if logmel.shape[0] < n_frames:
+        raise ValueError(f"need at least {n_frames} frames, got {logmel.shape[0]}")
+    return logmel.unfold(0, n_frames, hop).transpose(1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------
+# musicnn network
+# ---------------------------------------------------------------------------
+
+
+def _pad_same(kernel: int) -> tuple[int, int]:
+    """TF 'same' padding for stride 1: the extra pad of an even kernel goes AFTER."""
+    total = kernel - 1
+    return total // 2, total - total // 2
+
+
+class _ConvBN2d(nn.Module):
+    """conv -> ReLU -> batch norm (musicnn applies BN after the activation)."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel)
+        self.bn = nn.BatchNorm2d(cout, eps=BN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+class _ConvBN1d(nn.Module):
+    """Mid-end layer: a TF conv spanning all channels == Conv1d over time, pad 3+3."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 7):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel)
+        self.bn = nn.BatchNorm1d(cout, eps=BN_EPS)
+        self.pad = (kernel // 2, kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(F.relu(self.conv(F.pad(x, self.pad))))
+
+
+class MusicnnNet(nn.Module):
+    """The 'musicnn' tagger (``build_musicnn`` in musicnn/models.py).
+
+    Input: log-mel patches (B, T, 96) from :func:`musicnn_frontend` (trained on T=187;
+    any T works since the back-end pools over time). Output: (B, num_classes) logits;
+    apply ``torch.sigmoid`` for tag probabilities (the tags are independent).
+
+    * front-end: input BN; timbral convs 7x38 and 7x67 (204 filters each, time
+      zero-padded 3+3, 'valid' in frequency) and temporal convs 128x1, 64x1, 32x1
+      (51 filters each, TF 'same'), each max-pooled over the whole frequency axis;
+      concatenated -> 561 channels per frame.
+    * mid-end: three 7-frame convs with 64 filters, the 2nd and 3rd residual;
+      dense connection concatenates front-end + the three -> 753 channels.
+    * back-end: per-channel max and mean over time, interleaved [max0, mean0,
+      max1, mean1, ...] (TF concat on a trailing axis then flatten) -> 1506; BN;
+      dense 200 + ReLU; BN (= 'penultimate'); dense -> logits. Dropout is a no-op
+      at inference and omitted.
+    """
+
+    def __init__(self, num_classes: int = 50, n_mels: int = N_MELS, num_filt_frontend: float = 1.6,
+                 num_filt_midend: int = 64, num_units_backend: int = 200):
+        super().__init__()
+        timbral_f, temporal_f = int(num_filt_frontend * 128), int(num_filt_frontend * 32)
+        self.bn_input = nn.BatchNorm2d(1, eps=BN_EPS)
+        self.timbral = nn.ModuleList(
+            [_ConvBN2d(1, timbral_f, (7, int(r * n_mels))) for r in (0.4, 0.7)])
+        self.temporal_kernels = (128, 64, 32)
+        self.temporal = nn.ModuleList([_ConvBN2d(1, temporal_f, (k, 1)) for k in self.temporal_kernels])
+        front = 2 * timbral_f + 3 * temporal_f
+        self.midend = nn.ModuleList([_ConvBN1d(front, num_filt_midend),
+                                     _ConvBN1d(num_filt_midend, num_filt_midend),
+                                     _ConvBN1d(num_filt_midend, num_filt_midend)])
+        pooled = front + 3 * num_filt_midend
+        self.bn_pool = nn.BatchNorm1d(2 * pooled, eps=BN_EPS)
+        self.dense = nn.Linear(2 * pooled, num_units_backend)
+        self.bn_dense = nn.BatchNorm1d(num_units_backend, eps=BN_EPS)
+        self.out = nn.Linear(num_units_backend, num_classes)
+
+    def front_maps(self, x: Tensor) -> Tensor:
+        """The front-end alone: (B, T, n_mels) log-mel -> (B, 561, T), timbral channels first.
+
+        This is ~90 % of the network's arithmetic; transfer learning that keeps the
+        front-end frozen computes it once per crop without gradients.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"expected (B, T, n_mels) log-mel, got {tuple(x.shape)}")
+        h = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
+        hp = F.pad(h, (0, 0, 3, 3))
+        timbral = [blk(hp).amax(dim=3) for blk in self.timbral]  # (B, C, T)
+        temporal = [blk(F.pad(h, (0, 0, *_pad_same(k)))).amax(dim=3)
+                    for k, blk in zip(self.temporal_kernels, self.temporal)]
+        return torch.cat(timbral + temporal, dim=1)
+
+    def maps_from_front(self, front: Tensor) -> dict[str, Tensor]:
+        """Mid-end on a :meth:`front_maps` output -> the maps of :meth:`feature_maps`."""
+        n_timbral = sum(blk.conv.out_channels for blk in self.timbral)
+        c1 = self.midend[0](front)
+        c2 = self.midend[1](c1) + c1
+        c3 = self.midend[2](c2) + c2
+        return {"timbral": front[:, :n_timbral], "temporal": front[:, n_timbral:],
+                "cnn1": c1, "cnn2": c2, "cnn3": c3, "midend": torch.cat([front, c1, c2, c3], dim=1)}
+
+    def feature_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """Frame-level maps, each (B, C, T): timbral, temporal, cnn1, cnn2, cnn3, midend."""
+        return self.maps_from_front(self.front_maps(x))
+
+    def forward(self, x: Tensor, return_embeddings: bool = False
+                ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, classes); with ``return_embeddings`` also a dict of (B, D) embeddings.
+
+        Embedding keys (D in MUSICNN_EMBEDDING_DIMS): ``{timbral,temporal,cnn1,cnn2,cnn3}_{mean,max}``
+        (each frame-level map pooled over time), ``mean_pool`` / ``max_pool`` (753, the
+        original's names; = concatenation of all the above means / maxes) and
+        ``penultimate`` (200, after the last BN) -- the same features as musicnn's
+        extractor, time-pooled so they can feed a small classifier directly.
+        """
+        return self.forward_maps(self.feature_maps(x), return_embeddings)
+
+    def forward_maps(self, maps: dict[str, Tensor], return_embeddings: bool = False
+                     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Back-end of :meth:`forward` on :meth:`feature_maps` output (same results)."""
+        mid = maps["midend"]
+        max_pool, mean_pool = mid.amax(dim=2), mid.mean(dim=2)
+        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+        pen = self.bn_dense(F.relu(self.dense(self.bn_pool(flat))))
+        logits = self.out(pen)
+        if not return_embeddings:
+            return logits
+        emb: dict[str, Tensor] = {}
+        for k in ("timbral", "temporal", "cnn1", "cnn2", "cnn3"):
+            emb[f"{k}_mean"] = maps[k].mean(dim=2)
+            emb[f"{k}_max"] = maps[k].amax(dim=2)
+        emb["mean_pool"], emb["max_pool"], emb["penultimate"] = mean_pool, max_pool, pen
+        return logits, emb
+
+    def embed(self, x: Tensor) -> dict[str, Tensor]:
+        """Only the pooled embeddings of :meth:`forward` (for transfer learning)."""
+        return self.forward(x, return_embeddings=True)[1]
+
+
+# ---------------------------------------------------------------------------
+# VGG baseline (``vgg`` in musicnn/models.py)
+# ---------------------------------------------------------------------------
+
+
+class VGGNet(nn.Module):
+    """musicnn's VGG-like baseline: 5 x (3x3 conv 'same' -> ReLU -> BN -> max-pool).
+
+    Pools (time x freq, stride): 4x1 s2x2, 2x2 s2, 2x2 s2, 2x2 s2, 4x4 s4 (TF 'valid'),
+    so only T = 187 (3 s) patches give the 2 x 1 x 128 map the final dense expects.
+    The flatten is in TF's (time, freq, channel) order. Returns logits (B, 50).
+    """
+
+    POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
+
+    def __init__(self, num_classes: int = 50, num_filters: int = 128):
+        super().__init__()
+        self.bn_input = nn.BatchNorm2d(1, eps=BN_EPS)
+        self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else num_filters, num_filters, 3, padding=1)
+                                    for i in range(5)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(num_filters, eps=BN_EPS) for _ in range(5)])
+        self.out = nn.Linear(2 * 1 * num_filters, num_classes)
+
+    def forward(self, x: Tensor, return_embeddings: bool = False
+                ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Logits; with ``return_embeddings`` also ``pool{1..5}_{mean,max}`` (B, 128):
+        each pooled map reduced over time and frequency."""
+        h = self.bn_input(x.unsqueeze(1))
+        emb: dict[str, Tensor] = {}
+        for i, (conv, bn, (k, s)) in enumerate(zip(self.convs, self.bns, self.POOLS), start=1):
+            h = F.max_pool2d(bn(F.relu(conv(h))), kernel_size=k, stride=s)
+            emb[f"pool{i}_mean"], emb[f"pool{i}_max"] = h.mean(dim=(2, 3)), h.amax(dim=(2, 3))
+        logits = self.out(h.permute(0, 2, 3, 1).flatten(1))
+        return (logits, emb) if return_embeddings else logits
+
+
+# ---------------------------------------------------------------------------
+# loading converted weights
+# ---------------------------------------------------------------------------
+
+
+def build_model(variant: str) -> nn.Module:
+    """An untrained network for a checkpoint variant ('MSD_musicnn', 'MTT_vgg', ...)."""
+    num_classes = len(MSD_TAGS if variant.startswith("MSD") else MTT_TAGS)
+    if variant.endswith("_musicnn"):
+        return MusicnnNet(num_classes)
+    if variant.endswith("_vgg"):
+        return VGGNet(num_classes)
+    raise ValueError(f"unknown musicnn variant {variant!r}")
+
+
+def load_musicnn(path: str | Path, variant: str | None = None, device: str | torch.device = "cpu"
+                 ) -> nn.Module:
+    """Load weights written by scripts/convert_musicnn.py into an eval-mode network.
+
+    The variant is read from the safetensors metadata unless given. Strict: every
+    tensor must be used and every parameter/buffer filled, except BatchNorm's
+    ``num_batches_tracked`` counters (training-only).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if variant is None:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        variant = meta.get("variant") or json.loads(meta.get("card", "{}")).get("variant")
+        if not variant:
+            raise ValueError(f"{path}: no 'variant' in metadata; pass variant=")
+    model = build_model(variant)
+    state = load_file(str(path), device=str(device))
+    res = model.load_state_dict(state, strict=False)
+    missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or res.unexpected_keys:
+        raise ValueError(f"{path}: weights do not fit {variant}: missing {missing}, "
+                         f"unexpected {res.unexpected_keys}")
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------
+# genretag architectures: waveform in, logits out (genretag.nets.build_net)
+# ---------------------------------------------------------------------------
+
+# Pooled embeddings a transfer head can use: each map is pooled over time by mean
+# and max; "penultimate" (the tagger's 200-unit layer) is already pooled.
+POOLABLE: tuple[str, ...] = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "penultimate")
+DEFAULT_POOLING: tuple[str, ...] = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "penultimate")
+
+
+def pooled_dim(pooling) -> int:
+    """Width of the concatenated pooled embedding for a list of POOLABLE names."""
+    bad = [p for p in pooling if p not in POOLABLE]
+    if bad or not pooling:
+        raise ValueError(f"unknown pooling {bad or pooling!r} (choose from {', '.join(POOLABLE)})")
+    return sum(MUSICNN_EMBEDDING_DIMS[p] * (1 if p == "penultimate" else 2) for p in pooling)
+
+
+def pool_embeddings(emb: dict, pooling) -> Tensor | np.ndarray:
+    """Concatenate ``{name}_mean, {name}_max`` (or ``penultimate``) of an embedding dict.
+
+    Works on the torch dict of :meth:`MusicnnNet.embed` and on a dict of numpy arrays
+    (cached embeddings), in the same order, so a head trained on cached embeddings
+    sees exactly what the end-to-end network gives it.
+    """
+    parts = []
+    for p in pooling:
+        parts += [emb["penultimate"]] if p == "penultimate" else [emb[f"{p}_mean"], emb[f"{p}_max"]]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=-1)
+    return torch.cat(parts, dim=-1)
+
+
+def _fill_bn_counters(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: the converted TF weights have no BatchNorm
+    ``num_batches_tracked`` counters (training-only); fill them so strict loading works."""
+    for name, buf in module.named_buffers():
+        if name.endswith("num_batches_tracked") and prefix + name not in state_dict:
+            state_dict[prefix + name] = torch.zeros_like(buf)
+
+
+def _apply_spec_transform(x: Tensor, spec_transform) -> Tensor:
+    """genretag's spectrogram transforms (e.g. train.spec_augment) take (B, 1, mels, frames)."""
+    if spec_transform is None:
+        return x
+    return spec_transform(x.transpose(1, 2).unsqueeze(1)).squeeze(1).transpose(1, 2).contiguous()
+
+
+class MusicnnTagger(MusicnnNet):
+    """Architecture "musicnn": 16 kHz waveforms (B, N) -> the 50 MSD tag logits.
+
+    Same parameters (and state-dict keys) as :class:`MusicnnNet`, so the converted
+    ``msd-musicnn.safetensors`` loads as is. Multi-label: the card sets
+    ``extra.multilabel`` so genretag applies a sigmoid, not a softmax.
+    """
+
+    def __init__(self, num_classes: int = 50) -> None:
+        super().__init__(num_classes)
+        self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
+
+    def features(self, wave: Tensor) -> Tensor:
+        return musicnn_frontend(wave)
+
+    def tag_logits(self, x: Tensor) -> Tensor:
+        return MusicnnNet.forward(self, x)
+
+    def embed(self, x: Tensor) -> dict[str, Tensor]:
+        return MusicnnNet.forward(self, x, return_embeddings=True)[1]
+
+    def forward(self, wave: Tensor, spec_transform=None) -> Tensor:  # type: ignore[override]
+        return self.tag_logits(_apply_spec_transform(self.features(wave), spec_transform))
+
+
+class MusicnnZeroShot(MusicnnTagger):
+    """Architecture "musicnn-zeroshot": the MSD tagger with a fixed tag -> genre map.
+
+    No trained parameter beyond the tagger's: a genre's score is the max (or mean)
+    of the sigmoid probabilities of the tags mapped to it, and its logit is
+    ``log(score + eps)`` (a genre with no tag gets ``log(eps)``: never chosen).
+    Weights = the tagger's, so the card can point at ``msd-musicnn.safetensors``.
+    """
+
+    EPS = 1e-4
+
+    def __init__(self, genres: list[str], mapping: dict[str, list[str]], agg: str = "max",
+                 tags: tuple[str, ...] = MSD_TAGS) -> None:
+        super().__init__(len(tags))
+        unknown = sorted({t for ts in mapping.values() for t in ts} - set(tags))
+        if unknown:
+            raise ValueError(f"zero-shot mapping uses unknown tags {unknown}")
+        if agg not in ("max", "mean"):
+            raise ValueError(f"unknown zero-shot aggregation {agg!r} (max or mean)")
+        m = torch.zeros(len(genres), len(tags))
+        for i, g in enumerate(genres):
+            for t in mapping.get(g, []):
+                m[i, tags.index(t)] = 1.0
+        self.agg = agg
+        self.register_buffer("mapping", m, persistent=False)
+
+    def forward(self, wave: Tensor, spec_transform=None) -> Tensor:  # type: ignore[override]
+        p = torch.sigmoid(super().forward(wave, spec_transform))  # (B, tags)
+        m = self.mapping
+        if self.agg == "max":
+            score = (p[:, None, :] * m[None]).amax(dim=2)
+        else:
+            score = (p @ m.T) / m.sum(dim=1).clamp(min=1)
+        return torch.log(score + self.EPS)
+
+
+class GenreHead(nn.Module):
+    """Standardise a pooled embedding, then logistic regression (hidden=0) or a 1-hidden-layer MLP."""
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        if hidden:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(inplace=True),
+                                     nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
+
+    def set_standardisation(self, mean, std) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-4))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net((z - self.mean) / self.std)
+
+
+class MusicnnTransfer(nn.Module):
+    """Architecture "musicnn-transfer": the musicnn trunk + a genre head on pooled embeddings.
+
+    ``architecture = {"name": "musicnn-transfer", "pooling": [...], "head": {"hidden": H,
+    "dropout": p}, "finetune": bool}``. The state dict holds the whole trunk
+    (``trunk.*``, incl. its tag layer, whose 200-unit input is the "penultimate"
+    embedding) and the head (``head.*``), so a model loads from its own file alone.
+    """
+
+    def __init__(self, n_classes: int, pooling=DEFAULT_POOLING, hidden: int = 0,
+                 dropout: float = 0.5, trunk_classes: int = len(MSD_TAGS)) -> None:
+        super().__init__()
+        self.pooling = tuple(pooling)
+        self.trunk = MusicnnNet(trunk_classes)
+        self.head = GenreHead(pooled_dim(self.pooling), n_classes, hidden, dropout)
+        self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
+
+    def features(self, wave: Tensor) -> Tensor:
+        return musicnn_frontend(wave)
+
+    def embedding(self, x: Tensor) -> Tensor:
+        """(B, T, 96) log-mel -> (B, D) pooled embedding the head reads."""
+        return pool_embeddings(self.trunk.embed(x), self.pooling)
+
+    def forward_front(self, front: Tensor) -> Tensor:
+        """Logits from :meth:`MusicnnNet.front_maps` output (fine-tuning with a frozen front-end)."""
+        _, emb = self.trunk.forward_maps(self.trunk.maps_from_front(front), return_embeddings=True)
+        return self.head(pool_embeddings(emb, self.pooling))
+
+    def forward(self, wave: Tensor, spec_transform=None) -> Tensor:
+        x = _apply_spec_transform(self.features(wave), spec_transform)
+        return self.head(self.embedding(x))
+
+
+def build_net(card) -> nn.Module:
+    """The network a genretag card describes (weights loaded separately): waveform -> logits.
+
+    - ``{"name": "musicnn"}``: the MSD tagger, labels = its 50 tags (multi-label).
+    - ``{"name": "musicnn-transfer", "pooling", "head", "finetune"}``: trunk + genre head.
+    - ``{"name": "musicnn-zeroshot", "mapping": {genre: [tags]}, "agg": "max"}``.
+    """
+    arch = card.architecture
+    name = arch.get("name")
+    if card.audio.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"musicnn models need audio.sample_rate {SAMPLE_RATE}, card says {card.audio.sample_rate}")
+    if name == "musicnn":
+        variant = arch.get("variant", "MSD_musicnn")
+        if not variant.endswith("_musicnn"):
+            raise ValueError(f"architecture 'musicnn' supports *_musicnn variants, not {variant!r}")
+        return MusicnnTagger(len(card.labels))
+    if name == "musicnn-transfer":
+        head = arch.get("head", {})
+        return MusicnnTransfer(len(card.labels), arch.get("pooling", DEFAULT_POOLING),
+                               int(head.get("hidden", 0)), float(head.get("dropout", 0.5)),
+                               int(arch.get("trunk_classes", len(MSD_TAGS))))
+    if name == "musicnn-zeroshot":
+        return MusicnnZeroShot(list(card.labels), dict(arch.get("mapping", {})), arch.get("agg", "max"))
+    raise ValueError(f"unknown musicnn architecture {name!r}")

@@ -1,0 +1,110 @@
+"""The PyTorch musicnn port reproduces the original TensorFlow model.
+
+Reference numbers in tests/fixtures/musicnn/reference.npz come from the wheel's
+own code and checkpoint (scripts/make_musicnn_fixture.py, run once in a TF venv);
+these tests need neither TensorFlow nor the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from genretag import musicnn as M
+from genretag.card import load_card, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures" / "musicnn"
+CARD = ROOT / "models" / "msd-musicnn.json"
+WEIGHTS = ROOT / "models" / "msd-musicnn.safetensors"
+TOL = 1e-4  # absolute, on tag probabilities
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, np.ndarray]:
+    with np.load(FIX / "reference.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def wave() -> torch.Tensor:
+    y, sr = sf.read(FIX / "clip.wav", dtype="float32")  # int16 / 32768, as librosa.load
+    assert sr == M.SAMPLE_RATE and y.ndim == 1
+    return torch.from_numpy(y)
+
+
+@pytest.fixture(scope="module")
+def net() -> M.MusicnnNet:
+    model = M.load_musicnn(WEIGHTS)
+    assert isinstance(model, M.MusicnnNet) and not model.training
+    return model
+
+
+@pytest.fixture(scope="module")
+def logmel(wave: torch.Tensor) -> torch.Tensor:
+    return M.musicnn_frontend(wave)
+
+
+def test_mel_filterbank_is_librosas() -> None:
+    librosa = pytest.importorskip("librosa")
+    ours = M.mel_filterbank(sr=16000, n_fft=512, n_mels=96)
+    assert np.array_equal(ours, librosa.filters.mel(sr=16000, n_fft=512, n_mels=96))
+
+
+def test_frontend_matches_original(logmel: torch.Tensor, ref: dict[str, np.ndarray]) -> None:
+    assert tuple(logmel.shape) == ref["logmel"].shape == (376, 96)
+    diff = np.abs(logmel.numpy() - ref["logmel"])
+    # The mel is rounded to float16 before the log, so a last-bit STFT difference can
+    # flip one float16 step (<= ~2.2e-4 after the log) on a handful of bins.
+    assert diff.max() < 5e-4
+    assert (diff > 1e-5).mean() < 1e-3
+
+
+def test_frontend_is_batched(wave: torch.Tensor, logmel: torch.Tensor) -> None:
+    both = M.musicnn_frontend(torch.stack([wave, wave.flip(0)]))
+    assert both.shape == (2, *logmel.shape)
+    assert torch.allclose(both[0], logmel, atol=1e-6)
+
+
+def test_segment_gives_one_patch() -> None:
+    card = load_card(CARD)
+    assert card.audio.segment_samples == M.SEGMENT_SAMPLES == 47616
+    for n in (M.SEGMENT_SAMPLES, M.PATCH_HOP_SAMPLES - 1):
+        assert M.musicnn_frontend(torch.zeros(n)).shape == (M.PATCH_FRAMES, M.N_MELS)
+
+
+def test_network_matches_original_on_reference_input(net: M.MusicnnNet, ref: dict[str, np.ndarray]) -> None:
+    patches = M.musicnn_patches(torch.from_numpy(ref["logmel"]))
+    with torch.no_grad():
+        logits, emb = net(patches, return_embeddings=True)
+    assert np.abs(torch.sigmoid(logits).numpy() - ref["taggram"]).max() < TOL
+    assert np.allclose(logits.numpy(), ref["logits"], atol=1e-4)
+    for key, dim in M.MUSICNN_EMBEDDING_DIMS.items():
+        names = [key] if key in ("mean_pool", "max_pool", "penultimate") else [f"{key}_mean", f"{key}_max"]
+        for name in names:
+            assert emb[name].shape == (2, dim), name
+            np.testing.assert_allclose(emb[name].numpy(), ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("hop,key", [(M.PATCH_FRAMES, "taggram"), (61, "taggram_overlap1")])
+def test_end_to_end_tag_probabilities(net: M.MusicnnNet, logmel: torch.Tensor,
+                                      ref: dict[str, np.ndarray], hop: int, key: str) -> None:
+    with torch.no_grad():
+        probs = torch.sigmoid(net(M.musicnn_patches(logmel, hop=hop))).numpy()
+    assert probs.shape == ref[key].shape == (ref[key].shape[0], 50)
+    assert np.abs(probs - ref[key]).max() < TOL
+
+
+def test_card(ref: dict[str, np.ndarray]) -> None:
+    card = load_card(CARD)
+    assert card.name == "msd-musicnn"
+    assert tuple(card.labels) == M.MSD_TAGS and len(M.MSD_TAGS) == 50
+    assert card.architecture == {"name": "musicnn", "variant": "MSD_musicnn"}
+    assert card.weights == WEIGHTS.name and card.weights_sha256 == sha256_file(WEIGHTS)
+    assert (card.audio.sample_rate, card.mel.n_fft, card.mel.hop_length, card.mel.n_mels) == (16000, 512, 256, 96)
+    assert card.mel.log == "log10p" and card.mel.scale == M.LOG_SCALE and card.mel.center
+    assert int(ref["n_frames"]) == M.PATCH_FRAMES
