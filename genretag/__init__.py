@@ -4,13 +4,25 @@
     >>> model = genretag.load_model()            # the bundled default
     >>> for r in model.classify(["song.mp3"]):
     ...     print(r.path, r.genre, r.confidence)
+
+The API is imported lazily, so that `import genretag.tagging` (or the CLI's
+`--version` and shell completion) does not pay for importing torch.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from genretag.api import Model, load_model  # noqa: E402
-from genretag.inference import TrackResult, classify  # noqa: E402
-
 __all__ = ["Model", "load_model", "classify", "TrackResult", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Model", "load_model"):
+        from genretag import api
+
+        return getattr(api, name)
+    if name in ("classify", "TrackResult"):
+        from genretag import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'genretag' has no attribute {name!r}")

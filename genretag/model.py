@@ -16,11 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from genretag.card import ModelCard, load_card, save_card, sha256_file
 from genretag.nets import GenreNet, build_net
-from genretag.paths import bundled_models_dir, models_cache_dir
-
-
-class ModelError(Exception):
-    """A model that cannot be found or loaded; one line for the user."""
+from genretag.registry import ModelError, default_model_name, find_card  # noqa: F401  (re-exported)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -33,36 +29,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise ModelError(f"unknown device {device!r} (auto, cpu or cuda)") from None
-
-
-def default_model_name() -> str:
-    f = bundled_models_dir() / "DEFAULT"
-    return f.read_text().strip() if f.exists() else "default"
-
-
-def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
-    """Locate a model card: a .json path, a folder holding one, or a model name.
-
-    Names are looked up among the bundled models, then in the user cache.
-    """
-    if name_or_path in (None, "", "default"):
-        name_or_path = default_model_name()
-    p = Path(name_or_path)
-    if p.suffix == ".json" and p.exists():
-        return p
-    if p.suffix == ".safetensors" and p.with_suffix(".json").exists():
-        return p.with_suffix(".json")
-    if p.is_dir():
-        cards = sorted(p.glob("*.json"))
-        if len(cards) == 1:
-            return cards[0]
-        raise ModelError(f"{p}: expected exactly one model card (*.json) in the folder")
-    name = str(name_or_path)
-    for d in (bundled_models_dir(), models_cache_dir()):
-        c = d / f"{name}.json"
-        if c.exists():
-            return c
-    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)")
 
 
 @dataclass

@@ -31,6 +31,9 @@ class ResNetBody(nn.Module):
     def __init__(self, layers: list[int], widths: list[int], n_classes: int,
                  dropout: float = 0.3, stem_stride: int = 1) -> None:
         super().__init__()
+        if len(widths) < len(layers):
+            raise ValueError("a ResNet needs one width per stage")
+        widths = widths[:len(layers)]
         self.inplanes = widths[0]
         self.dilation = 1
         self.groups, self.base_width = 1, 64

@@ -20,6 +20,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+# Completions are files in completions/ (no --install-completion writing rc files);
+# this switches on the protocol those files call back into.
+from genretag.completions import enable as _enable_completion  # noqa: E402
+
+_enable_completion()
+
 
 class State:
     verbose: int = 0
@@ -77,7 +83,7 @@ def _root(
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
     from genretag.audio import AudioError
-    from genretag.model import ModelError
+    from genretag.registry import ModelError
 
     try:
         app()

@@ -192,3 +192,41 @@ def _print_report(rep: dict) -> None:
         pc = rep["per_class"][lab]
         t.add_row(lab, *[str(v) if v else "." for v in row], f"{pc['recall']:.2f}", f"{pc['f1']:.2f}")
     con.print(t)
+
+
+@app.command("tune")
+def tune_cmd(
+    data_dir: DataArg,
+    trials: Annotated[int, typer.Option(min=1, help="Total trials in the study (a resumed study runs the rest).")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial.")] = 12,
+    steps_per_epoch: Annotated[int, typer.Option(min=0, help="Steps per epoch (0: about 8 crops per track).")] = 0,
+    split: SplitOpt = "fault-filtered",
+    arch: Annotated[str, typer.Option(help="resnet or cnn1d.")] = "resnet",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite in the --out folder).")] = None,
+    study_name: str = "genretag",
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/tune"),
+    seed: int = 0,
+    device: DeviceOpt = Device.auto,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 2,
+) -> None:
+    """Search hyper-parameters with Optuna (pruning, resumable SQLite study); saves best_params.json for `train --params`.
+
+    Example: genretag tune ../shared/data/gtzan --trials 30 --epochs 10 && genretag train ../shared/data/gtzan --params runs/tune/best_params.json
+    """
+    from genretag.dataset import DatasetError
+    from genretag.train import TrainConfig
+    from genretag.tune import tune
+
+    if arch not in ("resnet", "cnn1d"):
+        fail("--arch must be resnet or cnn1d for tuning", 2)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'study.sqlite').resolve()}"
+    base = TrainConfig(data_dir=str(data_dir), split=split, arch=arch, epochs=epochs, seed=seed,
+                       steps_per_epoch=steps_per_epoch, device=getattr(device, "value", device), jobs=jobs,
+                       patience=max(3, epochs // 3), widths=[] if arch == "cnn1d" else TrainConfig().widths)
+    try:
+        res = tune(base, trials, storage, study_name, out, on_note=info)
+    except (DatasetError, ValueError) as e:
+        fail(str(e), 2)
+    info(f"best valid accuracy {res['best_value']:.1%} after {res['trials']} trials")
+    print(out / "best_params.json")

@@ -1,0 +1,101 @@
+"""`genretag transfer`: genre models from the pretrained musicnn tagger (head, fine-tune, zero-shot, ensemble)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genretag.cli.app import app, fail, info
+from genretag.cli.common import Device, DeviceOpt
+
+
+class Mode(str, Enum):
+    head = "head"
+    finetune = "finetune"
+    zeroshot = "zeroshot"
+    ensemble = "ensemble"
+
+
+def _list(s: str | None, cast=str) -> list:
+    return [cast(x) for x in s.replace(",", " ").split()] if s else []
+
+
+@app.command("transfer")
+def transfer_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")],
+    mode: Annotated[Mode, typer.Option("--mode", help="head: train a head on frozen musicnn embeddings; finetune: "
+                                       "then fine-tune the trunk; zeroshot: MSD tags -> genres, no training; "
+                                       "ensemble: average --member models.")] = Mode.head,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: logs and the model.")] = Path("runs/transfer"),
+    name: Annotated[str | None, typer.Option(help="Model name (default: gtzan-musicnn[-zeroshot|-ensemble]).")] = None,
+    split: Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")] = "fault-filtered",
+    fold: Annotated[int, typer.Option(help="Test fold for kfold:K.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
+    seed: int = 0,
+    base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
+    pooling: Annotated[str | None, typer.Option(help="Head pooling sets tried on valid: all, midend, penultimate (comma-separated).")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Head hidden sizes tried on valid; 0 = logistic regression (e.g. '0,256').")] = None,
+    weight_decay: Annotated[str | None, typer.Option(help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
+    head_epochs: Annotated[int, typer.Option(min=5)] = 60,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate of the trunk (the head gets 10x).")] = 1e-4,
+    finetune_from: Annotated[str, typer.Option(help="First trainable trunk stage: front (everything), midend or backend.")] = "midend",
+    crops_per_track: Annotated[int, typer.Option(min=1, help="Fine-tuning: random crops per training track per epoch.")] = 4,
+    mixup: Annotated[float, typer.Option(help="Fine-tuning mixup Beta alpha; 0 disables.")] = 0.0,
+    gain_db: Annotated[float, typer.Option(help="Random gain range in dB; 0 disables.")] = 6.0,
+    noise_snr_db: Annotated[float, typer.Option(help="Lowest SNR of added noise; 0 disables.")] = 30.0,
+    from_head: Annotated[str | None, typer.Option(help="Fine-tune this head model instead of training a new head.")] = None,
+    member: Annotated[list[str] | None, typer.Option("--member", help="Ensemble member (card path or name); repeat. Every subset is tried on valid.")] = None,
+    full_precision: Annotated[bool, typer.Option("--full-precision", help="Store float32 weights (default float16).")] = False,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Genre models from the pretrained musicnn MSD tagger: selected on valid, measured on test.
+
+    Example: genretag transfer ../shared/data/gtzan --mode finetune --epochs 8 --out runs/transfer-ft
+    """
+    from genretag.dataset import DatasetError
+    from genretag.model import ModelError
+    from genretag.transfer import POOLING_CHOICES, TransferConfig, run_ensemble, run_finetune, run_head, run_zeroshot
+
+    default_name = {"zeroshot": "gtzan-musicnn-zeroshot", "ensemble": "gtzan-ensemble"}.get(mode.value, "gtzan-musicnn")
+    cfg = TransferConfig(data_dir=str(data_dir), out=str(out), name=name or default_name, mode=mode.value,
+                         base_model=base_model, split=split, fold=fold, seed=seed, epochs=epochs,
+                         head_epochs=head_epochs, lr=lr, finetune_from=finetune_from,
+                         crops_per_track=crops_per_track, aug_mixup=mixup, aug_gain_db=gain_db,
+                         aug_noise_snr_db=noise_snr_db, from_head=from_head or "",
+                         half_weights=not full_precision, device=getattr(device, "value", device))
+    try:
+        if pooling:
+            cfg.poolings = _list(pooling)
+            bad = [p for p in cfg.poolings if p not in POOLING_CHOICES]
+            if bad:
+                fail(f"unknown --pooling {', '.join(bad)} (all, midend or penultimate)", 2)
+        if hidden:
+            cfg.hidden = _list(hidden, int)
+        if weight_decay:
+            cfg.weight_decays = _list(weight_decay, float)
+    except ValueError as e:
+        fail(f"bad number in a list option: {e}", 2)
+    if finetune_from not in ("front", "midend", "backend"):
+        fail("--finetune-from must be front, midend or backend", 2)
+    if mode is Mode.ensemble and len(member or []) < 2:
+        fail("--mode ensemble needs at least two --member models", 2)
+    try:
+        if mode is Mode.head:
+            card_path = run_head(cfg, note=info)[0]
+        elif mode is Mode.finetune:
+            card_path = run_finetune(cfg, note=info)
+        elif mode is Mode.zeroshot:
+            card_path = run_zeroshot(cfg, note=info)
+        else:
+            card_path = run_ensemble(cfg, list(member or []), note=info)
+    except (DatasetError, ModelError, ValueError) as e:
+        fail(str(e), 2)
+    card = json.loads(card_path.read_text())
+    for subset, m in card.get("metrics", {}).items():
+        info(f"{subset}: {m['n_tracks']} tracks, accuracy soft {m['accuracy_soft']:.1%} "
+             f"hard {m['accuracy_hard']:.1%}, macro F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}")
+    print(card_path)

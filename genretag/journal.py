@@ -1,0 +1,189 @@
+"""The tag-write journal, and undo.
+
+Every genre write appends one JSON line (fsynced) *before* the new file
+replaces the old one, so a crash can leave a line for a write that never
+happened (undo sees the file still at `fingerprint_before` and skips it) but
+never a write without a line. Undo walks the journal backwards and writes
+the old values back through the same safe path, refusing any file that was
+changed since genretag wrote it. Each undo is journalled too (`op: undo`),
+so running undo twice does nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from genretag.fingerprint import FingerprintError, file_fingerprint
+from genretag.paths import data_dir
+from genretag.tagging import TagError, WriteOutcome, cleanup_stray_temps, read_tags, write_genres_safely
+
+
+def default_journal_path() -> Path:
+    return data_dir() / "journal.jsonl"
+
+
+def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None) -> dict:
+    """The journal line for one write."""
+    entry = {
+        "id": uuid.uuid4().hex, "op": op, "path": outcome.path,
+        "fingerprint_before": outcome.fingerprint_before, "fingerprint_after": outcome.fingerprint_after,
+        "old": outcome.old, "new": outcome.new, "format": outcome.format,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if undoes:
+        entry["undoes"] = undoes
+    return entry
+
+
+def append_entry(journal: str | os.PathLike, entry: dict) -> None:
+    """Append one line and fsync; a file lock keeps lines of concurrent runs whole."""
+    journal = Path(journal)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_entries(journal: str | os.PathLike) -> list[dict]:
+    """All well-formed entries, oldest first (a line torn by a crash is ignored)."""
+    entries = []
+    with open(journal, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(e, dict) and "path" in e and "fingerprint_after" in e:
+                entries.append(e)
+    return entries
+
+
+class JournalWriter:
+    """The `before_replace` hook of `write_genres_safely` that records each write."""
+
+    def __init__(self, journal: str | os.PathLike | None = None, op: str = "tag") -> None:
+        self.path = Path(journal) if journal else default_journal_path()
+        self.op = op
+        self.undoes: str | None = None
+        self.last: dict | None = None
+
+    def __call__(self, outcome: WriteOutcome) -> None:
+        self.last = make_entry(outcome, self.op, self.undoes)
+        append_entry(self.path, self.last)
+
+
+@dataclass
+class UndoItem:
+    """What undo did (or would do) for one journal entry."""
+
+    path: str
+    status: str  # restored, would restore, skipped, refused, error
+    message: str = ""
+    old: list[str] | None = None
+    new: list[str] | None = None
+
+
+def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
+         keep_mtime: bool = False) -> Iterator[UndoItem]:
+    """Restore the old genre of every journalled write, newest first.
+
+    A file is restored only while its whole-file fingerprint is the one
+    genretag left (or one an earlier undo produced for it); otherwise it is
+    refused, unless its genre already is the old one (then it is skipped).
+    """
+    jpath = Path(journal) if journal else default_journal_path()
+    entries = read_entries(jpath)
+    undone = {e.get("undoes") for e in entries if e.get("op") == "undo"}
+    by_id = {e.get("id"): e for e in entries if e.get("id")}
+    # fingerprint an undo produced -> the fingerprint it stands for (the state before the write)
+    aliases: dict[str, dict[str, str]] = {}
+    for e in entries:
+        target = by_id.get(e.get("undoes"))
+        if e.get("op") == "undo" and target:
+            aliases.setdefault(e["path"], {})[e["fingerprint_after"]] = target["fingerprint_before"]
+    virtual: dict[str, str | None] = {}  # path -> fingerprint it is (logically) at now
+    real_fp: dict[str, str] = {}  # path -> its actual whole-file fingerprint
+    times: dict[str, tuple[int, int]] = {}  # path -> (atime, mtime) before undo read it
+    writer = JournalWriter(jpath, op="undo")
+    cleaned: set[str] = set()
+    for e in reversed(entries):
+        if e.get("op", "tag") != "tag":
+            continue
+        path = e["path"]
+        if e.get("id") in undone:
+            yield UndoItem(path, "skipped", "already restored", e.get("old"), e.get("new"))
+            continue
+        if path not in virtual:
+            try:
+                st = os.stat(path)
+                times[path] = (st.st_atime_ns, st.st_mtime_ns)
+                real = file_fingerprint(path)
+            except FileNotFoundError:
+                yield UndoItem(path, "error", "file not found")
+                virtual[path] = None
+                continue
+            except FingerprintError as err:
+                yield UndoItem(path, "error", str(err))
+                virtual[path] = None
+                continue
+            real_fp[path] = real
+            seen = set()
+            while real in aliases.get(path, {}) and real not in seen:
+                seen.add(real)
+                real = aliases[path][real]
+            virtual[path] = real
+        current = virtual[path]
+        if current is None:
+            yield UndoItem(path, "error", "file not readable")
+            continue
+        if current != e["fingerprint_after"]:
+            if current == e["fingerprint_before"]:
+                yield UndoItem(path, "skipped", "already restored (or never written)", e["old"], e["new"])
+                continue
+            try:
+                now = read_tags(path).values
+            except TagError:
+                now = None
+            if now == e["old"]:
+                yield UndoItem(path, "skipped", "already has its old genre", e["old"], e["new"])
+                continue
+            yield UndoItem(path, "refused", "changed since genretag wrote it (fingerprint differs); not touched",
+                           e["old"], e["new"])
+            continue
+        if dry_run:
+            virtual[path] = e["fingerprint_before"]
+            yield UndoItem(path, "would restore", "", e["old"], e["new"])
+            continue
+        folder = os.path.dirname(path)
+        if folder not in cleaned:
+            cleaned.add(folder)
+            cleanup_stray_temps(folder)
+        writer.undoes = e.get("id")
+        try:
+            # values are the exact stored form, so no separator: they are written back as they were
+            out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
+                                      expect_fingerprint=real_fp[path], times=times.get(path))
+        except TagError as err:
+            virtual[path] = None
+            yield UndoItem(path, "error", str(err), e["old"], e["new"])
+            continue
+        aliases.setdefault(path, {})[out.fingerprint_after] = e["fingerprint_before"]
+        real_fp[path] = out.fingerprint_after
+        virtual[path] = e["fingerprint_before"]
+        yield UndoItem(path, "restored", "", e["old"], e["new"])

@@ -1,0 +1,757 @@
+"""Transfer learning from the pretrained musicnn MSD tagger to GTZAN genres.
+
+Four ways to get a genre model out of the tagger, all selected on the valid
+split and measured on the test split exactly as `genretag evaluate` would:
+
+- head: embeddings of every sub-track are extracted once with the frozen
+  tagger (cached on disk) and a small head (logistic regression or an MLP
+  with dropout; AdamW, classes balanced) is trained on them. Pooling set,
+  head size and weight decay are chosen on valid.
+- finetune: starting from the best head, the trunk is trained too (low LR,
+  BatchNorm statistics frozen, random crops + gain + noise, optional mixup);
+  by default the front-end convolutions (~90 % of the arithmetic) stay frozen.
+- zeroshot: no training at all: MSD tags are mapped to genres by name.
+- ensemble: a card averaging members' probabilities (e.g. musicnn + ResNet).
+
+Every model is temperature-calibrated on valid and written with save_model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genretag import evaluate as ev
+from genretag import musicnn as M
+from genretag.card import GTZAN_GENRES, ModelCard, load_card, save_card, sha256_file
+from genretag.dataset import Track, WaveCache, scan, split, wave_cache
+from genretag.model import LoadedNet, find_card, load_net, resolve_device, save_model
+from genretag.paths import cache_dir
+
+# Pooling sets tried for the head (names from genretag.musicnn.POOLABLE).
+POOLING_CHOICES: dict[str, list[str]] = {
+    "all": list(M.DEFAULT_POOLING),
+    "midend": ["timbral", "temporal", "cnn1", "cnn2", "cnn3"],  # musicnn's mean_pool + max_pool
+    "penultimate": ["penultimate"],
+}
+
+# Zero-shot: MSD tag names -> GTZAN genres. The MSD top-50 has no "classical",
+# "disco" or "reggae" tag; "proxy" fills the first two with the closest tags,
+# reggae stays empty (never predicted) in both.
+ZEROSHOT_MAPPINGS: dict[str, dict[str, list[str]]] = {
+    "strict": {
+        "blues": ["blues"], "classical": [], "country": ["country"], "disco": [],
+        "hiphop": ["Hip-Hop"], "jazz": ["jazz"], "metal": ["metal", "heavy metal"], "pop": ["pop"],
+        "reggae": [], "rock": ["rock", "classic rock", "hard rock"],
+    },
+    "proxy": {
+        "blues": ["blues"], "classical": ["instrumental", "ambient", "easy listening"],
+        "country": ["country"], "disco": ["dance", "funk", "70s"], "hiphop": ["Hip-Hop", "rnb"],
+        "jazz": ["jazz"], "metal": ["metal", "heavy metal"], "pop": ["pop"], "reggae": [],
+        "rock": ["rock", "classic rock", "hard rock", "alternative rock"],
+    },
+}
+
+
+@dataclass
+class TransferConfig:
+    """Everything a transfer run depends on; saved with the run and in the model card."""
+
+    data_dir: str = ""
+    out: str = "runs/transfer"
+    name: str = "gtzan-musicnn"
+    mode: str = "head"  # head | finetune | zeroshot
+    base_model: str = "msd-musicnn"  # the tagger whose trunk is reused
+    split: str = "fault-filtered"
+    fold: int = 0
+    seed: int = 0
+    # head (grid searched on valid)
+    poolings: list[str] = field(default_factory=lambda: ["all", "midend", "penultimate"])
+    hidden: list[int] = field(default_factory=lambda: [0, 256])
+    weight_decays: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # AdamW (decoupled)
+    head_dropout: float = 0.5
+    head_epochs: int = 60
+    head_lr: float = 1e-3
+    head_batch: int = 128
+    label_smoothing: float = 0.1
+    train_crops: int = 19  # embeddings per training track (overlapping crops; 10 eval sub-tracks elsewhere)
+    # finetune
+    epochs: int = 8
+    crops_per_track: int = 4  # random crops per training track per epoch
+    batch_size: int = 16
+    lr: float = 1e-4  # trunk (the head gets 10x)
+    weight_decay: float = 1e-2
+    finetune_from: str = "midend"  # front | midend | backend: first trainable trunk stage
+    aug_gain_db: float = 6.0
+    aug_noise_snr_db: float = 30.0
+    aug_mixup: float = 0.0
+    from_head: str = ""  # finetune: start from this head model's card instead of training one
+    # zeroshot
+    zeroshot_mappings: list[str] = field(default_factory=lambda: ["strict", "proxy"])
+    zeroshot_aggs: list[str] = field(default_factory=lambda: ["max", "mean"])
+    half_weights: bool = True
+    device: str = "auto"
+    jobs: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TransferConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    parts: dict[str, list[Track]]
+    labels: list[str]
+    cache: WaveCache  # 16 kHz, every track of the split
+    n_found: int
+    split: str = "fault-filtered"
+
+    def y(self, subset: str) -> np.ndarray:
+        return np.array([self.labels.index(t.genre) for t in self.parts[subset]])
+
+
+def load_data(cfg: TransferConfig, sample_rate: int = M.SAMPLE_RATE) -> Data:
+    tracks = scan(cfg.data_dir)
+    parts = split(tracks, cfg.split, cfg.seed, cfg.fold)
+    if not parts["train"] or not parts["valid"]:
+        raise ValueError(f"split {cfg.split!r} leaves no train or no valid tracks")
+    present = sorted({t.genre for t in tracks})
+    labels = list(GTZAN_GENRES) if set(present) <= set(GTZAN_GENRES) else present
+    every = parts["train"] + parts["valid"] + parts["test"]
+    return Data(parts, labels, wave_cache(every, sample_rate, jobs=cfg.jobs), len(tracks), cfg.split)
+
+
+def train_offsets(n_samples: int, seg: int, n: int) -> list[int]:
+    """Start samples of n overlapping crops spread over a track (all 0 for a short track)."""
+    if n_samples <= seg:
+        return [0]
+    return sorted({int(round(o)) for o in np.linspace(0, n_samples - seg, n)})
+
+
+def _crops(cache: WaveCache, i: int, seg: int, offsets: list[int]) -> np.ndarray:
+    y = cache.wave(i)
+    out = np.zeros((len(offsets), seg), dtype=np.float32)
+    for k, o in enumerate(offsets):
+        chunk = y[o:o + seg]
+        out[k, :len(chunk)] = chunk
+    return out
+
+
+def subset_segments(data: Data, subset: str, card: ModelCard, dense: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per-track sub-track waveforms: the evaluation cut (as classify/evaluate), or `dense` crops."""
+    idx = data.cache.index_of()
+    a = card.audio
+    segs = []
+    for t in data.parts[subset]:
+        if dense:
+            segs.append(_crops(data.cache, idx[t.id], a.segment_samples,
+                               train_offsets(int(data.cache.lengths[idx[t.id]]), a.segment_samples, dense)))
+        else:
+            segs.append(ev.track_segments(data.cache, idx[t.id], a.segment_samples, a.max_segments))
+    return segs, data.y(subset)
+
+
+# ---------------------------------------------------------------------------
+# (a) frozen embeddings, extracted once and cached
+# ---------------------------------------------------------------------------
+
+
+def _embedding_cache_key(tracks: list[Track], weights_sha: str, scheme: str) -> str:
+    h = hashlib.sha256()
+    for t in tracks:
+        st = t.path.stat()
+        h.update(f"{t.id}|{t.path.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    h.update(f"{weights_sha}|{scheme}|v1".encode())
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def extract_embeddings(tagger: M.MusicnnTagger, segs: list[np.ndarray], device, batch: int = 32,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """All pooled embeddings (+ 'tag_logits') of every sub-track, rows in track order, plus 'track'."""
+    flat = np.concatenate(segs)
+    out: dict[str, list[np.ndarray]] = {}
+    for s in range(0, len(flat), batch):
+        x = torch.from_numpy(flat[s:s + batch]).to(device)
+        logits, emb = M.MusicnnNet.forward(tagger, M.musicnn_frontend(x), return_embeddings=True)
+        emb["tag_logits"] = logits
+        for k, v in emb.items():
+            if k in ("mean_pool", "max_pool"):
+                continue  # = the per-layer pieces, concatenated
+            out.setdefault(k, []).append(v.float().cpu().numpy())
+        if progress:
+            progress(min(s + batch, len(flat)), len(flat))
+    res = {k: np.concatenate(v) for k, v in out.items()}
+    res["track"] = np.concatenate([np.full(len(s), i) for i, s in enumerate(segs)])
+    return res
+
+
+def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_card: ModelCard, device,
+                      dense: int = 0, note: Callable[[str], None] = lambda s: None) -> dict[str, np.ndarray]:
+    """Embeddings of a subset's sub-tracks, from <cache>/transfer/<key>.npz when already computed."""
+    tracks = data.parts[subset]
+    a = base_card.audio
+    scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
+    key = _embedding_cache_key(tracks, base_card.weights_sha256, scheme)
+    f = cache_dir() / "transfer" / f"{key}.npz"
+    if f.exists():
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+    segs, _ = subset_segments(data, subset, base_card, dense)
+    n = sum(len(s) for s in segs)
+    note(f"extracting musicnn embeddings: {subset}, {len(tracks)} tracks, {n} sub-tracks (once; cached)")
+    t0 = time.time()
+    emb = extract_embeddings(tagger, segs, device)
+    note(f"  {n} sub-tracks in {time.time() - t0:.0f} s")
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.stem + ".tmp.npz")
+    np.savez(tmp, **emb)
+    os.replace(tmp, f)
+    return emb
+
+
+# ---------------------------------------------------------------------------
+# (b) the head on frozen embeddings
+# ---------------------------------------------------------------------------
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def track_metrics(seg_logits: list[np.ndarray], y: np.ndarray, labels: list[str], tracks: list[Track],
+                  temperature: float = 1.0) -> dict:
+    """ev.report on per-track sub-track logits (softmax of logits / temperature)."""
+    pred = ev.Predictions(tracks, labels, [_softmax(lg / temperature) for lg in seg_logits])
+    return ev.report(pred)
+
+
+def _split_rows(values: np.ndarray, track: np.ndarray, n_tracks: int) -> list[np.ndarray]:
+    return [values[track == i] for i in range(n_tracks)]
+
+
+@dataclass
+class HeadResult:
+    pooling: str
+    hidden: int
+    weight_decay: float
+    valid_acc: float
+    valid_nll: float
+    epoch: int
+    state: dict
+
+
+def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, va_track: np.ndarray, yva: np.ndarray,
+               n_classes: int, hidden: int, weight_decay: float, cfg: TransferConfig) -> tuple[M.GenreHead, float, float, int]:
+    """Train one head on train embeddings; keep the epoch with the best valid track accuracy (then NLL)."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head = M.GenreHead(xtr.shape[1], n_classes, hidden, cfg.head_dropout)
+    head.set_standardisation(xtr.mean(0), xtr.std(0))
+    counts = np.bincount(ytr, minlength=n_classes).astype(np.float64)
+    cw = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0),
+                      dtype=torch.float32)  # balanced classes
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=weight_decay)
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
+    Xv = torch.from_numpy(xva)
+    n_va = len(yva)
+    best = (-1.0, math.inf, 0, None)
+    steps_per_epoch = max(1, math.ceil(len(X) / cfg.head_batch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs * steps_per_epoch)
+    for epoch in range(1, cfg.head_epochs + 1):
+        head.train()
+        perm = torch.randperm(len(X), generator=gen)
+        for s in range(0, len(X), cfg.head_batch):
+            b = perm[s:s + cfg.head_batch]
+            loss = F.cross_entropy(head(X[b]), Y[b], weight=cw, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if epoch % 5 and epoch != cfg.head_epochs:
+            continue
+        head.eval()
+        with torch.no_grad():
+            lv = head(Xv).numpy()
+        probs = np.array([_softmax(lg).mean(0) for lg in _split_rows(lv, va_track, n_va)])
+        acc = float((probs.argmax(1) == yva).mean())
+        nll = float(-np.log(np.clip(probs[np.arange(n_va), yva], 1e-12, 1)).mean())
+        if acc > best[0] or (acc == best[0] and nll < best[1]):
+            best = (acc, nll, epoch, copy.deepcopy(head.state_dict()))
+    head.load_state_dict(best[3])
+    head.eval()
+    return head, best[0], best[1], best[2]
+
+
+def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarray, n_classes: int,
+             cfg: TransferConfig, note: Callable[[str], None]) -> tuple[HeadResult, list[dict]]:
+    """Grid over pooling x hidden x weight decay; the best on valid (accuracy, then NLL)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only spin (and fight other jobs)
+    try:
+        return _fit_head(emb_tr, emb_va, y_tr_tracks, y_va, n_classes, cfg, note)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarray, n_classes: int,
+              cfg: TransferConfig, note: Callable[[str], None]) -> tuple[HeadResult, list[dict]]:
+    ytr = y_tr_tracks[emb_tr["track"]]
+    grid = []
+    best: HeadResult | None = None
+    for pname in cfg.poolings:
+        pooling = POOLING_CHOICES[pname]
+        xtr = M.pool_embeddings(emb_tr, pooling).astype(np.float32)
+        xva = M.pool_embeddings(emb_va, pooling).astype(np.float32)
+        for hidden in cfg.hidden:
+            for wd in cfg.weight_decays:
+                head, acc, nll, ep = train_head(xtr, ytr, xva, emb_va["track"], y_va, n_classes, hidden, wd, cfg)
+                row = {"pooling": pname, "hidden": hidden, "weight_decay": wd, "valid_acc": acc,
+                       "valid_nll": nll, "epoch": ep}
+                grid.append(row)
+                note(f"  head pooling={pname:<11} hidden={hidden:<4} wd={wd:<6g} valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
+                if best is None or acc > best.valid_acc or (acc == best.valid_acc and nll < best.valid_nll):
+                    best = HeadResult(pname, hidden, wd, acc, nll, ep, head.state_dict())
+    assert best is not None
+    return best, grid
+
+
+# ---------------------------------------------------------------------------
+# model cards
+# ---------------------------------------------------------------------------
+
+
+def transfer_card(cfg: TransferConfig, base: ModelCard, labels: list[str], pooling: str, hidden: int,
+                  finetune: bool) -> ModelCard:
+    card = ModelCard(
+        name=cfg.name, labels=labels,
+        architecture={"name": "musicnn-transfer", "pooling": POOLING_CHOICES[pooling],
+                      "head": {"hidden": hidden, "dropout": cfg.head_dropout}, "finetune": finetune,
+                      "trunk_classes": len(base.labels), "trunk": base.name},
+        audio=copy.deepcopy(base.audio), mel=copy.deepcopy(base.mel),
+        description=("GTZAN genre classifier: the pretrained musicnn MSD tagger's trunk "
+                     + ("fine-tuned" if finetune else "frozen")
+                     + f" + a {'MLP' if hidden else 'logistic-regression'} head on "
+                     f"mean+max pooled embeddings ({pooling}); trained with `genretag transfer`."),
+        license=base.license, source=f"trunk: {base.source}",
+    )
+    return card
+
+
+def _command() -> str:
+    if len(sys.argv) > 1 and sys.argv[1] == "transfer":
+        return "genretag transfer " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    return ""
+
+
+def summary(rep: dict) -> dict:
+    """Card metrics in train.py's format."""
+    return {"n_tracks": rep["n_tracks"], "accuracy_soft": rep["accuracy"]["soft"],
+            "accuracy_hard": rep["accuracy"]["hard"], "accuracy_segment": rep["accuracy"]["segment"],
+            "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
+
+
+def measure(ln: LoadedNet, data: Data, subsets=("valid", "test")) -> dict[str, dict]:
+    """Metrics of a saved (reloaded) model, cut and voted exactly as `genretag evaluate` does."""
+    out = {}
+    for s in subsets:
+        tracks = data.parts[s]
+        if not tracks:
+            continue
+        cache = data.cache if data.cache.sample_rate == ln.card.audio.sample_rate else None
+        rep = ev.report(ev.predict_tracks([ln], tracks, cache))
+        key = "test_random_split_leaky" if s == "test" and data.split == "random" else s
+        out[key] = summary(rep)
+    return out
+
+
+def load_model(card_path: str | os.PathLike, device: str = "auto") -> LoadedNet:
+    """load_net, plus musicnn-zeroshot cards while genretag.nets does not route them to genretag.musicnn."""
+    try:
+        return load_net(card_path, device)
+    except Exception:
+        card = load_card(card_path)
+        if card.architecture.get("name") != "musicnn-zeroshot":
+            raise
+    from safetensors.torch import load_file
+
+    wpath = Path(card_path).parent / card.weights
+    if card.weights_sha256 and sha256_file(wpath) != card.weights_sha256:
+        raise ValueError(f"{wpath}: sha256 does not match the model card")
+    net = M.build_net(card)
+    net.load_state_dict({k: v.float() for k, v in load_file(str(wpath)).items()})
+    dev = resolve_device(device)
+    return LoadedNet(card, net.eval().to(dev), dev, Path(card_path))
+
+
+def _seg_logits(net: torch.nn.Module, segs: list[np.ndarray], device, batch: int = 32) -> list[np.ndarray]:
+    flat = np.concatenate(segs)
+    with torch.inference_mode():
+        lg = np.concatenate([net(torch.from_numpy(flat[s:s + batch]).to(device)).cpu().numpy()
+                             for s in range(0, len(flat), batch)])
+    out, pos = [], 0
+    for s in segs:
+        out.append(lg[pos:pos + len(s)])
+        pos += len(s)
+    return out
+
+
+def calibrate(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
+    from genretag.train import calibrate_temperature
+
+    return calibrate_temperature(seg_logits, y)
+
+
+def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Data, valid_seg_logits,
+            extra_training: dict, note: Callable[[str], None], half: bool | None = None) -> Path:
+    """Calibrate on valid, save, reload from disk and measure valid/test; write metrics to the card."""
+    card.temperature = calibrate(valid_seg_logits, data.y("valid"))
+    note(f"temperature {card.temperature:.3f} (calibrated on valid)")
+    card.training = {
+        "data": f"GTZAN ({data.n_found} tracks present in the data folder)",
+        "split": cfg.split, "n_train_tracks": len(data.parts["train"]),
+        "n_valid_tracks": len(data.parts["valid"]), "n_test_tracks": len(data.parts["test"]),
+        **extra_training, "command": _command(), "config": asdict(cfg),
+    }
+    out = Path(cfg.out)
+    cpath = save_model(net, card, out, half=cfg.half_weights if half is None else half)
+    ln = load_net(cpath, cfg.device)  # what users get: the stored (float16) weights
+    card.metrics = measure(ln, data)
+    save_card(card, cpath)
+    return cpath
+
+
+# ---------------------------------------------------------------------------
+# head / finetune / zeroshot / ensemble
+# ---------------------------------------------------------------------------
+
+
+def _load_tagger(cfg: TransferConfig, device) -> tuple[M.MusicnnTagger, ModelCard]:
+    ln = load_net(cfg.base_model, "cpu")
+    if ln.card.architecture.get("name") != "musicnn":
+        raise ValueError(f"--base-model must be a musicnn tagger card, not {ln.card.architecture.get('name')!r}")
+    return ln.net.to(device).eval(), ln.card
+
+
+def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
+             data: Data | None = None) -> tuple[Path, M.MusicnnTransfer, Data]:
+    """(a)+(b): cached embeddings, head grid on valid, save; returns (card path, network, data)."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    tagger, base = _load_tagger(cfg, device)
+    data = data or load_data(cfg, base.audio.sample_rate)
+    note(f"{data.n_found} tracks found; split {cfg.split}: "
+         + ", ".join(f"{k} {len(v)}" for k, v in data.parts.items()))
+    emb_tr = cached_embeddings(data, "train", tagger, base, device, dense=cfg.train_crops, note=note)
+    emb_va = cached_embeddings(data, "valid", tagger, base, device, note=note)
+    best, grid = fit_head(emb_tr, emb_va, data.y("train"), data.y("valid"), len(data.labels), cfg, note)
+    note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
+         f"valid acc {best.valid_acc:.1%}")
+    card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
+    net = M.MusicnnTransfer(len(data.labels), POOLING_CHOICES[best.pooling], best.hidden, cfg.head_dropout,
+                            len(base.labels))
+    net.trunk.load_state_dict(tagger.state_dict())
+    net.head.load_state_dict(best.state)
+    net.eval()
+    # valid logits for calibration from the cached embeddings (same numbers as the network's)
+    with torch.no_grad():
+        lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, POOLING_CHOICES[best.pooling]).astype(np.float32))).numpy()
+    valid_logits = _split_rows(lv, emb_va["track"], len(data.parts["valid"]))
+    cpath = _finish(net, card, cfg, data, valid_logits,
+                    {"mode": "head", "head_grid": grid,
+                     "selected": {"pooling": best.pooling, "hidden": best.hidden,
+                                  "weight_decay": best.weight_decay, "epoch": best.epoch,
+                                  "valid_accuracy_before_calibration": best.valid_acc},
+                     "n_train_embeddings": int(len(emb_tr["track"]))}, note)
+    return cpath, net, data
+
+
+def _set_trainable(net: M.MusicnnTransfer, start: str) -> list[torch.nn.Parameter]:
+    """Freeze the trunk before stage `start` (front | midend | backend); returns the trunk params to train."""
+    t = net.trunk
+    stages = {"front": [t.bn_input, t.timbral, t.temporal], "midend": [t.midend],
+              "backend": [t.bn_pool, t.dense, t.bn_dense]}
+    order = ["front", "midend", "backend"]
+    if start not in order:
+        raise ValueError(f"unknown --finetune-from {start!r} (front, midend or backend)")
+    for p in t.parameters():
+        p.requires_grad_(False)
+    trainable = []
+    for s in order[order.index(start):]:
+        for m in stages[s]:
+            for p in m.parameters():
+                p.requires_grad_(True)
+                trainable.append(p)
+    return trainable
+
+
+def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
+                 on_epoch: Callable[[dict], None] | None = None) -> Path:
+    """(c): fine-tune trunk + head from the best head, select on valid (epoch 0 = the head alone)."""
+    from genretag.train import CropSampler, TrainConfig, augment_waves
+
+    device = resolve_device(cfg.device)
+    if cfg.from_head:
+        ln = load_net(cfg.from_head, "cpu")
+        if ln.card.architecture.get("name") != "musicnn-transfer":
+            raise ValueError(f"--from-head must be a musicnn-transfer model, not {ln.card.architecture.get('name')!r}")
+        net, start_card = ln.net, ln.card
+        _, base = _load_tagger(cfg, "cpu")
+        data = load_data(cfg, start_card.audio.sample_rate)
+        if data.labels != start_card.labels:
+            raise ValueError("--from-head model's labels differ from the dataset's genres")
+        pooling = next(k for k, v in POOLING_CHOICES.items() if v == list(start_card.architecture["pooling"]))
+        hidden = int(start_card.architecture["head"].get("hidden", 0))
+        head_info = {"from_head": str(cfg.from_head)}
+    else:
+        head_cfg = copy.deepcopy(cfg)
+        head_cfg.out = str(Path(cfg.out) / "head")
+        head_cfg.name = cfg.name + "-head"
+        note("step 1: the head on frozen embeddings")
+        hpath, net, data = run_head(head_cfg, note)
+        start_card = load_card(hpath)
+        _, base = _load_tagger(cfg, "cpu")
+        pooling = next(k for k, v in POOLING_CHOICES.items() if v == list(start_card.architecture["pooling"]))
+        hidden = int(start_card.architecture["head"].get("hidden", 0))
+        head_info = {"head_model": str(hpath), "head_metrics": start_card.metrics,
+                     "head_selected": start_card.training.get("selected")}
+        note("step 2: fine-tuning")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = net.float().to(device)
+    trunk_params = _set_trainable(net, cfg.finetune_from)
+    frozen_front = cfg.finetune_from != "front"
+    card = transfer_card(cfg, base, data.labels, pooling, hidden, finetune=True)
+    seg = card.audio.segment_samples
+
+    # valid: with a frozen front-end its maps are fixed, so computed once
+    valid_segs, y_valid = subset_segments(data, "valid", card)
+    valid_front: list[torch.Tensor] | None = None
+    if frozen_front:
+        with torch.inference_mode():
+            valid_front = [net.trunk.front_maps(M.musicnn_frontend(torch.from_numpy(s).to(device))).half().cpu()
+                           for s in valid_segs]
+
+    def valid_logits() -> list[np.ndarray]:
+        net.eval()
+        if valid_front is None:
+            return _seg_logits(net, valid_segs, device)
+        with torch.inference_mode():
+            return [net.forward_front(f.float().to(device)).cpu().numpy() for f in valid_front]
+
+    def valid_score(lg: list[np.ndarray]) -> tuple[float, float]:
+        probs = np.array([_softmax(x).mean(0) for x in lg])
+        return (float((probs.argmax(1) == y_valid).mean()),
+                float(-np.log(np.clip(probs[np.arange(len(y_valid)), y_valid], 1e-12, 1)).mean()))
+
+    lg0 = valid_logits()
+    best_acc, best_nll = valid_score(lg0)
+    best_state, best_epoch, best_lg = copy.deepcopy(net.state_dict()), 0, lg0
+    note(f"epoch   0 (head only)  valid acc {best_acc:.1%} nll {best_nll:.3f}")
+    history = [{"epoch": 0, "train_loss": None, "valid_acc": best_acc, "valid_nll": best_nll, "seconds": 0.0}]
+
+    train_tracks = data.parts["train"]
+    sampler = CropSampler(train_tracks, data.labels, [data.cache], seg, True, 0.0, rng)
+    aug = TrainConfig(aug_gain_db=cfg.aug_gain_db, aug_noise_snr_db=cfg.aug_noise_snr_db)
+    steps = max(1, math.ceil(cfg.crops_per_track * len(train_tracks) / cfg.batch_size))
+    opt = torch.optim.AdamW([{"params": trunk_params, "lr": cfg.lr},
+                             {"params": list(net.head.parameters()), "lr": cfg.lr * 10}],
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lr * 10],
+                                                total_steps=steps * cfg.epochs, pct_start=0.15)
+    n = len(data.labels)
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        net.eval()  # BatchNorm statistics stay the pretrained ones (tiny batches, tiny data)
+        net.head.train()  # ... but the head's dropout is on
+        tot = 0.0
+        for _ in range(steps):
+            xb, yb = sampler.batch(cfg.batch_size)
+            x = torch.from_numpy(augment_waves(xb, aug, rng)).to(device)
+            target = F.one_hot(torch.from_numpy(yb).long(), n).float().to(device)
+            if cfg.aug_mixup > 0:
+                lam = float(rng.beta(cfg.aug_mixup, cfg.aug_mixup))
+                perm = torch.randperm(x.shape[0], generator=gen).to(device)
+                x = lam * x + (1 - lam) * x[perm]
+                target = lam * target + (1 - lam) * target[perm]
+            mel = M.musicnn_frontend(x)
+            if frozen_front:
+                with torch.no_grad():
+                    front = net.trunk.front_maps(mel)
+                logits = net.forward_front(front)
+            else:
+                logits = net.head(net.embedding(mel))
+            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
+            opt.step()
+            sched.step()
+            tot += float(loss.detach())
+        lg = valid_logits()
+        acc, nll = valid_score(lg)
+        log = {"epoch": epoch, "train_loss": tot / steps, "valid_acc": acc, "valid_nll": nll,
+               "seconds": time.time() - t0}
+        history.append(log)
+        note(f"epoch {epoch:3d}  train loss {tot / steps:.3f}  valid acc {acc:.1%} nll {nll:.3f}  ({log['seconds']:.0f} s)")
+        if on_epoch:
+            on_epoch(log)
+        if acc > best_acc or (acc == best_acc and nll < best_nll):
+            best_acc, best_nll, best_epoch, best_lg = acc, nll, epoch, lg
+            best_state = copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    note(f"selected epoch {best_epoch} (valid acc {best_acc:.1%})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.json").write_text(json.dumps(history, indent=1))
+    return _finish(net, card, cfg, data, best_lg,
+                   {"mode": "finetune", **head_info, "selected_epoch": best_epoch, "history": history,
+                    "finetune_from": cfg.finetune_from}, note)
+
+
+def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None) -> Path:
+    """(f): MSD tags -> genres by name, no training; mapping/aggregation chosen on valid, T calibrated on valid."""
+    device = resolve_device(cfg.device)
+    tagger, base = _load_tagger(cfg, device)
+    data = load_data(cfg, base.audio.sample_rate)
+    emb_va = cached_embeddings(data, "valid", tagger, base, device, note=note)
+    y_va = data.y("valid")
+    best = None
+    grid = []
+    for mname in cfg.zeroshot_mappings:
+        for agg in cfg.zeroshot_aggs:
+            zs = M.MusicnnZeroShot(data.labels, ZEROSHOT_MAPPINGS[mname], agg, tuple(base.labels))
+            p = torch.sigmoid(torch.from_numpy(emb_va["tag_logits"]))
+            m = zs.mapping
+            score = (p[:, None, :] * m[None]).amax(2) if agg == "max" else (p @ m.T) / m.sum(1).clamp(min=1)
+            lg = torch.log(score + zs.EPS).numpy()
+            seg_lg = _split_rows(lg, emb_va["track"], len(y_va))
+            rep = track_metrics(seg_lg, y_va, data.labels, data.parts["valid"])
+            row = {"mapping": mname, "agg": agg, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            grid.append(row)
+            note(f"  zero-shot mapping={mname:<6} agg={agg:<4} valid acc {row['valid_acc']:.1%}")
+            if best is None or (row["valid_acc"], -row["valid_nll"]) > (best[0]["valid_acc"], -best[0]["valid_nll"]):
+                best = (row, seg_lg)
+    row, seg_lg = best
+    mapping = ZEROSHOT_MAPPINGS[row["mapping"]]
+    card = ModelCard(
+        name=cfg.name, labels=data.labels,
+        architecture={"name": "musicnn-zeroshot", "mapping": mapping, "agg": row["agg"],
+                      "mapping_name": row["mapping"], "trunk": base.name},
+        audio=copy.deepcopy(base.audio), mel=copy.deepcopy(base.mel),
+        description=("Zero-shot GTZAN genres from the musicnn MSD tagger: no training; a genre's score is the "
+                     f"{row['agg']} of the sigmoid probabilities of the MSD tags mapped to it. The MSD top-50 "
+                     "has no reggae, classical or disco tag: reggae is never predicted"
+                     + ("; classical and disco use proxy tags." if row["mapping"] == "proxy"
+                        else ", nor are classical and disco.")),
+        license=base.license, source=f"tagger: {base.source}",
+    )
+    card.temperature = calibrate(seg_lg, y_va)
+    note(f"temperature {card.temperature:.3f} (calibrated on valid)")
+    card.training = {"mode": "zeroshot", "split": cfg.split, "grid": grid, "command": _command(),
+                     "n_valid_tracks": len(y_va), "n_test_tracks": len(data.parts["test"]),
+                     "config": asdict(cfg)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_path = find_card(cfg.base_model)
+    bw = base_path.parent / base.weights
+    if bw.parent.resolve() != out.resolve():
+        shutil.copy2(bw, out / bw.name)  # same bytes, same sha256
+    card.weights, card.weights_sha256 = bw.name, base.weights_sha256
+    cpath = out / f"{card.name}.json"
+    save_card(card, cpath)
+    card.metrics = measure(load_model(cpath, cfg.device), data)
+    save_card(card, cpath)
+    return cpath
+
+
+def make_ensemble(members: list[str | os.PathLike], out_dir: str | os.PathLike, name: str,
+                  description: str = "") -> Path:
+    """An ensemble card (mean of the members' probabilities) beside or above its members.
+
+    Member cards are referenced by path relative to the new card. The ensemble cuts
+    sub-tracks with the audio parameters of its highest-sample-rate member, so no
+    member is fed upsampled audio (each member gets its own rate/length via _adapt).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [find_card(m) for m in members]
+    cards = [load_card(p) for p in paths]
+    if any(c.labels != cards[0].labels for c in cards):
+        raise ValueError("ensemble members disagree on labels")
+    lead = max(cards, key=lambda c: (c.audio.sample_rate, c.audio.segment_seconds))
+    card = ModelCard(
+        name=name, labels=list(cards[0].labels), architecture={"name": "ensemble"},
+        audio=copy.deepcopy(lead.audio), mel=copy.deepcopy(lead.mel),
+        members=[os.path.relpath(p.resolve(), out.resolve()) for p in paths],
+        description=description or ("Ensemble (mean of probabilities) of " + ", ".join(c.name for c in cards) + "."),
+        license=", ".join(sorted({c.license for c in cards if c.license})),
+    )
+    cpath = out / f"{name}.json"
+    save_card(card, cpath)
+    return cpath
+
+
+def run_ensemble(cfg: TransferConfig, members: list[str], note: Callable[[str], None] = lambda s: None) -> Path:
+    """Ensemble card of `members` (every non-empty subset tried; the best on valid is written), measured."""
+    from itertools import combinations
+
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two --member models")
+    data = load_data(cfg, max(load_card(find_card(m)).audio.sample_rate for m in members))
+    full = load_net(make_ensemble(members, cfg.out, cfg.name), cfg.device)
+    idx = data.cache.index_of()
+    a = full.card.audio
+    per_member: dict[str, list[list[np.ndarray]]] = {}
+    segs = [ev.track_segments(data.cache, idx[t.id], a.segment_samples, a.max_segments) for t in data.parts["valid"]]
+    from genretag.model import _adapt
+
+    for m, mp in zip(full.members, full.card.members):
+        note(f"  valid predictions of {m.card.name}")
+        per_member[mp] = [m.predict(_adapt(s, full.card, m.card)) for s in segs]
+    y = data.y("valid")
+    grid, best = [], None
+    for k in range(1, len(members) + 1):
+        for combo in combinations(full.card.members, k):
+            probs = [np.mean([per_member[c][i] for c in combo], axis=0) for i in range(len(y))]
+            rep = ev.report(ev.Predictions(data.parts["valid"], data.labels, probs))
+            row = {"members": list(combo), "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            grid.append(row)
+            note(f"  {' + '.join(Path(c).stem for c in combo):<60} valid acc {row['valid_acc']:.1%} nll {row['valid_nll']:.3f}")
+            if k >= 2 and (best is None or (row["valid_acc"], -row["valid_nll"]) > (best["valid_acc"], -best["valid_nll"])):
+                best = row
+    chosen = [str((Path(cfg.out) / c).resolve()) for c in best["members"]]
+    cpath = make_ensemble(chosen, cfg.out, cfg.name)
+    card = load_card(cpath)
+    card.training = {"mode": "ensemble", "split": cfg.split, "candidates": list(full.card.members),
+                     "grid": grid, "selected_on": "valid soft accuracy (ties: NLL)", "command": _command()}
+    card.metrics = measure(load_net(cpath, cfg.device), data)
+    save_card(card, cpath)
+    return cpath

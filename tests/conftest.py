@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated cache/data dir for every test, and a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path_factory, monkeypatch) -> dict[str, Path]:
+    """Keep the user's real cache (models, results) and journal out of every test's reach."""
+    base = tmp_path_factory.mktemp("genretag-home")
+    dirs = {"cache": base / "cache", "data": base / "data"}
+    monkeypatch.setenv("GENRETAG_CACHE_DIR", str(dirs["cache"]))
+    monkeypatch.setenv("GENRETAG_DATA_DIR", str(dirs["data"]))
+    monkeypatch.setenv("NO_COLOR", "1")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny, randomly initialised (seeded) 10-genre model; returns its card path for --model."""
+    import torch
+
+    from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
+    from genretag.model import save_model
+    from genretag.nets import build_net
+
+    card = ModelCard(
+        name="tiny-test",
+        labels=list(GTZAN_GENRES),
+        architecture={"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16],
+                      "dropout": 0.0, "stem_stride": 2},
+        audio=AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3),
+        mel=MelParams(n_fft=512, hop_length=256, n_mels=32),
+        description="random weights, for tests only",
+    )
+    torch.manual_seed(0)
+    net = build_net(card)
+    return save_model(net, card, tmp_path_factory.mktemp("tiny-model"))

@@ -1,0 +1,103 @@
+"""The device-agnostic inference path: same numbers however a batch is formed and wherever it runs.
+
+`LoadedNet.predict` moves the batch to the network's device; `classify`
+re-batches sub-tracks of consecutive files and (on CPU) stores the conv
+weights channels-last. None of that may change a prediction beyond float
+rounding. The CUDA checks run only where CUDA is available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genretag.inference import classify, tune_for_inference
+from genretag.model import LoadedNet, ModelError, load_net, resolve_device
+
+ATOL = 1e-5
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture()
+def net(tiny_model_dir) -> LoadedNet:
+    return load_net(tiny_model_dir, device="cpu")
+
+
+def _waves(net: LoadedNet, n: int = 6, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(net.card.audio.segment_samples) / net.card.audio.sample_rate
+    tones = np.stack([0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t) for i in range(n)])
+    return (tones + 0.05 * rng.standard_normal(tones.shape)).astype(np.float32)
+
+
+def test_cpu_device_is_explicit(net):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert net.device == torch.device("cpu")
+    assert all(p.device == torch.device("cpu") for p in net.net.parameters())
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_batch_equals_one_by_one(net):
+    x = _waves(net)
+    batch = net.predict(x)
+    single = np.concatenate([net.predict(x[i:i + 1]) for i in range(len(x))])
+    assert batch.shape == (len(x), len(net.labels))
+    np.testing.assert_allclose(batch, single, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(batch.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_numpy_and_cpu_tensor_inputs_agree(net):
+    x = _waves(net)
+    from_numpy = net.predict(x)
+    from_tensor = net.predict(torch.from_numpy(x).to(torch.device("cpu")))
+    np.testing.assert_allclose(from_numpy, from_tensor, atol=ATOL, rtol=0)
+
+
+def test_channels_last_does_not_change_predictions(tiny_model_dir):
+    plain = load_net(tiny_model_dir, device="cpu")
+    tuned = load_net(tiny_model_dir, device="cpu")
+    tune_for_inference(tuned)
+    tune_for_inference(tuned)  # idempotent
+    x = _waves(plain, n=5, seed=1)
+    np.testing.assert_allclose(plain.predict(x), tuned.predict(x), atol=ATOL, rtol=0)
+    # the layout changes, the weights do not
+    for (k, a), (_, b) in zip(plain.net.state_dict().items(), tuned.net.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_classify_batching_is_invisible(net):
+    waves = [w for w in _waves(net, n=7, seed=2)]
+    # each 1 s waveform is one sub-track: batches of 1, 3 and all 7 sub-tracks
+    runs = [list(classify(waves, net, batch_segments=b)) for b in (1, 3, 64)]
+    for other in runs[1:]:
+        assert [r.path for r in other] == [r.path for r in runs[0]]
+        for a, b in zip(runs[0], other):
+            assert a.genre == b.genre
+            for k in a.probabilities:
+                assert abs(a.probabilities[k] - b.probabilities[k]) <= ATOL
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ModelError, match="no CUDA"):
+        resolve_device("cuda")
+    with pytest.raises(ModelError):
+        load_net(tiny_model_dir, device="cuda")
+
+
+@cuda
+def test_cuda_puts_network_and_batch_on_the_gpu(tiny_model_dir):
+    gpu = load_net(tiny_model_dir, device="cuda")
+    cpu = load_net(tiny_model_dir, device="cpu")
+    assert gpu.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in gpu.net.parameters())
+    x = _waves(cpu)
+    on_gpu = gpu.predict(x)  # numpy in, moved to the GPU by predict, numpy out
+    assert isinstance(on_gpu, np.ndarray)
+    np.testing.assert_allclose(on_gpu, cpu.predict(x), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(on_gpu, np.concatenate([gpu.predict(x[i:i + 1]) for i in range(len(x))]),
+                               atol=1e-4, rtol=0)
+    tune_for_inference(gpu)  # CPU-only tuning: leaves a GPU network alone
+    assert not getattr(gpu, "_channels_last", False)

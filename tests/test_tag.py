@@ -1,0 +1,477 @@
+"""`genretag tag` / `genretag undo`: per-format genre writes, policies, safety, journal, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mutagen import id3
+from typer.testing import CliRunner
+
+import audio_factory as af
+from genretag import cache as cache_mod
+from genretag import tagging
+from genretag.cli import app
+from genretag.fingerprint import file_fingerprint, fingerprint
+from genretag.inference import TrackResult
+from genretag.journal import read_entries, undo
+
+EXTS = list(af.FORMATS)  # mp3 flac ogg opus m4a wav aiff
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def rows(result) -> dict[str, dict]:
+    return {Path(d["path"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def result(path: str, **probs: float) -> TrackResult:
+    """A classification result with the given probabilities (the rest share what is left)."""
+    from genretag.card import GTZAN_GENRES
+
+    rest = [g for g in GTZAN_GENRES if g not in probs]
+    left = max(0.0, 1.0 - sum(probs.values()))
+    full = {**{g: left / len(rest) for g in rest}, **probs}
+    top = max(full, key=full.get)
+    return TrackResult(path, top, full[top], full, 3, None)
+
+
+@pytest.fixture
+def tiny(tiny_model_dir) -> str:
+    """The tiny model's card path, for --model."""
+    return str(tiny_model_dir)
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """Replace the network's answers (not the CLI, cache or tag code) with fixed ones.
+
+    Returns the dict name -> probabilities to fill; unknown files get jazz 0.6 / blues 0.3.
+    """
+    answers: dict[str, dict[str, float]] = {}
+
+    def fake_classify(paths, net, vote="soft", segments=None, jobs=1, **_):
+        for p in paths:
+            name = Path(p).name
+            if not Path(p).exists():
+                yield TrackResult(p, None, None, {}, 0, "file not found")
+            else:
+                yield result(p, **answers.get(name, {"jazz": 0.6, "blues": 0.3}))
+
+    monkeypatch.setattr(cache_mod, "classify", fake_classify)
+    return answers
+
+
+def library(folder: Path, genre: str | list[str] | None = "Rock", exts=EXTS, seconds: float = 1.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, ext in enumerate(exts):
+        af.make_file(folder / f"song{ext}", seconds=seconds, freq=300 + 50 * i, genre=genre)
+    return folder
+
+
+# --- fingerprint -----------------------------------------------------------------
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_fingerprint_ignores_tag_writes(tmp_path, ext):
+    p = af.make_file(tmp_path / f"a{ext}", genre="Rock")
+    before, whole = fingerprint(p), file_fingerprint(p)
+    tagging.write_genres_safely(p, ["Jazz", "Blues" * 3000])  # big enough to move things around
+    assert fingerprint(p) == before
+    assert file_fingerprint(p) != whole
+    other = af.make_file(tmp_path / f"b{ext}", freq=880.0, genre="Rock")
+    assert fingerprint(other) != before
+
+
+def test_fingerprint_mp3_skips_trailing_tags(tmp_path):
+    p = af.make_file(tmp_path / "a.mp3", genre="Rock")
+    before = fingerprint(p)
+    with open(p, "ab") as f:  # an ID3v1 tag at the end
+        f.write(b"TAG" + b"\0" * 124 + b"\x11")
+    assert fingerprint(p) == before
+
+
+# --- genre names and planning ------------------------------------------------------
+
+def test_genre_names(tmp_path):
+    assert tagging.genre_name("hiphop") == "Hip-Hop"
+    assert tagging.genre_name("rock") == "Rock"
+    assert tagging.genre_name("drum_and_bass") == "Drum And Bass"
+    js = tmp_path / "n.json"
+    js.write_text('{"hiphop": "Rap"}')
+    lines = tmp_path / "n.txt"
+    lines.write_text("# mine\nhiphop = Hip Hop\n\nrock=Rock & Roll\n")
+    assert tagging.load_genre_names(js) == {"hiphop": "Rap"}
+    assert tagging.load_genre_names(lines) == {"hiphop": "Hip Hop", "rock": "Rock & Roll"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("hiphop\n")
+    with pytest.raises(ValueError):
+        tagging.load_genre_names(bad)
+
+
+def test_plan_policies():
+    r = result("x", jazz=0.7, blues=0.2)
+    plan = tagging.plan_tag
+    assert plan(r, []).action == tagging.WRITE and plan(r, []).new_values == ["Jazz"]
+    assert plan(r, ["Rock"]).action == tagging.SKIP_HAS_GENRE
+    assert plan(r, ["Rock"], "overwrite").new_values == ["Jazz"]
+    assert plan(r, ["Rock"], "append").new_values == ["Rock", "Jazz"]
+    assert plan(r, ["JAZZ"], "append").action == tagging.SKIP_UNCHANGED  # case-insensitive
+    assert plan(r, ["Jazz"], "overwrite").action == tagging.SKIP_UNCHANGED
+    assert plan(r, [], top_k=2, min_confidence=0.1).new_values == ["Jazz", "Blues"]
+    assert plan(r, [], top_k=2, min_confidence=0.5).new_values == ["Jazz"]  # only those >= min
+    assert plan(r, [], min_confidence=0.8).action == tagging.SKIP_BELOW
+    assert plan(r, [], names={"jazz": "Jazz Music"}).new_values == ["Jazz Music"]
+    err = TrackResult("x", None, None, {}, 0, "cannot decode")
+    assert plan(err, []).action == tagging.ERROR
+
+
+# --- dry run ---------------------------------------------------------------------
+
+def test_dry_run_changes_no_byte(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre=None)
+    af.make_file(lib / "tagged.mp3", genre="Rock")
+    before = snapshot(lib)
+    res = run("tag", lib, "-j", "1", "--overwrite", "--top-k", "2", "--min-confidence", "0.2",
+              "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    out = rows(res)
+    assert {d["action"] for d in out.values()} == {"write"}
+    assert out["tagged.mp3"]["current"] == ["Rock"] and out["song.flac"]["new"] == ["Jazz", "Blues"]
+    assert snapshot(lib) == before
+    assert not (Path(os.environ["GENRETAG_DATA_DIR"]) / "journal.jsonl").exists()
+    assert "dry run" in res.stderr
+    table = run("tag", lib, "-j", "1", "--model", tiny)
+    assert table.exit_code == 0 and "write" in table.stdout and "song.wav" in table.stdout
+    assert snapshot(lib) == before
+
+
+# --- writing, per format -----------------------------------------------------------
+
+def test_write_sets_only_the_genre_in_every_format(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre="Rock")
+    for p in lib.iterdir():
+        os.chmod(p, 0o640)
+    tags_before = {p.name: af.all_tags(p) for p in lib.iterdir()}
+    audio_before = {p.name: af.decode(p) for p in lib.iterdir()}
+    res = run("tag", lib, "--write", "--overwrite", "--top-k", "2", "--min-confidence", "0.25",
+              "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    out = rows(res)
+    assert {d["action"] for d in out.values()} == {"written"}
+    for p in lib.iterdir():
+        assert not p.name.startswith("."), "temporary file left behind"
+        assert af.genre_values(p) == ["Jazz", "Blues"], p.name  # real multiple values
+        assert af.all_tags(p) == tags_before[p.name], p.name  # art and every other tag intact
+        assert np.array_equal(af.decode(p), audio_before[p.name]), p.name
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640
+    # the right field in each format, and never ID3 where it does not belong
+    for name in ("song.mp3", "song.wav", "song.aiff"):
+        import mutagen
+
+        tags = mutagen.File(lib / name).tags
+        assert tags.version[:2] == (2, 4) and tags["TCON"].text == ["Jazz", "Blues"]
+    from mutagen.flac import FLAC
+    from mutagen.mp4 import MP4
+
+    flac = FLAC(lib / "song.flac")
+    assert flac.tags.get("GENRE") == ["Jazz", "Blues"] and len(flac.pictures) == 1
+    assert [k for k, _ in flac.tags if k.upper() == "GENRE"] == ["GENRE", "GENRE"]
+    assert MP4(lib / "song.m4a").tags["\xa9gen"] == ["Jazz", "Blues"]
+    assert MP4(lib / "song.m4a").tags["covr"][0] == af.png_bytes()
+    for name in ("song.ogg", "song.opus", "song.flac"):
+        data = (lib / name).read_bytes()
+        assert not data.startswith(b"ID3") and b"TCON" not in data
+    entries = read_entries(Path(os.environ["GENRETAG_DATA_DIR"]) / "journal.jsonl")
+    assert len(entries) == len(EXTS)
+    e = next(e for e in entries if e["path"].endswith("song.opus"))
+    assert e["old"] == ["Rock"] and e["new"] == ["Jazz", "Blues"] and e["format"] == "ogg-opus"
+    assert os.path.isabs(e["path"]) and e["fingerprint_after"] == file_fingerprint(lib / "song.opus")
+    assert "T" in e["time"]
+
+
+def test_policies_on_files(tmp_path, fake_model, tiny):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    af.make_file(lib / "keep.flac", genre="Rock")
+    af.make_file(lib / "empty.flac")
+    af.make_file(lib / "app.m4a", genre="Rock")
+    af.make_file(lib / "dup.mp3", genre="jazz")
+    af.make_file(lib / "low.ogg")
+    fake_model["low.ogg"] = {"jazz": 0.3, "blues": 0.25}
+    res = run("tag", lib, "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    out = rows(res)
+    assert out["keep.flac"]["action"] == "skip: has genre" and af.genre_values(lib / "keep.flac") == ["Rock"]
+    assert out["empty.flac"]["action"] == "written" and af.genre_values(lib / "empty.flac") == ["Jazz"]
+    assert out["low.ogg"]["action"] == "skip: below confidence" and af.genre_values(lib / "low.ogg") == []
+    res = run("tag", lib, "--write", "--append", "-j", "1", "--format", "jsonl", "--model", tiny)
+    out = rows(res)
+    assert af.genre_values(lib / "app.m4a") == ["Rock", "Jazz"]
+    assert out["dup.mp3"]["action"] == "skip: unchanged" and af.genre_values(lib / "dup.mp3") == ["jazz"]
+    res = run("tag", lib, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert af.genre_values(lib / "app.m4a") == ["Jazz"] and af.genre_values(lib / "keep.flac") == ["Jazz"]
+    bad = run("tag", lib, "--overwrite", "--append", "--model", tiny)
+    assert bad.exit_code == 2 and "only one of" in bad.stderr
+
+
+def test_id3v23_keeps_version_and_uses_separator(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "old.mp3", genre="Rock", id3_version=3)
+    before = af.all_tags(p)
+    res = run("tag", p, "--write", "--append", "--top-k", "2", "--min-confidence", "0.25", "-j", "1",
+              "--model", tiny)
+    assert res.exit_code == 0, res.output
+    tags = id3.ID3(p, translate=False)
+    assert tags.version[:2] == (2, 3)
+    assert tags["TCON"].text == ["Rock; Jazz; Blues"]
+    assert "TYER" in tags or "TDRC" not in tags  # no v2.4-only frames appeared
+    assert af.all_tags(p) == before
+    # a second append does not duplicate what the joined value already holds
+    res = run("tag", p, "--write", "--append", "--top-k", "2", "--min-confidence", "0.25", "-j", "1",
+              "--format", "jsonl", "--model", tiny)
+    assert rows(res)["old.mp3"]["action"] == "skip: unchanged"
+
+
+def test_explicit_separator_joins_everywhere(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre=None, exts=[".flac", ".mp3", ".m4a"])
+    res = run("tag", lib, "--write", "--top-k", "2", "--min-confidence", "0.25", "--separator", " / ",
+              "-j", "1", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    for p in lib.iterdir():
+        assert af.genre_values(p) == ["Jazz / Blues"], p.name
+
+
+def test_genre_names_option(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.flac")
+    names = tmp_path / "names.txt"
+    names.write_text("jazz=Jazz & Swing\n")
+    fake_model["a.flac"] = {"jazz": 0.9}
+    res = run("tag", p, "--write", "--genre-names", names, "-j", "1", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    assert af.genre_values(p) == ["Jazz & Swing"]
+    names.write_text("{not json")
+    assert run("tag", p, "--genre-names", names, "--model", tiny).exit_code == 2
+
+
+def test_keep_mtime(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.wav")
+    os.utime(p, ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
+    assert run("tag", p, "--write", "--keep-mtime", "-j", "1", "--model", tiny).exit_code == 0
+    st = p.stat()
+    assert af.genre_values(p) == ["Jazz"]
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_500_000_000_000_000_000, 1_600_000_000_000_000_000)
+
+
+# --- errors ------------------------------------------------------------------------
+
+def test_bad_files_are_reported_and_skipped(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre=None, exts=[".flac", ".mp3"])
+    ro = af.make_file(lib / "readonly.ogg")
+    os.chmod(ro, 0o444)
+    ro_bytes = ro.read_bytes()
+    (lib / "garbage.m4a").write_bytes(b"\0\0\0\x08ftypM4A junk that is not an mp4 file at all")
+    res = run("tag", lib, "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 1
+    out = rows(res)
+    assert out["readonly.ogg"]["action"] == "error" and "read-only" in out["readonly.ogg"]["error"]
+    assert ro.read_bytes() == ro_bytes
+    assert out["garbage.m4a"]["action"] == "error" and "\n" not in out["garbage.m4a"]["error"]
+    assert out["song.flac"]["action"] == out["song.mp3"]["action"] == "written"
+    assert "Traceback" not in res.output
+    assert "1 failed" not in res.stderr and "2 failed" in res.stderr
+
+
+def test_vanished_file_is_an_error(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.flac")
+    with pytest.raises(tagging.TagError, match="not found"):
+        tagging.write_genres_safely(tmp_path / "gone.flac", ["Jazz"])
+    res = run("tag", p, tmp_path / "gone.mp3", "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 1 and rows(res)["gone.mp3"]["action"] == "error"
+    assert af.genre_values(p) == ["Jazz"]
+
+
+# --- journal and undo --------------------------------------------------------------
+
+def test_undo_restores_and_refuses_changed_files(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre="Rock", exts=[".mp3", ".flac", ".m4a", ".opus"])
+    originals = {p.name: af.genre_values(p) for p in lib.iterdir()}
+    tags_before = {p.name: af.all_tags(p) for p in lib.iterdir()}
+    journal = tmp_path / "j.jsonl"
+    res = run("tag", lib, "--write", "--overwrite", "--journal", journal, "-j", "1", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    # a second write of the same file (append), so undo must walk back through both
+    fake_model["song.mp3"] = {"metal": 0.8}
+    run("tag", lib / "song.mp3", "--write", "--append", "--journal", journal, "--no-cache", "-j", "1",
+        "--model", tiny)
+    assert af.genre_values(lib / "song.mp3") == ["Jazz", "Metal"]
+    # someone edits one file afterwards
+    from mutagen.flac import FLAC
+
+    f = FLAC(lib / "song.flac")
+    f["GENRE"] = ["Edited"]
+    f.save()
+    dry = run("undo", journal, "--dry-run")
+    assert dry.exit_code == 1 and "would restore" in dry.stdout
+    assert af.genre_values(lib / "song.mp3") == ["Jazz", "Metal"]
+    res = run("undo", journal)
+    assert res.exit_code == 1
+    assert "refused" in res.stdout and "song.flac" in res.stdout.split("refused")[1].splitlines()[0]
+    for name in ("song.mp3", "song.m4a", "song.opus"):
+        assert af.genre_values(lib / name) == originals[name], name
+        assert af.all_tags(lib / name) == tags_before[name]
+    assert af.genre_values(lib / "song.flac") == ["Edited"]
+    again = run("undo", journal)
+    assert again.stdout.count("skipped") == 4 and "restored" not in again.stdout.replace("already restored", "")
+    assert again.exit_code == 1  # the edited file is still refused
+
+
+def test_undo_default_journal(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.aiff", genre="Rock")
+    run("tag", p, "--write", "--overwrite", "-j", "1", "--model", tiny)
+    assert af.genre_values(p) == ["Jazz"]
+    res = run("undo")
+    assert res.exit_code == 0 and af.genre_values(p) == ["Rock"]
+    assert [i.status for i in undo()] == ["skipped"]
+
+
+def test_undo_of_a_file_without_genre_removes_it(tmp_path):
+    p = af.make_file(tmp_path / "a.m4a")
+    j = tmp_path / "j.jsonl"
+    from genretag.journal import JournalWriter
+
+    tagging.write_genres_safely(p, ["Pop"], before_replace=JournalWriter(j))
+    assert [i.status for i in undo(j)] == ["restored"]
+    assert af.genre_values(p) == []
+
+
+# --- crash safety ------------------------------------------------------------------
+
+_CRASH_SCRIPT = """
+import sys
+from genretag.journal import JournalWriter
+from genretag.tagging import write_genres_safely
+write_genres_safely(sys.argv[1], ["Jazz"], before_replace=JournalWriter(sys.argv[2]))
+print("done")
+"""
+
+
+def test_kill_during_write_leaves_old_or_new_and_next_run_cleans(tmp_path, fake_model, tiny):
+    """kill -9 at each step of a safe write (paused there by a test hook), in parallel."""
+    steps = ["after_tmp_write", "after_modify", "before_replace", "after_replace"]
+    procs = {}
+    for i, step in enumerate(steps):
+        d = tmp_path / step
+        d.mkdir()
+        p = af.make_file(d / ("song.mp3" if i % 2 else "song.flac"), genre="Rock")
+        env = dict(os.environ, GENRETAG_TEST_CRASH_AT=step, GENRETAG_TEST_CRASH_PAUSE="1")
+        procs[step] = (p, subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(p), str(tmp_path / "j.jsonl")],
+                                           env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           start_new_session=True))
+    # and one that simply exits (os._exit) just before the rename, started alongside
+    (tmp_path / "quick").mkdir()
+    quick = af.make_file(tmp_path / "quick" / "a.wav", genre="Rock")
+    quick_bytes = quick.read_bytes()
+    quick_proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(quick), str(tmp_path / "j.jsonl")],
+                                  env=dict(os.environ, GENRETAG_TEST_CRASH_AT="before_replace"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    for step, (p, proc) in procs.items():
+        line = proc.stderr.readline().decode()
+        assert f"GENRETAG-PAUSED {step}" in line, line + proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        assert af.genre_values(p) in (["Rock"], ["Jazz"]), step
+        af.decode(p)  # still a readable audio file
+        strays = [q for q in p.parent.iterdir() if tagging.TMP_MARK in q.name]
+        assert len(strays) == (0 if step == "after_replace" else 1), step
+        if step in ("after_replace",):
+            assert af.genre_values(p) == ["Jazz"]
+        elif step != "before_replace":
+            assert af.genre_values(p) == ["Rock"]
+    out, _ = quick_proc.communicate(timeout=120)
+    assert quick_proc.returncode != 0 and b"done" not in out
+    assert quick.read_bytes() == quick_bytes
+    # something that merely looks similar is not touched
+    keep = tmp_path / "after_modify" / ".notes.genretag-tmp-mine"
+    keep.write_text("mine")
+    res = run("tag", *[tmp_path / s for s in steps], "--write", "--overwrite", "-j", "1", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    assert "removed stray temporary file" in res.stderr
+    for step, (p, _) in procs.items():
+        assert [q.name for q in p.parent.iterdir() if tagging.TMP_MARK in q.name and q != keep] == []
+        assert af.genre_values(p) == ["Jazz"]
+    assert keep.exists()
+    # the journal line written before the interrupted replace does not confuse undo
+    statuses = [i.status for i in undo(tmp_path / "j.jsonl")]
+    assert "refused" not in statuses
+
+
+# --- cache -------------------------------------------------------------------------
+
+def _counts(stderr: str) -> tuple[int, int]:
+    import re
+
+    m = re.search(r"\((\d+) classified, (\d+) from cache\)", stderr)
+    assert m, stderr
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_resumed_run_classifies_only_what_changed(tmp_path, tiny):
+    """Real (tiny) model end to end: the cache survives genretag's own tag writes."""
+    lib = library(tmp_path / "lib", genre=None, exts=[".mp3", ".flac", ".ogg", ".m4a", ".wav"], seconds=1.5)
+    args = ["tag", lib, "--write", "--min-confidence", "0", "-j", "1", "--model", tiny, "--format", "jsonl"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert _counts(first.stderr) == (5, 0)
+    assert {d["action"] for d in rows(first).values()} == {"written"}
+    written = {n: d["new"] for n, d in rows(first).items()}
+    af.make_file(lib / "new.opus", seconds=1.5)
+    af.make_file(lib / "song.wav", seconds=1.5, freq=1234.0)  # new audio under an old name
+    second = run(*args, "--overwrite")
+    assert second.exit_code == 0, second.output
+    assert _counts(second.stderr) == (2, 4)
+    out = rows(second)
+    for n in ("song.mp3", "song.flac", "song.ogg", "song.m4a"):  # same answer from the cache
+        assert out[n]["action"] == "skip: unchanged" and out[n]["proposed"] == written[n]
+    third = run(*args, "--no-cache")
+    assert _counts(third.stderr) == (6, 0)
+    assert (Path(os.environ["GENRETAG_CACHE_DIR"]) / "results.sqlite").exists()
+
+
+def test_cache_keys(tmp_path):
+    c = cache_mod.ResultCache(tmp_path / "c.sqlite")
+    r = result("/x/a.mp3", rock=0.9)
+    c.put_many([("fp1", "m@1", "soft", 3, r), ("fp2", "m@1", "soft", 3, TrackResult("b", None, None, {}, 0, "bad"))])
+    got = c.get("fp1", "m@1", "soft", 3)
+    assert got.genre == "rock" and got.probabilities == r.probabilities
+    assert c.get("fp1", "m@2", "soft", 3) is None and c.get("fp1", "m@1", "hard", 3) is None
+    assert c.get("fp1", "m@1", "soft", 5) is None and c.get("fp2", "m@1", "soft", 3) is None
+    c2 = cache_mod.ResultCache(tmp_path / "c.sqlite")  # a second run sharing the cache
+    assert c2.get("fp1", "m@1", "soft", 3) is not None
+    c.close()
+    c2.close()
+
+
+def test_symlink_target_is_written_and_link_kept(tmp_path):
+    real = af.make_file(tmp_path / "real.flac", genre="Rock")
+    link = tmp_path / "link.flac"
+    link.symlink_to(real)
+    out = tagging.write_genres_safely(link, ["Jazz"])
+    assert link.is_symlink() and out.path == str(real.resolve())
+    assert af.genre_values(real) == ["Jazz"]

@@ -1,0 +1,187 @@
+"""Training, resuming, splitting, evaluating and tuning on a tiny synthetic GTZAN-layout set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from audio_factory import write_audio
+from genretag import metrics
+from genretag.dataset import scan, split
+from genretag.evaluate import Predictions, report
+from genretag.train import TrainConfig, train
+
+SR = 8000
+GENRES = ("blues", "classical", "country")  # stand-ins: tone / noise / clicks
+
+
+def signal(genre: str, k: int, seconds: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(k)
+    n = int(SR * seconds)
+    t = np.arange(n) / SR
+    if genre == "blues":
+        return (0.4 * np.sin(2 * np.pi * (150 + 20 * k) * t)).astype(np.float32)
+    if genre == "classical":
+        return (0.2 * rng.standard_normal(n)).astype(np.float32)
+    x = np.zeros(n, dtype=np.float32)
+    period = int(SR / (3 + k % 3))
+    x[::period] = 0.9
+    return np.convolve(x, np.hanning(64), mode="same").astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_gtzan(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gtzan")
+    for g in GENRES:
+        (root / g).mkdir()
+        for k in range(9):
+            ext = ".wav" if k % 2 else ".flac"
+            write_audio(root / g / f"{g}.{k:05d}{ext}", signal(g, k), SR)
+    return root
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = TrainConfig(data_dir=str(data), out=str(out), name="tiny", split="kfold:3", layers=[1, 1],
+                       widths=[8, 16], stem_stride=1, dropout=0.1, sample_rate=SR, segment_seconds=1.0,
+                       max_segments=4, n_fft=256, hop_length=128, n_mels=32, epochs=6, steps_per_epoch=6,
+                       batch_size=16, lr=3e-3, aug_noise_snr_db=0.0, aug_mixup=0.0, patience=100, jobs=1,
+                       seed=1, half_weights=False)
+    return replace(base, **kw)
+
+
+def test_training_lowers_the_loss_and_beats_chance(tiny_gtzan, tmp_path):
+    card_path = train(tiny_config(tiny_gtzan, tmp_path / "run"))
+    card = json.loads(card_path.read_text())
+    hist = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert card["metrics"]["test"]["accuracy_soft"] > 1 / 3 + 0.2  # 3 genres present
+    assert card["metrics"]["test"]["n_tracks"] == 9
+    assert 0.05 < card["temperature"] < 20
+    for f in ("log.csv", "curves.png", "checkpoint.pt", "config.json"):
+        assert (tmp_path / "run" / f).exists()
+
+
+def test_resume_continues_where_it_stopped(tiny_gtzan, tmp_path):
+    full = train(tiny_config(tiny_gtzan, tmp_path / "full", epochs=4))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(log):
+        if log.epoch == 2:
+            raise Stop
+
+    cfg = tiny_config(tiny_gtzan, tmp_path / "cut", epochs=4)
+    with pytest.raises(Stop):
+        train(cfg, on_epoch=stop_after_2)
+    seen = []
+    resumed = train(cfg, resume=True, on_epoch=lambda log: seen.append(log.epoch))
+    assert seen == [3, 4]
+    a, b = load_file(str(full.with_suffix(".safetensors"))), load_file(str(resumed.with_suffix(".safetensors")))
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-5, err_msg=k)
+
+
+def test_same_seed_same_result(tiny_gtzan, tmp_path):
+    a = train(tiny_config(tiny_gtzan, tmp_path / "a", epochs=2))
+    b = train(tiny_config(tiny_gtzan, tmp_path / "b", epochs=2))
+    assert a.with_suffix(".safetensors").read_bytes() == b.with_suffix(".safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["random", "kfold:3", "kfold:5"])
+def test_splits_never_leak_a_track(tiny_gtzan, how):
+    tracks = scan(tiny_gtzan)
+    parts = split(tracks, how, seed=3)
+    ids = {k: {t.id for t in v} for k, v in parts.items()}
+    assert not ids["train"] & ids["valid"] and not ids["train"] & ids["test"] and not ids["valid"] & ids["test"]
+    assert ids["train"] | ids["valid"] | ids["test"] == {t.id for t in tracks}
+    for k in ("valid", "test"):
+        assert {t.genre for t in parts[k]} == set(GENRES)  # stratified
+
+
+def test_fault_filtered_lists_do_not_overlap_and_restrict_to_present(tmp_path):
+    from genretag.dataset import fault_filtered_lists
+
+    lists = fault_filtered_lists()
+    assert [len(lists[s]) for s in ("train", "valid", "test")] == [443, 197, 290]
+    sets = [set(v) for v in lists.values()]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    (tmp_path / "blues").mkdir()
+    test_id = lists["test"][0]
+    genre = test_id.split("/")[0]
+    (tmp_path / genre).mkdir(exist_ok=True)
+    write_audio(tmp_path / f"{test_id}.wav", signal("blues", 0, 1.0), SR)  # FF test
+    write_audio(tmp_path / "blues" / "blues.00000.wav", signal("blues", 0, 1.0), SR)  # FF valid
+    write_audio(tmp_path / "blues" / "blues.00029.wav", signal("blues", 1, 1.0), SR)  # FF train
+    parts = split(scan(tmp_path), "fault-filtered")
+    assert [t.id for t in parts["test"]] == [test_id]
+    assert [t.id for t in parts["valid"]] == ["blues/blues.00000"]
+    assert [t.id for t in parts["train"]] == ["blues/blues.00029"]
+
+
+def test_metrics_are_exact_on_known_predictions():
+    labels = ["a", "b", "c"]
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    conf = metrics.confusion(y_true, y_pred, 3)
+    assert conf.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(4 / 6)
+    pc = metrics.per_class(conf, labels)
+    assert pc["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert pc["b"]["precision"] == 0.5 and pc["b"]["recall"] == 0.5
+    assert pc["c"]["precision"] == 0.5 and pc["c"]["recall"] == 1.0 and pc["c"]["f1"] == pytest.approx(2 / 3)
+    assert metrics.macro_f1(conf, labels) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    # ECE: two bins, confidences 0.9 (right) and 0.6 (wrong, wrong)
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.6, 0.4, 0.0]])
+    assert metrics.ece(probs, np.array([0, 1, 1])) == pytest.approx((1 / 3) * 0.1 + (2 / 3) * 0.6)
+
+
+def test_report_votes_and_segments_are_exact():
+    from genretag.dataset import Track
+
+    labels = ["a", "b"]
+    tracks = [Track("a/a.00000", "a", Path("x")), Track("b/b.00000", "b", Path("y"))]
+    seg = [np.array([[0.9, 0.1], [0.4, 0.6], [0.4, 0.6]]),  # soft: a (0.567), hard: b (2 of 3)
+           np.array([[0.2, 0.8], [0.3, 0.7]])]
+    rep = report(Predictions(tracks, labels, seg), "x", "test")
+    assert rep["accuracy"] == {"soft": 1.0, "hard": 0.5, "segment": pytest.approx(3 / 5)}
+    assert rep["confusion"] == [[1, 0], [0, 1]] and rep["n_tracks"] == 2
+    assert set(rep) >= {"split", "subset", "n_tracks", "labels", "accuracy", "macro_f1", "per_class", "confusion", "ece"}
+
+
+def test_cli_train_evaluate_and_tune(tiny_gtzan, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=600)
+
+    cfg = tiny_config(tiny_gtzan, tmp_path / "cli")
+    params = tmp_path / "params.json"
+    from dataclasses import asdict
+
+    params.write_text(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("data_dir", "out")}))
+    r = cli("train", str(tiny_gtzan), "--params", str(params), "--epochs", "2", "--out", str(tmp_path / "cli"),
+            "--split", "kfold:3")
+    assert r.returncode == 0, r.stderr
+    card = Path(r.stdout.strip().splitlines()[-1])
+    assert json.loads(card.read_text())["training"]["command"].startswith("genretag train ")
+    out = tmp_path / "rep.json"
+    png = tmp_path / "conf.png"
+    r = cli("evaluate", str(tiny_gtzan), "--split", "kfold:3", "--model", str(card), "--model", str(card),
+            "--json", str(out), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["n_tracks"] == 9 and 0 <= rep["accuracy"]["soft"] <= 1 and png.stat().st_size > 1000
+    assert sum(map(sum, rep["confusion"])) == 9
+    r = cli("tune", str(tiny_gtzan), "--trials", "2", "--epochs", "1", "--steps-per-epoch", "2",
+            "--split", "kfold:3", "--out", str(tmp_path / "tune"))
+    assert r.returncode == 0, r.stderr
+    best = json.loads((tmp_path / "tune" / "best_params.json").read_text())
+    assert "lr" in best and "weight_decay" in best
+    r = cli("evaluate", str(tmp_path / "nothing-here"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
