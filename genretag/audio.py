@@ -8,7 +8,10 @@ ten 3 s sub-tracks from a 2-hour file costs about what a 30 s clip costs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,9 @@ AUDIO_EXTENSIONS = frozenset({
 })
 # Formats libsndfile is not asked to read: it has no AAC/ALAC/WMA decoder.
 _FFMPEG_ONLY = frozenset({".m4a", ".mp4", ".aac", ".alac", ".wma", ".mka", ".webm"})
+
+
+_STDERR_LOCK = threading.Lock()
 
 
 class AudioError(Exception):
@@ -162,11 +168,40 @@ def read_segments(
     return out
 
 
+@contextlib.contextmanager
+def _quiet_stderr(enabled: bool = True):
+    """Silence C-level writes to fd 2 (libmpg123 prints a harmless line per seek).
+
+    After a seek into an mp3, the first frame's bit reservoir is missing and
+    libmpg123 says so on stderr, although libsndfile's output is exact (checked
+    against a full decode). Nothing in the library lets us turn that off, so the
+    file descriptor is pointed at /dev/null for the few milliseconds of the read.
+    """
+    if not enabled:
+        yield
+        return
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 def _sf_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) -> list[np.ndarray]:
     sr = ai.sample_rate
     frames = int(round(seconds * sr))
     chunks = []
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(str(path)) as f, _quiet_stderr(f.format in ("MP3", "MPEG")):
         for off in offsets:
             start = int(round(off * sr))
             if f.seekable():

@@ -188,3 +188,15 @@ def test_bundled_model_loads_and_classifies(tmp_path):
     (r,) = model.classify([path])
     assert r.ok and r.genre in GTZAN_GENRES and r.segments == 2
     assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+
+def test_decoder_noise_on_fd2_is_silenced_and_stderr_restored():
+    """libmpg123 writes a line to fd 2 after mp3 seeks; the quiet window must swallow it, only it."""
+    code = ("import os; from genretag.audio import _quiet_stderr\n"
+            "with _quiet_stderr(True):\n    os.write(2, b'libmpg123 noise\\n')\n"
+            "os.write(2, b'after\\n')\n"
+            "with _quiet_stderr(False):\n    os.write(2, b'kept\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "after\nkept\n"
