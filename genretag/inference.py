@@ -104,16 +104,16 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     return_as="generator")` dispatches a new task whenever a worker finishes,
     not when the consumer takes a result, so with a model slower than
     decoding it decodes the whole library ahead and memory grows with the
-    library (measured: +417 MB after 200 clips with a 0.1 s/file consumer; 2.6 MB per
-    decoded clip). Here a new file is submitted
-    only when the consumer takes one, so memory is flat; the window
-    (default: 4 files per worker, at least 16) is deep enough that the
-    workers never wait for the model to hand back a slot.
+    library (measured: +417 MB after 200 clips with a 0.1 s/file consumer;
+    2.6 MB per decoded clip). Here a new file is submitted only when the
+    consumer takes one, so memory is flat; the window (default: 4 files per
+    worker, at least 16, i.e. several model batches) keeps the workers busy
+    while the model runs.
 
     A worker that dies (a decoder segfault, the OOM killer) takes the pool
-    and the files in flight with it: the file at the head is then retried
-    alone on a fresh pool, and becomes an error result only if it kills that
-    one too; the other files in flight are resubmitted.
+    and the files in flight with it: the file at the head is then retried on
+    a fresh pool, and becomes an error result only if that fails too; the
+    other files in flight are resubmitted.
     """
     if jobs <= 1:
         for p in paths:
@@ -125,10 +125,16 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     executor = _executor(jobs)
 
     def submit() -> bool:
+        nonlocal executor
         path = next(it, None)
         if path is None:
             return False
-        window.append((path, executor.submit(prepare_file, path, params, segments)))
+        try:
+            fut = executor.submit(prepare_file, path, params, segments)
+        except Exception:  # the pool broke since the last submission: start a fresh one
+            executor = _executor(jobs)
+            fut = executor.submit(prepare_file, path, params, segments)
+        window.append((path, fut))
         return True
 
     try:
@@ -215,16 +221,18 @@ def default_batch_segments(net: LoadedNet) -> int:
 
 
 def tune_for_inference(net: LoadedNet) -> None:
-    """Store a CPU network's conv weights channels-last (NHWC), once.
+    """Store a CPU ResNet's conv weights channels-last (NHWC), once.
 
-    oneDNN's convolutions run ~1.2-1.5x faster on NHWC than on NCHW here, and
-    the output does not change beyond float rounding (max |diff| ~1e-7 in the
+    For the ResNet, oneDNN's convolutions run ~1.2-1.5x faster on NHWC than
+    on NCHW here (musicnn's are ~4% slower, so it is left alone), and the
+    output does not change beyond float rounding (max |diff| ~1e-7 in the
     probabilities): only the memory layout of the weights changes, so the
     state dict, the card and the weights' sha256 are untouched.
     """
     import torch
 
     for m in (net, *net.members):
-        if m.device.type == "cpu" and not getattr(m, "_channels_last", False):
+        if (m.device.type == "cpu" and m.card.architecture.get("name", "resnet") == "resnet"
+                and not getattr(m, "_channels_last", False)):
             m.net.to(memory_format=torch.channels_last)
             m._channels_last = True
