@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,10 +77,12 @@ def _to_cd(x, sr):
 def _write(path: Path, x, sr: int) -> None:
     import soundfile as sf
 
+    from genretag.audio import write_m4a
+
     ext = path.suffix.lower()
     tmp = path.with_name(path.stem + ".part" + ext)
     if ext == ".m4a":
-        _write_aac_mp4(tmp, x, sr)
+        write_m4a(tmp, x, sr)
     else:
         fmt = {".mp3": ("MP3", "MPEG_LAYER_III"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}[ext]
         channels = 1 if x.ndim == 1 else x.shape[1]
@@ -90,30 +91,6 @@ def _write(path: Path, x, sr: int) -> None:
             for i in range(0, x.shape[0], 1 << 15):
                 f.write(x[i:i + (1 << 15)])
     tmp.replace(path)
-
-
-def _write_aac_mp4(path: Path, x, sr: int) -> None:
-    """AAC in an mp4 container with PyAV (as tests/audio_factory.py does)."""
-    import av
-    import numpy as np
-
-    x2 = x[:, None] if x.ndim == 1 else x
-    layout = "mono" if x2.shape[1] == 1 else "stereo"
-    with av.open(str(path), "w", format="mp4") as out:
-        st = out.add_stream("aac", rate=sr, layout=layout)
-        st.time_base = Fraction(1, sr)
-        planar = np.ascontiguousarray(x2.T.astype(np.float32))
-        hop = 1024
-        for i in range(0, planar.shape[1], hop):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, i:i + hop]),
-                                               format="fltp", layout=layout)
-            frame.sample_rate = sr
-            frame.pts = i
-            frame.time_base = Fraction(1, sr)
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -276,3 +276,33 @@ def load(path: str | os.PathLike, sample_rate: int, offset: float = 0.0,
     if duration is None:
         duration = max(0.0, ai.duration - offset)
     return read_segments(path, [offset], duration, sample_rate, ai)[0]
+
+
+def write_m4a(path: str | os.PathLike, x: np.ndarray, sr: int) -> None:
+    """Encode mono (n,) or stereo (n, 2) float audio as AAC in an MP4 container (PyAV).
+
+    genretag only reads m4a; this is here so that tests and the benchmark make
+    their m4a files the same way.
+    """
+    from fractions import Fraction
+
+    import av
+
+    x2 = x[:, None] if x.ndim == 1 else x
+    channels = x2.shape[1]
+    layout = "mono" if channels == 1 else "stereo"
+    with av.open(str(path), "w", format="mp4") as out:
+        st = out.add_stream("aac", rate=sr, layout=layout)
+        st.time_base = Fraction(1, sr)
+        planar = np.ascontiguousarray(x2.T.astype(np.float32))
+        hop = 1024
+        for i in range(0, planar.shape[1], hop):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, i:i + hop]),
+                                               format="fltp", layout=layout)
+            frame.sample_rate = sr
+            frame.pts = i
+            frame.time_base = Fraction(1, sr)
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)

@@ -139,12 +139,16 @@ class WaveCache:
         return {t: i for i, t in enumerate(self.ids)}
 
 
-def _cache_key(tracks: list[Track], sample_rate: int, variant: str) -> str:
+def tracks_key(tracks: list[Track], *params: object) -> str:
+    """Cache key for something computed from these files with these parameters.
+
+    Changes when a file is replaced, resized or touched, or a parameter changes.
+    """
     h = hashlib.sha256()
     for t in tracks:
         st = t.path.stat()
         h.update(f"{t.id}|{t.path.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
-    h.update(f"{sample_rate}|{variant}".encode())
+    h.update("|".join(map(str, params)).encode())
     return h.hexdigest()[:16]
 
 
@@ -170,7 +174,7 @@ def wave_cache(tracks: list[Track], sample_rate: int, variant: str = "orig", job
                root: Path | None = None, progress=None) -> WaveCache:
     """Decode `tracks` once into a memory-mapped cache (reused while the files are unchanged)."""
     root = root or cache_dir() / "features"
-    key = _cache_key(tracks, sample_rate, variant)
+    key = tracks_key(tracks, sample_rate, variant)
     d = root / key
     meta_f, data_f = d / "index.json", d / "waves.f16"
     if meta_f.exists() and data_f.exists():

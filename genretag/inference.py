@@ -89,11 +89,6 @@ def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
         yield from flush()
 
 
-def prepare_all(paths: Iterable[str], net: LoadedNet, segments: int | None, jobs: int) -> Iterator[Prepared]:
-    """Run the per-file stage, in parallel worker processes when jobs > 1."""
-    yield from prepare_stream(paths, net.card.audio, segments, jobs)
-
-
 def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
                    prefetch: int | None = None) -> Iterator[Prepared]:
     """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight.
@@ -205,7 +200,7 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:
-        prepared = prepare_all((os.fspath(x) for x in inputs), net, segments, jobs)
+        prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs)
     yield from run_model(prepared, net, vote, batch_segments)
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from genretag.card import ModelCard, load_card, save_card, sha256_file
 from genretag.nets import GenreNet, build_net
-from genretag.registry import ModelError, default_model_name, find_card  # noqa: F401  (re-exported)
+from genretag.registry import ModelError, find_card  # noqa: F401  (ModelError re-exported)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from genretag import evaluate as ev
 from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
 from genretag.dataset import Track, WaveCache, scan, split, wave_cache
-from genretag.model import LoadedNet, resolve_device, save_model
+from genretag.model import resolve_device, save_model
 from genretag.nets import build_net, count_parameters
 
 
@@ -285,7 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False,
             if on_step:
                 on_step(step + 1, steps, float(loss.detach()))
         if valid_cache is not None:
-            rep, _ = _evaluate_net(net, card, valid_tracks, valid_cache, device)
+            rep = _report(_net_logits(net, card, valid_tracks, valid_cache, device), card, valid_tracks)
             v_acc, v_loss = rep["accuracy"]["soft"], rep["nll"]
         else:  # training on train+valid: no selection, keep the last epoch
             v_acc, v_loss = float(epoch), 0.0
@@ -312,21 +312,16 @@ def train(cfg: TrainConfig, resume: bool = False,
     net.load_state_dict(load_file(str(best_path)))
     net.eval()
     if valid_cache is not None:
-        _, logits = _evaluate_net(net, card, valid_tracks, valid_cache, device, logits=True)
+        logits = _net_logits(net, card, valid_tracks, valid_cache, device)
         y_valid = np.array([labels.index(t.genre) for t in valid_tracks])
         card.temperature = calibrate_temperature(logits, y_valid)
         note(f"temperature {card.temperature:.3f} (calibrated on valid)")
-        valid_rep, _ = _evaluate_net(net, card, valid_tracks, valid_cache, device)
-        card.metrics["valid"] = _summary(valid_rep)
+        card.metrics["valid"] = _summary(_report(logits, card, valid_tracks))
     test_tracks = parts["test"]
-    if test_tracks and cfg.split != "random":
+    if test_tracks:
         test_cache = wave_cache(test_tracks, cfg.sample_rate, jobs=cfg.jobs)
-        test_rep, _ = _evaluate_net(net, card, test_tracks, test_cache, device)
-        card.metrics["test"] = _summary(test_rep)
-    elif test_tracks:
-        test_cache = wave_cache(test_tracks, cfg.sample_rate, jobs=cfg.jobs)
-        test_rep, _ = _evaluate_net(net, card, test_tracks, test_cache, device)
-        card.metrics["test_random_split_leaky"] = _summary(test_rep)
+        test_rep = _report(_net_logits(net, card, test_tracks, test_cache, device), card, test_tracks)
+        card.metrics["test" if cfg.split != "random" else "test_random_split_leaky"] = _summary(test_rep)
     card.training = {
         "data": "GTZAN (" + str(len(tracks)) + " tracks present in the data folder)",
         "split": cfg.split, "train_subsets": cfg.train_subsets,
@@ -347,23 +342,27 @@ def _summary(rep: dict) -> dict:
             "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
 
 
-def _evaluate_net(net, card: ModelCard, tracks: list[Track], cache: WaveCache, device,
-                  logits: bool = False) -> tuple[dict, list[np.ndarray]]:
-    """Track-level metrics of an in-training network (eval mode, restored afterwards)."""
+def _net_logits(net, card: ModelCard, tracks: list[Track], cache: WaveCache, device,
+                batch: int = 64) -> list[np.ndarray]:
+    """Each track's sub-track logits, as classify would cut them (eval mode, restored afterwards)."""
     was_training = net.training
     net.eval()
-    ln = LoadedNet(card, net, device)
-    pred = ev.predict_tracks([ln], tracks, cache)
-    raw: list[np.ndarray] = []
-    if logits:
-        with torch.inference_mode():
-            idx = cache.index_of()
-            for t in tracks:
-                segs = ev.track_segments(cache, idx[t.id], card.audio.segment_samples, card.audio.max_segments)
-                raw.append(net(torch.from_numpy(segs).to(device)).cpu().numpy())
+    idx = cache.index_of()
+    segs = [ev.track_segments(cache, idx[t.id], card.audio.segment_samples, card.audio.max_segments)
+            for t in tracks]
+    flat = np.concatenate(segs)
+    with torch.inference_mode():
+        out = np.concatenate([net(torch.from_numpy(flat[i:i + batch]).to(device)).cpu().numpy()
+                              for i in range(0, len(flat), batch)])
     if was_training:
         net.train()
-    return ev.report(pred), raw
+    return np.split(out, np.cumsum([len(s) for s in segs])[:-1])
+
+
+def _report(logits: list[np.ndarray], card: ModelCard, tracks: list[Track]) -> dict:
+    """Track-level metrics from sub-track logits, with the card's temperature (as LoadedNet.predict)."""
+    probs = [_softmax(lg / float(card.temperature or 1.0)) for lg in logits]
+    return ev.report(ev.Predictions(tracks, card.labels, probs))
 
 
 def _write_log(out: Path, history: list[dict]) -> None:

@@ -19,7 +19,6 @@ Every model is temperature-calibrated on valid and written with save_model.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from genretag import evaluate as ev
 from genretag import musicnn as M
 from genretag.card import GTZAN_GENRES, ModelCard, load_card, save_card, sha256_file
-from genretag.dataset import Track, WaveCache, scan, split, wave_cache
+from genretag.dataset import Track, WaveCache, scan, split, tracks_key, wave_cache
 from genretag.model import LoadedNet, find_card, load_net, resolve_device, save_model
 from genretag.paths import cache_dir
 
@@ -177,15 +176,6 @@ def subset_segments(data: Data, subset: str, card: ModelCard, dense: int = 0) ->
 # ---------------------------------------------------------------------------
 
 
-def _embedding_cache_key(tracks: list[Track], weights_sha: str, scheme: str) -> str:
-    h = hashlib.sha256()
-    for t in tracks:
-        st = t.path.stat()
-        h.update(f"{t.id}|{t.path.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
-    h.update(f"{weights_sha}|{scheme}|v1".encode())
-    return h.hexdigest()[:16]
-
-
 @torch.inference_mode()
 def extract_embeddings(tagger: M.MusicnnTagger, segs: list[np.ndarray], device, batch: int = 32,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
@@ -213,7 +203,7 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     tracks = data.parts[subset]
     a = base_card.audio
     scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
-    key = _embedding_cache_key(tracks, base_card.weights_sha256, scheme)
+    key = tracks_key(tracks, base_card.weights_sha256, scheme, "v1")
     f = cache_dir() / "transfer" / f"{key}.npz"
     if f.exists():
         with np.load(f) as z:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from genretag.audio import write_m4a
 
 #: Every extension `write_audio` knows, with a sample rate that suits its codec.
 FORMATS: dict[str, int] = {
@@ -45,7 +46,7 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sr: int) -> Path:
     path = Path(path)
     ext = path.suffix.lower()
     if ext == ".m4a" or ext == ".mp4":
-        _write_aac_mp4(path, x, sr)
+        write_m4a(path, x, sr)
     elif ext == ".mp3":
         sf.write(str(path), x, sr, format="MP3", subtype="MPEG_LAYER_III")
     elif ext == ".flac":
@@ -63,29 +64,6 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sr: int) -> Path:
     else:
         raise ValueError(f"write_audio: unknown extension {ext!r}")
     return path
-
-
-def _write_aac_mp4(path: Path, x: np.ndarray, sr: int) -> None:
-    import av
-
-    x2 = x[:, None] if x.ndim == 1 else x
-    channels = x2.shape[1]
-    layout = "mono" if channels == 1 else "stereo"
-    with av.open(str(path), "w", format="mp4") as out:
-        st = out.add_stream("aac", rate=sr, layout=layout)
-        st.time_base = Fraction(1, sr)
-        planar = np.ascontiguousarray(x2.T.astype(np.float32))
-        hop = 1024
-        for i in range(0, planar.shape[1], hop):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, i:i + hop]),
-                                               format="fltp", layout=layout)
-            frame.sample_rate = sr
-            frame.pts = i
-            frame.time_base = Fraction(1, sr)
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
 
 
 def make_file(path: str | os.PathLike, seconds: float = 1.0, freq: float = 440.0,

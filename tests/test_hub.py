@@ -363,19 +363,8 @@ def test_checksum_mismatch_is_not_papered_over_by_fallback(served, monkeypatch):
         hub.ensure_model("remote")
 
 
-def _hooked() -> bool:
-    from genretag.model import find_card
-
-    code = find_card.__code__
-    return "ensure_model" in code.co_names + code.co_varnames
-
-
-_HOOKED = _hooked()
-
-
-@pytest.mark.skipif(not _HOOKED, reason="genretag.model.find_card does not call hub.ensure_model yet")
 def test_find_card_downloads_and_falls_back(served, monkeypatch, tmp_path, model_files):
-    from genretag.model import find_card
+    from genretag.registry import find_card
 
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
     assert find_card("remote") == cache() / "remote.json"

@@ -88,7 +88,7 @@ def _weights_size(card_path: Path, card: dict[str, Any]) -> int | None:
 
 def _installed() -> list[dict[str, Any]]:
     """Bundled then cached models as rows (a cached copy of a bundled name is shadowed)."""
-    from genretag.model import default_model_name
+    from genretag.registry import default_model_name
     from genretag.paths import bundled_models_dir, models_cache_dir
 
     default = default_model_name()

@@ -130,6 +130,11 @@ def train_cmd(
             fail(str(e), 2)
         except ValueError as e:
             fail(str(e), 2)
+    report_card(card_path)
+
+
+def report_card(card_path: Path) -> None:
+    """Note each measured subset of a freshly written card, then print the card's path."""
     card = json.loads(card_path.read_text())
     for subset, m in card.get("metrics", {}).items():
         info(f"{subset}: {m['n_tracks']} tracks, accuracy soft {m['accuracy_soft']:.1%} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +9,7 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, info
+from genretag.cli.train import report_card
 from genretag.cli.common import Device, DeviceOpt
 
 
@@ -94,8 +94,4 @@ def transfer_cmd(
             card_path = run_ensemble(cfg, list(member or []), note=info)
     except (DatasetError, ModelError, ValueError) as e:
         fail(str(e), 2)
-    card = json.loads(card_path.read_text())
-    for subset, m in card.get("metrics", {}).items():
-        info(f"{subset}: {m['n_tracks']} tracks, accuracy soft {m['accuracy_soft']:.1%} "
-             f"hard {m['accuracy_hard']:.1%}, macro F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}")
-    print(card_path)
+    report_card(card_path)
