@@ -421,8 +421,8 @@ def _self_cmd(stage: str, listfile: Path, card: str | None, jobs: int | None) ->
     return cmd
 
 
-def _classify_cmd(target: str, card: str | None, jobs: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "genretag", "classify", target, "--format", "jsonl"]
+def _classify_cmd(target: str, card: str | None, jobs: int | None, precision: str = "fp32") -> list[str]:
+    cmd = [sys.executable, "-m", "genretag", "classify", target, "--format", "jsonl", "--precision", precision]
     if card:
         cmd += ["--model", card]
     if jobs:
@@ -456,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--jobs", type=int, help="decoding workers for (a) and (b) (default: genretag's default)")
     ap.add_argument("--model", help="model card for all stages (default: the bundled default model)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="genretag classify --precision for (b) (the naive loop stays fp32)")
     ap.add_argument("--memory", action="store_true", help="only (b): peak RSS at 1,000 vs 10,000 tracks")
     ap.add_argument("--memory-tracks", default="1000,10000")
     ap.add_argument("--no-extras", action="store_true", help="skip per-format and 5-minute-track runs")
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_desc}\nworkdir: {workdir}\nmachine: {os.cpu_count()} CPUs, load {machine_load()}",
           flush=True)
     pools = Pools(args.source.resolve(), workdir)
-    report: dict = {"model": model_desc, "cpus": os.cpu_count(), "jobs": args.jobs or "default",
+    report: dict = {"model": model_desc, "cpus": os.cpu_count(), "jobs": args.jobs or "default", "precision": args.precision,
                     "source": str(args.source), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def listfile(name: str, files: list[str]) -> Path:
@@ -496,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             lib = build_library(pools, workdir / f"library-{n}", n, args.long_share)
             print(f"library {lib} ({n} tracks) ready in {time.perf_counter() - t:.0f} s", flush=True)
-            r = run_stage(f"genretag {n}", _classify_cmd(str(lib), card, args.jobs), n)
+            r = run_stage(f"genretag {n}", _classify_cmd(str(lib), card, args.jobs, args.precision), n)
             _show(f"(b) genretag classify, {n} tracks", r)
             mem[str(n)] = _public(r)
         ns = sorted(mem, key=int)
@@ -520,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 
         a = run_stage("decode", _self_cmd("decode", listfile("all", files), card, args.jobs), len(files))
         _show("(a) decode only", a)
-        b = run_stage("genretag", _classify_cmd(str(lib), card, args.jobs), len(files))
+        b = run_stage("genretag", _classify_cmd(str(lib), card, args.jobs, args.precision), len(files))
         _show("(b) genretag classify --format jsonl", b)
         sub = files[:: max(1, len(files) // args.naive_tracks)][: args.naive_tracks]
         c = run_stage("naive", _self_cmd("naive", listfile("naive", sub), card, None), len(sub))
@@ -551,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 ra = run_stage(f"decode {label}", _self_cmd("decode", listfile(label, library_files(sl)),
                                                             card, args.jobs), n)
                 _show(f"(a) decode only, {label}", ra)
-                rb = run_stage(f"genretag {label}", _classify_cmd(str(sl), card, args.jobs), n)
+                rb = run_stage(f"genretag {label}", _classify_cmd(str(sl), card, args.jobs, args.precision), n)
                 _show(f"(b) genretag, {label}", rb)
                 extras[label] = {"decode_only": _public(ra), "genretag": _public(rb)}
             for k in ("decode_only", "genretag"):

@@ -44,6 +44,10 @@ class Model:
         return self.loaded.predict(waves)
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto") -> Model:
-    """Load a model by name (bundled or cached) or card path; None means the bundled default."""
-    return Model(load_net(name_or_path, device))
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
+               precision: str = "fp32") -> Model:
+    """Load a model by name (bundled or cached) or card path; None means the bundled default.
+
+    ``precision="bf16"`` trades ~1e-3 in the probabilities for speed on CUDA or AMX CPUs.
+    """
+    return Model(load_net(name_or_path, device, precision=precision))

@@ -36,6 +36,11 @@ class LogMel(nn.Module):
         return 1 + (n_samples - self.params.n_fft) // self.params.hop_length
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # Always float32, also under a bf16 autocast: the mel matmul and the log need the range.
+        with torch.autocast(wave.device.type, enabled=False):
+            return self._forward(wave.float())
+
+    def _forward(self, wave: torch.Tensor) -> torch.Tensor:
         p = self.params
         spec = torch.stft(
             wave, n_fft=p.n_fft, hop_length=p.hop_length, window=self.window,

@@ -62,31 +62,51 @@ def error_result(path: str, error: str) -> TrackResult:
 
 def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
               batch_segments: int = 64) -> Iterator[TrackResult]:
-    """Batch the sub-tracks of consecutive files through the network; yield in order."""
-    pending: list[Prepared] = []
-    n_pending = 0
+    """Run the sub-tracks of consecutive files through the network in batches of exactly
+    `batch_segments` (a file may straddle two batches); yield results in input order as
+    soon as all of a file's sub-tracks are done."""
+    waiting: deque[Prepared] = deque()  # files read but not yet yielded, in order
+    todo: list[np.ndarray] = []  # their sub-tracks not yet through the network
+    n_todo = 0
+    done: np.ndarray | None = None  # probabilities of the sub-tracks run so far, in order
 
-    def flush() -> Iterator[TrackResult]:
-        nonlocal pending, n_pending
-        good = [p for p in pending if p.waves is not None]
-        probs = net.predict(np.concatenate([p.waves for p in good])) if good else None
-        pos = 0
-        for p in pending:
+    def compute(final: bool) -> None:
+        nonlocal todo, n_todo, done
+        if not todo:
+            return
+        x = np.concatenate(todo) if len(todo) > 1 else todo[0]
+        cut = len(x) if final else len(x) - len(x) % batch_segments
+        outs = [net.predict(x[i:i + batch_segments]) for i in range(0, cut, batch_segments)]
+        if outs:
+            done = np.concatenate(([done] if done is not None else []) + outs)
+        todo = [x[cut:]] if cut < len(x) else []
+        n_todo = len(x) - cut
+
+    def emit() -> Iterator[TrackResult]:
+        nonlocal done
+        while waiting:
+            p = waiting[0]
             if p.waves is None:
+                waiting.popleft()
                 yield error_result(p.path, p.error or "cannot decode")
                 continue
             n = p.waves.shape[0]
-            yield result_from_probs(p.path, net.labels, probs[pos:pos + n], vote)
-            pos += n
-        pending, n_pending = [], 0
+            if done is None or len(done) < n:
+                return
+            waiting.popleft()
+            yield result_from_probs(p.path, net.labels, done[:n], vote)
+            done = done[n:] if len(done) > n else None
 
     for p in prepared:
-        pending.append(p)
-        n_pending += 0 if p.waves is None else p.waves.shape[0]
-        if n_pending >= batch_segments:
-            yield from flush()
-    if pending:
-        yield from flush()
+        waiting.append(p)
+        if p.waves is not None:
+            todo.append(p.waves)
+            n_todo += p.waves.shape[0]
+        if n_todo >= batch_segments:
+            compute(final=False)
+        yield from emit()
+    compute(final=True)
+    yield from emit()
 
 
 def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
@@ -207,27 +227,64 @@ def classify(
 def default_batch_segments(net: LoadedNet) -> int:
     """Sub-tracks per forward pass.
 
-    On CPU, small batches are faster per sub-track: at 64 sub-tracks the
-    first stage's activations (64 x 32 x 64 x 65 floats, 34 MB) no longer fit
-    in the cache, and the ResNet ran ~1.5x slower per sub-track than at 10-20
-    (see bench/README.md). A GPU wants large batches.
+    On CPU, small batches are faster per sub-track as long as a layer's
+    activations stay in the cache (timed on 2 cores, bench/README.md):
+
+    * ResNet: first-stage activations are 0.5 MB per sub-track; 16 per batch
+      is best (3.9 ms/sub-track vs 6.2 at 1; at 64, 34 MB no longer fit and it
+      runs ~1.5x slower).
+    * musicnn: each timbral conv's output is 9 MB per sub-track, so 2 per
+      batch is best (18.8 ms/sub-track vs 30.6 at 16; bf16 12.3 vs 22.0).
+
+    A GPU wants large batches.
     """
-    return 16 if net.device.type == "cpu" else 64
+    if net.device.type != "cpu":
+        return 64
+    arch = (net.members[0] if net.members else net).card.architecture.get("name", "resnet")
+    return 2 if arch.startswith("musicnn") else 16
 
 
 def tune_for_inference(net: LoadedNet) -> None:
-    """Store a CPU ResNet's conv weights channels-last (NHWC), once.
+    """Make a CPU ResNet faster for inference, once per loaded model.
 
-    For the ResNet, oneDNN's convolutions run ~1.2-1.5x faster on NHWC than
-    on NCHW here (musicnn's are ~4% slower, so it is left alone), and the
-    output does not change beyond float rounding (max |diff| ~1e-7 in the
-    probabilities): only the memory layout of the weights changes, so the
-    state dict, the card and the weights' sha256 are untouched.
+    * Weights channels-last (NHWC): oneDNN's convolutions run ~5 % faster here
+      (musicnn's are ~4 % slower, so it is left alone).
+    * fp32: the body (log-mel -> logits) is traced and frozen with TorchScript's
+      ``optimize_for_inference`` (batch norm folded into the convolutions, ReLU
+      fused, oneDNN weights pre-packed): 5.5 -> 3.8 ms per sub-track on 2 cores,
+      outputs equal to float rounding (max |diff| ~1e-6 in the logits; tested).
+      If tracing is unavailable (a future torch without TorchScript) the eager
+      network is kept.
+    * bf16: stays eager under autocast, which is faster than the traced fp32 graph.
+
+    Only the in-memory module changes: the state dict, the card and the weights'
+    sha256 are untouched.
     """
     import torch
 
     for m in (net, *net.members):
-        if (m.device.type == "cpu" and m.card.architecture.get("name", "resnet") == "resnet"
-                and not getattr(m, "_channels_last", False)):
-            m.net.to(memory_format=torch.channels_last)
-            m._channels_last = True
+        if (m.device.type != "cpu" or m.card.architecture.get("name", "resnet") != "resnet"
+                or getattr(m, "_tuned", False)):
+            continue
+        m.net.to(memory_format=torch.channels_last)
+        m._tuned = True
+        if m.precision == "fp32":
+            m.net.body = _frozen_body(m.net, m.card.audio.segment_samples)
+
+
+def _frozen_body(net, n_samples: int):
+    """The net's body as a frozen, inference-optimised TorchScript module (or as it was)."""
+    import warnings
+
+    import torch
+
+    body = net.body
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            example = net.features(torch.zeros(2, n_samples)).contiguous(memory_format=torch.channels_last)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(body.eval(), example)))
+            frozen(example)  # the first call compiles; keep it out of the timed loop
+        return frozen
+    except Exception:  # noqa: BLE001 - any failure means: keep the eager module
+        return body

@@ -136,6 +136,11 @@ def musicnn_frontend(waveform_16k: Tensor, *, pad_mode: str = "reflect",
       to the float16 maximum first, so a (never seen in practice) overflow
       saturates instead of producing inf.
     """
+    with torch.autocast(waveform_16k.device.type, enabled=False):  # float32 under bf16 autocast too
+        return _frontend(waveform_16k, pad_mode, fp16_quantize)
+
+
+def _frontend(waveform_16k: Tensor, pad_mode: str, fp16_quantize: bool) -> Tensor:
     squeeze = waveform_16k.dim() == 1
     w = waveform_16k.unsqueeze(0) if squeeze else waveform_16k
     w = w.to(torch.float32)
@@ -187,6 +192,26 @@ class _ConvBN2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(F.relu(self.conv(x)))
+
+    def freq_max(self, x: Tensor) -> Tensor:
+        """``forward(x).amax(dim=3)`` (max over the mel axis), computed in eval mode on the
+        pooled (B, C, T) map instead of the full (B, C, T, F) one.
+
+        Frozen BN is a per-channel affine ``a * r + b`` and ReLU is monotonic, so the max of
+        ``a * relu(z) + b`` over F is ``a * relu(max z) + b`` where ``a >= 0`` and
+        ``a * relu(min z) + b`` where ``a < 0``. One ``aminmax`` pass over the conv output
+        replaces a ReLU pass, a BN pass and a max pass: the front-end runs ~1.4x faster
+        (profile in bench/README.md) and the result differs only by float rounding.
+        """
+        z = self.conv(x)
+        if self.training:
+            return self.bn(F.relu(z)).amax(dim=3)
+        zmin, zmax = torch.aminmax(z, dim=3)
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shift = self.bn.bias - self.bn.running_mean * scale
+        scale, shift = scale[:, None], shift[:, None]
+        picked = torch.where(scale >= 0, zmax, zmin)
+        return F.relu(picked) * scale + shift
 
 
 class _ConvBN1d(nn.Module):
@@ -250,8 +275,8 @@ class MusicnnNet(nn.Module):
             raise ValueError(f"expected (B, T, n_mels) log-mel, got {tuple(x.shape)}")
         h = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
         hp = F.pad(h, (0, 0, 3, 3))
-        timbral = [blk(hp).amax(dim=3) for blk in self.timbral]  # (B, C, T)
-        temporal = [blk(F.pad(h, (0, 0, *_pad_same(k)))).amax(dim=3)
+        timbral = [blk.freq_max(hp) for blk in self.timbral]  # (B, C, T)
+        temporal = [blk.freq_max(F.pad(h, (0, 0, *_pad_same(k))))
                     for k, blk in zip(self.temporal_kernels, self.temporal)]
         return torch.cat(timbral + temporal, dim=1)
 

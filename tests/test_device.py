@@ -55,16 +55,44 @@ def test_numpy_and_cpu_tensor_inputs_agree(net):
     np.testing.assert_allclose(from_numpy, from_tensor, atol=ATOL, rtol=0)
 
 
-def test_channels_last_does_not_change_predictions(tiny_model_dir):
+def test_inference_tuning_does_not_change_predictions(tiny_model_dir):
     plain = load_net(tiny_model_dir, device="cpu")
     tuned = load_net(tiny_model_dir, device="cpu")
+    weights = {k: v.clone() for k, v in plain.net.state_dict().items()}
     tune_for_inference(tuned)
+    body = tuned.net.body
     tune_for_inference(tuned)  # idempotent
-    x = _waves(plain, n=5, seed=1)
-    np.testing.assert_allclose(plain.predict(x), tuned.predict(x), atol=ATOL, rtol=0)
-    # the layout changes, the weights do not
-    for (k, a), (_, b) in zip(plain.net.state_dict().items(), tuned.net.state_dict().items()):
-        assert torch.equal(a, b), k
+    assert tuned.net.body is body
+    # the fp32 CPU ResNet body really is the frozen TorchScript graph (not a silent fallback)
+    assert isinstance(body, torch.jit.ScriptModule)
+    for n in (1, 5):  # traced once, any batch size
+        x = _waves(plain, n=n, seed=1)
+        np.testing.assert_allclose(plain.predict(x), tuned.predict(x), atol=ATOL, rtol=0)
+    # only the in-memory module changes: the loaded weights do not
+    for k, v in plain.net.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_bf16_is_close_to_fp32_or_refused(tiny_model_dir):
+    fp32 = load_net(tiny_model_dir, device="cpu")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(ModelError, match="bf16"):
+            load_net(tiny_model_dir, device="cpu", precision="bf16")
+        return
+    bf16 = load_net(tiny_model_dir, device="cpu", precision="bf16")
+    tune_for_inference(bf16)
+    assert not isinstance(bf16.net.body, torch.jit.ScriptModule)  # autocast stays eager
+    x = _waves(fp32, n=6, seed=3)
+    p32, p16 = fp32.predict(x), bf16.predict(x)
+    assert p16.dtype == np.float32
+    np.testing.assert_allclose(p16.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(p16, p32, atol=0.05, rtol=0)
+    assert not np.array_equal(p16, p32)  # it did run in bfloat16
+
+
+def test_unknown_precision_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ModelError, match="precision"):
+        load_net(tiny_model_dir, device="cpu", precision="int4")
 
 
 def test_classify_batching_is_invisible(net):
@@ -77,6 +105,36 @@ def test_classify_batching_is_invisible(net):
             assert a.genre == b.genre
             for k in a.probabilities:
                 assert abs(a.probabilities[k] - b.probabilities[k]) <= ATOL
+
+
+def test_files_straddling_batches_keep_their_results_and_order(net):
+    """Files of 3, 1, 4 and 2 sub-tracks plus a failed file, through batches of 1-64:
+    a file split across two forward passes gets the same probabilities, in input order."""
+    from genretag.inference import run_model
+    from genretag.prepare import Prepared
+
+    waves = _waves(net, n=10, seed=4)
+    sizes, items, start = (3, 1, None, 4, 2), [], 0
+    for i, k in enumerate(sizes):
+        if k is None:
+            items.append(Prepared(f"bad{i}", None, [], 0.0, "cannot decode"))
+            continue
+        items.append(Prepared(f"f{i}", waves[start:start + k], [0.0] * k, 3.0))
+        start += k
+    whole = net.predict(waves)
+    for b in (1, 3, 4, 7, 64):
+        out = list(run_model(items, net, "soft", batch_segments=b))
+        assert [r.path for r in out] == [p.path for p in items]
+        assert out[2].error == "cannot decode" and out[2].genre is None
+        start = 0
+        for r, k in zip(out, sizes):
+            if k is None:
+                continue
+            want = whole[start:start + k].mean(axis=0)
+            got = np.array([r.probabilities[label] for label in net.labels])
+            np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+            assert r.segments == k
+            start += k
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -100,4 +158,4 @@ def test_cuda_puts_network_and_batch_on_the_gpu(tiny_model_dir):
     np.testing.assert_allclose(on_gpu, np.concatenate([gpu.predict(x[i:i + 1]) for i in range(len(x))]),
                                atol=1e-4, rtol=0)
     tune_for_inference(gpu)  # CPU-only tuning: leaves a GPU network alone
-    assert not getattr(gpu, "_channels_last", False)
+    assert not getattr(gpu, "_tuned", False)

@@ -108,3 +108,26 @@ def test_card(ref: dict[str, np.ndarray]) -> None:
     assert (card.audio.sample_rate, card.mel.n_fft, card.mel.hop_length, card.mel.n_mels) == (16000, 512, 256, 96)
     assert card.mel.log == "log10p" and card.mel.scale == M.LOG_SCALE and card.mel.center
     assert int(ref["n_frames"]) == M.PATCH_FRAMES
+
+
+def test_pooled_front_end_equals_relu_bn_then_max():
+    """The eval-mode shortcut (max/min of the conv output, then ReLU and BN on the pooled
+    map) equals BN(ReLU(conv)) max-pooled over frequency, also for negative BN scales."""
+    torch.manual_seed(0)
+    blk = M._ConvBN2d(1, 12, (7, 9))
+    with torch.no_grad():
+        blk.bn.weight.copy_(torch.randn(12))  # about half negative
+        blk.bn.bias.copy_(torch.randn(12))
+        blk.bn.running_mean.copy_(torch.randn(12))
+        blk.bn.running_var.copy_(torch.rand(12) + 0.1)
+    x = torch.randn(3, 1, 40, 30)
+    assert (blk.bn.weight < 0).any() and (blk.bn.weight > 0).any()
+    blk.eval()
+    with torch.no_grad():
+        want = blk(x).amax(dim=3)
+        got = blk.freq_max(x)
+    assert got.shape == want.shape == (3, 12, 34)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    blk.train()  # training keeps the literal graph (batch statistics)
+    with torch.no_grad():
+        torch.testing.assert_close(blk.freq_max(x), blk(x).amax(dim=3))

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, out_console
-from genretag.cli.common import (ClassifyOptions, DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg,
-                                 RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_stream)
+from genretag.cli.common import (ClassifyOptions, DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg, Precision,
+                                 PrecisionOpt, RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_stream)
 
 
 @app.command("classify")
@@ -24,6 +24,7 @@ def classify_cmd(
     segments: SegmentsOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     jobs: JobsOpt = None,
 ) -> None:
     """Say which genre each audio file is.
@@ -32,7 +33,8 @@ def classify_cmd(
 
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
-    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs)
+    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
+                           precision.value)
     from genretag.output import ResultWriter
 
     try:

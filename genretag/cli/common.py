@@ -26,6 +26,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Format(str, Enum):
     table = "table"
     jsonl = "jsonl"
@@ -39,6 +44,7 @@ VoteOpt = Annotated[Vote, typer.Option("--vote", help="soft: mean of sub-track p
 SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, help="Most sub-tracks per file (default: the model card's, 10).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Decoding worker processes (default: CPU count).")]
 
 
@@ -50,6 +56,7 @@ class ClassifyOptions:
     model: str | None = None
     device: str = "auto"
     jobs: int | None = None
+    precision: str = "fp32"
 
 
 def load(opts: ClassifyOptions):
@@ -57,10 +64,10 @@ def load(opts: ClassifyOptions):
     from genretag.model import ModelError, load_net
 
     try:
-        net = load_net(opts.model, opts.device)
+        net = load_net(opts.model, opts.device, precision=opts.precision)
     except ModelError as e:
         fail(str(e), 1 if opts.model is None else 2)
-    info(f"model: {net.card.name} ({net.device.type})")
+    info(f"model: {net.card.name} ({net.device.type}, {net.precision})")
     return net
 
 

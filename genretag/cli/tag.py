@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
-from genretag.cli.common import (ClassifyOptions, DeviceOpt, JobsOpt, ModelOpt, PathsArg, RecursiveOpt,
-                                 SegmentsOpt, Vote, VoteOpt, iter_inputs, load)
+from genretag.cli.common import (ClassifyOptions, DeviceOpt, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt,
+                                 RecursiveOpt, SegmentsOpt, Vote, VoteOpt, iter_inputs, load)
 from genretag.tagging import DEFAULT_MIN_CONFIDENCE
 
 
@@ -66,6 +66,7 @@ def tag_cmd(
     segments: SegmentsOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     jobs: JobsOpt = None,
 ) -> None:
     """Write each file's genre into its tags (a dry run unless --write).
@@ -103,7 +104,8 @@ def tag_cmd(
         except OSError as e:
             fail(f"cannot create the journal folder {writer.path.parent}: {e.strerror}", 2)
 
-    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs)
+    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
+                           precision.value)
     net = load(opts)
     cache = None
     if not no_cache:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
-from genretag.cli.common import Device, DeviceOpt
+from genretag.cli.common import Device, DeviceOpt, Precision, PrecisionOpt
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
@@ -154,6 +154,7 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the confusion matrix as a PNG.")] = None,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
 ) -> None:
     """Measure a model (or an ensemble) on a split of a GTZAN-layout folder.
 
@@ -167,7 +168,7 @@ def evaluate_cmd(
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
     try:
-        nets = [load_net(m, getattr(device, "value", device)) for m in (model or [None])]
+        nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
         tracks = do_split(scan(data_dir), split, seed, fold)[subset]
     except (ModelError, DatasetError) as e:
         fail(str(e), 2)
