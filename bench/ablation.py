@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -30,11 +31,13 @@ VARIANTS: dict[str, list[str]] = {
     "- SpecAugment": ["--no-specaugment"],
     "- mixup": ["--mixup", "0"],
     "none": ["--pitch=", "--gain-db", "0", "--noise-snr-db", "0", "--no-specaugment", "--mixup", "0"],
+    # the baseline again with another seed: how much of a difference is just the seed
+    "all (baseline), seed 1": ["--seed", "1"],
 }
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-") or "run"
+    return re.sub(r"[^0-9A-Za-z]+", "-", name).strip("-") or "run"
 
 
 def command(data: str, epochs: int, out: Path, flags: list[str]) -> list[str]:

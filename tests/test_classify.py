@@ -200,3 +200,25 @@ def test_decoder_noise_on_fd2_is_silenced_and_stderr_restored():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "after\nkept\n"
+
+
+def test_precision_flag_end_to_end(tmp_path, tiny_model_dir):
+    """--precision bf16 classifies like fp32 where the CPU has bfloat16 units and is a clear
+    one-line usage error where it has none; an unknown precision is a usage error."""
+    import torch
+
+    a = make_file(tmp_path / "a.flac", seconds=3.0, freq=330.0)
+    base = ("classify", str(a), "--model", str(tiny_model_dir), "--format", "jsonl", "--jobs", "1")
+    fp32 = run_cli(*base)
+    assert fp32.returncode == 0, fp32.stderr
+    bf16 = run_cli(*base, "--precision", "bf16")
+    assert "Traceback" not in bf16.stderr
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert bf16.returncode == 0, bf16.stderr
+        (x,), (y,) = parse_jsonl(fp32.stdout), parse_jsonl(bf16.stdout)
+        assert x["segments"] == y["segments"]
+        assert max(abs(x["probabilities"][k] - y["probabilities"][k]) for k in x["probabilities"]) < 0.05
+    else:
+        assert bf16.returncode == 2 and "bf16" in bf16.stderr and bf16.stdout == ""
+    bad = run_cli(*base, "--precision", "fp8")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
