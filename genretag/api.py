@@ -48,6 +48,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
                precision: str = "fp32") -> Model:
     """Load a model by name (bundled or cached) or card path; None means the bundled default.
 
-    ``precision="bf16"`` trades ~1e-3 in the probabilities for speed on CUDA or AMX CPUs.
+    ``precision="bf16"`` trades up to a few hundredths in the probabilities for speed on
+    CUDA or AMX CPUs (see `genretag.model.load_net`).
     """
     return Model(load_net(name_or_path, device, precision=precision))

@@ -67,11 +67,10 @@ def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
     soon as all of a file's sub-tracks are done."""
     waiting: deque[Prepared] = deque()  # files read but not yet yielded, in order
     todo: list[np.ndarray] = []  # their sub-tracks not yet through the network
-    n_todo = 0
     done: np.ndarray | None = None  # probabilities of the sub-tracks run so far, in order
 
     def compute(final: bool) -> None:
-        nonlocal todo, n_todo, done
+        nonlocal todo, done
         if not todo:
             return
         x = np.concatenate(todo) if len(todo) > 1 else todo[0]
@@ -80,7 +79,6 @@ def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
         if outs:
             done = np.concatenate(([done] if done is not None else []) + outs)
         todo = [x[cut:]] if cut < len(x) else []
-        n_todo = len(x) - cut
 
     def emit() -> Iterator[TrackResult]:
         nonlocal done
@@ -101,8 +99,7 @@ def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
         waiting.append(p)
         if p.waves is not None:
             todo.append(p.waves)
-            n_todo += p.waves.shape[0]
-        if n_todo >= batch_segments:
+        if sum(len(t) for t in todo) >= batch_segments:
             compute(final=False)
         yield from emit()
     compute(final=True)

@@ -78,7 +78,7 @@ def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
 PRECISIONS = ("fp32", "bf16")
 
 
-def check_precision(precision: str, dev: torch.device) -> str:
+def check_precision(precision: str, dev: torch.device) -> None:
     """fp32 (exact, the default) or bf16 (faster where the hardware has bfloat16 units:
     CUDA, or CPUs with AVX512-BF16/AMX; elsewhere emulated and slower, so refused)."""
     if precision not in PRECISIONS:
@@ -87,7 +87,6 @@ def check_precision(precision: str, dev: torch.device) -> str:
                                     else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         raise ModelError(f"--precision bf16 needs bfloat16 hardware ({dev.type} has none here: a CUDA "
                          "GPU from Ampere on, or a CPU with AVX512-BF16/AMX); use fp32")
-    return precision
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",

@@ -203,9 +203,9 @@ class _ConvBN2d(nn.Module):
         replaces a ReLU pass, a BN pass and a max pass: the front-end runs ~1.4x faster
         (profile in bench/README.md) and the result differs only by float rounding.
         """
-        z = self.conv(x)
         if self.training:
-            return self.bn(F.relu(z)).amax(dim=3)
+            return self(x).amax(dim=3)
+        z = self.conv(x)
         zmin, zmax = torch.aminmax(z, dim=3)
         scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
         shift = self.bn.bias - self.bn.running_mean * scale

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, out_console
-from genretag.cli.common import (ClassifyOptions, DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg, Precision,
-                                 PrecisionOpt, RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_stream)
+from genretag.cli.common import (DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt,
+                                 RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_options,
+                                 classify_stream)
 
 
 @app.command("classify")
@@ -33,8 +34,7 @@ def classify_cmd(
 
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
-    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
-                           precision.value)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
     from genretag.output import ResultWriter
 
     try:

@@ -59,6 +59,13 @@ class ClassifyOptions:
     precision: str = "fp32"
 
 
+def classify_options(recursive: bool, vote: Vote, segments: int | None, model: str | None,
+                     device: Device | str, precision: Precision, jobs: int | None) -> ClassifyOptions:
+    """The options `classify` and `tag` share, as plain values (typer hands over enums)."""
+    return ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
+                           precision.value)
+
+
 def load(opts: ClassifyOptions):
     """Load the model the options name, turning failures into one-line CLI errors."""
     from genretag.model import ModelError, load_net

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
-from genretag.cli.common import (ClassifyOptions, DeviceOpt, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt,
-                                 RecursiveOpt, SegmentsOpt, Vote, VoteOpt, iter_inputs, load)
+from genretag.cli.common import (DeviceOpt, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt, RecursiveOpt,
+                                 SegmentsOpt, Vote, VoteOpt, classify_options, iter_inputs, load)
 from genretag.tagging import DEFAULT_MIN_CONFIDENCE
 
 
@@ -104,8 +104,7 @@ def tag_cmd(
         except OSError as e:
             fail(f"cannot create the journal folder {writer.path.parent}: {e.strerror}", 2)
 
-    opts = ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
-                           precision.value)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
     net = load(opts)
     cache = None
     if not no_cache:
