@@ -231,14 +231,18 @@ def default_batch_segments(net: LoadedNet) -> int:
       is best (3.9 ms/sub-track vs 6.2 at 1; at 64, 34 MB no longer fit and it
       runs ~1.5x slower).
     * musicnn: each timbral conv's output is 9 MB per sub-track, so 2 per
-      batch is best (18.8 ms/sub-track vs 30.6 at 16; bf16 12.3 vs 22.0).
+      batch is best (18.8 ms/sub-track vs 30.6 at 16; bf16 12.3 vs 22.0). A
+      front-end with ``freq_stride`` s has 1/s of those maps, so 2*s per batch
+      (stride 2: 7.8 ms at 4 vs 8.4 at 2 and 13.0 at 16).
 
     A GPU wants large batches.
     """
     if net.device.type != "cpu":
         return 64
-    arch = (net.members[0] if net.members else net).card.architecture.get("name", "resnet")
-    return 2 if arch.startswith("musicnn") else 16
+    arch = (net.members[0] if net.members else net).card.architecture
+    if arch.get("name", "resnet").startswith("musicnn"):
+        return 2 * int(arch.get("freq_stride", 1))
+    return 16
 
 
 def tune_for_inference(net: LoadedNet) -> None:

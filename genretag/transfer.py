@@ -76,6 +76,7 @@ class TransferConfig:
     name: str = "gtzan-musicnn"
     mode: str = "head"  # head | finetune | zeroshot
     base_model: str = "msd-musicnn"  # the tagger whose trunk is reused
+    freq_stride: int = 1  # front-end mel stride (musicnn.MusicnnNet.set_freq_stride): speed vs. fidelity
     split: str = "fault-filtered"
     fold: int = 0
     seed: int = 0
@@ -88,6 +89,7 @@ class TransferConfig:
     head_lr: float = 1e-3
     head_batch: int = 128
     label_smoothing: float = 0.1
+    refit: bool = False  # after selection on valid: train the chosen head again on train + valid
     train_crops: int = 19  # embeddings per training track (overlapping crops; 10 eval sub-tracks elsewhere)
     # finetune
     epochs: int = 8
@@ -203,6 +205,8 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     tracks = data.parts[subset]
     a = base_card.audio
     scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
+    if tagger.freq_stride != 1:
+        scheme += f"|stride{tagger.freq_stride}"
     key = tracks_key(tracks, base_card.weights_sha256, scheme, "v1")
     f = cache_dir() / "transfer" / f"{key}.npz"
     if f.exists():
@@ -254,9 +258,15 @@ class HeadResult:
     state: dict
 
 
-def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, va_track: np.ndarray, yva: np.ndarray,
-               n_classes: int, hidden: int, weight_decay: float, cfg: TransferConfig) -> tuple[M.GenreHead, float, float, int]:
-    """Train one head on train embeddings; keep the epoch with the best valid track accuracy (then NLL)."""
+def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_track: np.ndarray | None,
+               yva: np.ndarray | None, n_classes: int, hidden: int, weight_decay: float, cfg: TransferConfig,
+               stop_epoch: int | None = None) -> tuple[M.GenreHead, float, float, int]:
+    """Train one head on train embeddings; keep the epoch with the best valid track accuracy (then NLL).
+
+    With ``xva=None`` there is nothing to select on: the head trains on the same cosine schedule
+    and stops at ``stop_epoch`` (a refit on more data with an epoch chosen earlier on valid);
+    accuracy and NLL are then returned as NaN.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     head = M.GenreHead(xtr.shape[1], n_classes, hidden, cfg.head_dropout)
@@ -266,12 +276,11 @@ def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, va_track: np.n
                       dtype=torch.float32)  # balanced classes
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=weight_decay)
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
-    Xv = torch.from_numpy(xva)
-    n_va = len(yva)
+    last = cfg.head_epochs if stop_epoch is None else min(stop_epoch, cfg.head_epochs)
     best = (-1.0, math.inf, 0, None)
     steps_per_epoch = max(1, math.ceil(len(X) / cfg.head_batch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.head_epochs * steps_per_epoch)
-    for epoch in range(1, cfg.head_epochs + 1):
+    for epoch in range(1, last + 1):
         head.train()
         perm = torch.randperm(len(X), generator=gen)
         for s in range(0, len(X), cfg.head_batch):
@@ -281,16 +290,20 @@ def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, va_track: np.n
             loss.backward()
             opt.step()
             sched.step()
-        if epoch % 5 and epoch != cfg.head_epochs:
+        if xva is None or (epoch % 5 and epoch != last):
             continue
         head.eval()
         with torch.no_grad():
-            lv = head(Xv).numpy()
+            lv = head(torch.from_numpy(xva)).numpy()
+        n_va = len(yva)
         probs = np.array([_softmax(lg).mean(0) for lg in _split_rows(lv, va_track, n_va)])
         acc = float((probs.argmax(1) == yva).mean())
         nll = float(-np.log(np.clip(probs[np.arange(n_va), yva], 1e-12, 1)).mean())
         if acc > best[0] or (acc == best[0] and nll < best[1]):
             best = (acc, nll, epoch, copy.deepcopy(head.state_dict()))
+    if xva is None:
+        head.eval()
+        return head, math.nan, math.nan, last
     head.load_state_dict(best[3])
     head.eval()
     return head, best[0], best[1], best[2]
@@ -340,7 +353,8 @@ def transfer_card(cfg: TransferConfig, base: ModelCard, labels: list[str], pooli
         name=cfg.name, labels=labels,
         architecture={"name": "musicnn-transfer", "pooling": POOLING_CHOICES[pooling],
                       "head": {"hidden": hidden, "dropout": cfg.head_dropout}, "finetune": finetune,
-                      "trunk_classes": len(base.labels), "trunk": base.name},
+                      "trunk_classes": len(base.labels), "trunk": base.name,
+                      "freq_stride": cfg.freq_stride},
         audio=copy.deepcopy(base.audio), mel=copy.deepcopy(base.mel),
         description=("GTZAN genre classifier: the pretrained musicnn MSD tagger's trunk "
                      + ("fine-tuned" if finetune else "frozen")
@@ -430,6 +444,8 @@ def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Da
     cpath = save_model(net, card, out, half=cfg.half_weights if half is None else half)
     ln = load_net(cpath, cfg.device)  # what users get: the stored (float16) weights
     card.metrics = measure(ln, data)
+    if "refit" in extra_training and "valid" in card.metrics:  # not held out: never a headline number
+        card.metrics["valid_seen_in_training"] = card.metrics.pop("valid")
     save_card(card, cpath)
     return cpath
 
@@ -443,6 +459,7 @@ def _load_tagger(cfg: TransferConfig, device) -> tuple[M.MusicnnTagger, ModelCar
     ln = load_net(cfg.base_model, "cpu")
     if ln.card.architecture.get("name") != "musicnn":
         raise ValueError(f"--base-model must be a musicnn tagger card, not {ln.card.architecture.get('name')!r}")
+    ln.net.set_freq_stride(cfg.freq_stride)
     return ln.net.to(device).eval(), ln.card
 
 
@@ -462,20 +479,40 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
          f"valid acc {best.valid_acc:.1%}")
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
     net = M.MusicnnTransfer(len(data.labels), POOLING_CHOICES[best.pooling], best.hidden, cfg.head_dropout,
-                            len(base.labels))
+                            len(base.labels), cfg.freq_stride)
     net.trunk.load_state_dict(tagger.state_dict())
     net.head.load_state_dict(best.state)
     net.eval()
     # valid logits for calibration from the cached embeddings (same numbers as the network's)
+    pooling = POOLING_CHOICES[best.pooling]
     with torch.no_grad():
-        lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, POOLING_CHOICES[best.pooling]).astype(np.float32))).numpy()
+        lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
     valid_logits = _split_rows(lv, emb_va["track"], len(data.parts["valid"]))
+    selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
+                "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
+    extra: dict[str, Any] = {}
+    if cfg.refit:
+        # Same recipe and epoch count, fitted on train + valid (valid's dense crops, as train's).
+        # The temperature stays the one the train-only head got on valid: nothing held out is left.
+        emb_vd = cached_embeddings(data, "valid", tagger, base, device, dense=cfg.train_crops, note=note)
+        x = np.concatenate([M.pool_embeddings(emb_tr, pooling), M.pool_embeddings(emb_vd, pooling)]).astype(np.float32)
+        y = np.concatenate([data.y("train")[emb_tr["track"]], data.y("valid")[emb_vd["track"]]])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
+                                  stop_epoch=best.epoch)
+        finally:
+            torch.set_num_threads(threads)
+        net.head.load_state_dict(head.state_dict())
+        note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+        card.description += " Refitted on train + valid after selection on valid."
+        extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
+                           "temperature_from": "the train-only head, calibrated on valid",
+                           "note": "valid was used for training: its metrics are not held-out"}}
     cpath = _finish(net, card, cfg, data, valid_logits,
-                    {"mode": "head", "head_grid": grid,
-                     "selected": {"pooling": best.pooling, "hidden": best.hidden,
-                                  "weight_decay": best.weight_decay, "epoch": best.epoch,
-                                  "valid_accuracy_before_calibration": best.valid_acc},
-                     "n_train_embeddings": int(len(emb_tr["track"]))}, note)
+                    {"mode": "head", "head_grid": grid, "selected": selected,
+                     "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
 
 
@@ -509,6 +546,7 @@ def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
         if ln.card.architecture.get("name") != "musicnn-transfer":
             raise ValueError(f"--from-head must be a musicnn-transfer model, not {ln.card.architecture.get('name')!r}")
         net, start_card = ln.net, ln.card
+        cfg.freq_stride = int(start_card.architecture.get("freq_stride", 1))
         _, base = _load_tagger(cfg, "cpu")
         data = load_data(cfg, start_card.audio.sample_rate)
         if data.labels != start_card.labels:

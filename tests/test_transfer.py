@@ -184,3 +184,45 @@ def test_zeroshot_network() -> None:
     torch.testing.assert_close(lg[:, 2], torch.full((2,), float(np.log(net.EPS))))
     with pytest.raises(ValueError):
         M.MusicnnZeroShot(["x"], {"x": ["reggae"]})  # no such MSD tag
+
+
+def test_freq_stride_takes_the_max_over_every_nth_mel_position() -> None:
+    """A strided front-end = the exact network's conv maps, max-pooled over every stride-th band only."""
+    torch.manual_seed(0)
+    net = M.load_musicnn(Path(__file__).resolve().parents[1] / "models" / "msd-musicnn.safetensors")
+    x = M.musicnn_frontend(torch.randn(2, M.SEGMENT_SAMPLES) * 0.1)
+    with torch.no_grad():
+        h = net.bn_input(x.unsqueeze(1))
+        hp = torch.nn.functional.pad(h, (0, 0, 3, 3))
+        blk = net.timbral[0]
+        full = blk(hp)  # (B, C, T, F): conv -> ReLU -> BN at every mel position
+        exact = net.front_maps(x)
+        net.set_freq_stride(3)
+        strided = net.front_maps(x)
+    n = blk.conv.out_channels
+    torch.testing.assert_close(exact[:, :n], full.amax(dim=3), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(strided[:, :n], full[..., ::3].amax(dim=3), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(strided, exact)  # really fewer positions
+    assert net.timbral[1].conv.stride == (1, 3) and net.temporal[2].conv.stride == (1, 3)
+    with pytest.raises(ValueError):
+        net.set_freq_stride(0)
+
+
+def test_refit_head_with_strided_front_end(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    from genretag.transfer import run_head
+
+    monkeypatch.setenv("GENRETAG_CACHE_DIR", str(tmp_path / "cache"))
+    cpath, net, _ = run_head(_cfg(dataset, tmp_path / "run", freq_stride=2, refit=True))
+    card = load_card(cpath)
+    assert card.architecture["freq_stride"] == 2
+    assert card.training["refit"]["on"] == ["train", "valid"]
+    assert card.training["refit"]["epochs"] == card.training["selected"]["epoch"]
+    # valid was trained on: it must not be reported as a held-out number
+    assert "valid" not in card.metrics and card.metrics["valid_seen_in_training"]["n_tracks"] == 6
+    assert card.metrics["test"]["accuracy_soft"] > 1 / 3 + 0.2
+    ln = load_net(cpath, "cpu")
+    assert ln.net.trunk.freq_stride == 2
+    y, _ = sf.read(dataset / "tones" / "tones.00001.wav", dtype="float32")
+    with torch.inference_mode():
+        want = torch.softmax(net(torch.from_numpy(y[None, :M.SEGMENT_SAMPLES])) / card.temperature, 1).numpy()
+    np.testing.assert_allclose(ln.predict(y[None, :M.SEGMENT_SAMPLES]), want, atol=2e-3)  # float16 weights

@@ -37,10 +37,14 @@ def transfer_cmd(
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
+    freq_stride: Annotated[int, typer.Option(min=1, max=8, help="Run the front-end convolutions at every N-th mel "
+                                             "band: ~N times faster, embeddings approximated (1 = exact).")] = 1,
     pooling: Annotated[str | None, typer.Option(help="Head pooling sets tried on valid: all, midend, penultimate (comma-separated).")] = None,
     hidden: Annotated[str | None, typer.Option(help="Head hidden sizes tried on valid; 0 = logistic regression (e.g. '0,256').")] = None,
     weight_decay: Annotated[str | None, typer.Option(help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
     head_epochs: Annotated[int, typer.Option(min=5)] = 60,
+    refit: Annotated[bool, typer.Option("--refit", help="Head: after choosing it on valid, train the chosen head "
+                                        "again on train + valid (same epochs; valid is then no longer held out).")] = False,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate of the trunk (the head gets 10x).")] = 1e-4,
     finetune_from: Annotated[str, typer.Option(help="First trainable trunk stage: front (everything), midend or backend.")] = "midend",
     crops_per_track: Annotated[int, typer.Option(min=1, help="Fine-tuning: random crops per training track per epoch.")] = 4,
@@ -62,8 +66,8 @@ def transfer_cmd(
 
     default_name = {"zeroshot": "gtzan-musicnn-zeroshot", "ensemble": "gtzan-ensemble"}.get(mode.value, "gtzan-musicnn")
     cfg = TransferConfig(data_dir=str(data_dir), out=str(out), name=name or default_name, mode=mode.value,
-                         base_model=base_model, split=split, fold=fold, seed=seed, epochs=epochs,
-                         head_epochs=head_epochs, lr=lr, finetune_from=finetune_from,
+                         base_model=base_model, freq_stride=freq_stride, split=split, fold=fold, seed=seed, epochs=epochs,
+                         head_epochs=head_epochs, refit=refit, lr=lr, finetune_from=finetune_from,
                          crops_per_track=crops_per_track, aug_mixup=mixup, aug_gain_db=gain_db,
                          aug_noise_snr_db=noise_snr_db, from_head=from_head or "",
                          half_weights=not full_precision, device=getattr(device, "value", device))
