@@ -426,3 +426,15 @@ def test_shipped_index_is_valid_and_has_no_fake_urls():
         assert e.url is None or (e.sha256 and e.url.startswith("https://")), e.name
         if e.url is None and repo_models.is_dir():
             assert (repo_models / f"{e.name}.json").exists(), f"index lists {e.name} as bundled, but it is not"
+
+
+def test_info_values_are_not_rich_markup():
+    """Card values such as pooling=[timbral, temporal] print as they are (rich would eat "[timbral ...]")."""
+    from rich.console import Console
+
+    from genretag.cli.models import _fmt_value, _kv_table
+
+    value = _fmt_value({"pooling": ["timbral", "temporal"], "head": {"hidden": 256}})
+    console = Console(width=200, record=True, color_system=None)
+    console.print(_kv_table([("architecture", value)]))
+    assert "pooling=[timbral, temporal], head={hidden=256}" in console.export_text()

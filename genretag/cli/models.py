@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from genretag import hub
 from genretag.cli.app import app, debug, fail, info, out_console, state
@@ -177,7 +178,7 @@ def _kv_table(pairs: list[tuple[str, str]]) -> Table:
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
     for k, v in pairs:
-        t.add_row(k, v)
+        t.add_row(k, Text(v))  # plain text: "[a, b]" in a card value is not rich markup
     return t
 
 
