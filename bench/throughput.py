@@ -337,11 +337,14 @@ def run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None = Non
 def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     """(a): prepare_file over all files through classify's own pool, no model."""
     from genretag.card import load_card
-    from genretag.inference import default_jobs, prepare_stream
+    from genretag.inference import decodes_in_process, default_jobs, prepare_stream
     from genretag.model import find_card
 
-    params = load_card(find_card(card)).audio
-    for p in prepare_stream(files, params, None, jobs or default_jobs()):
+    c = load_card(find_card(card))
+    params = c.audio
+    # the worker count classify itself picks for this model on the CPU (genretag.inference.default_jobs)
+    jobs = jobs or (1 if decodes_in_process(c) else default_jobs())
+    for p in prepare_stream(files, params, None, jobs):
         print(json.dumps({"path": p.path, "segments": 0 if p.waves is None else int(p.waves.shape[0]),
                           "error": p.error}))
 

@@ -222,3 +222,18 @@ def test_precision_flag_end_to_end(tmp_path, tiny_model_dir):
         assert bf16.returncode == 2 and "bf16" in bf16.stderr and bf16.stdout == ""
     bad = run_cli(*base, "--precision", "fp8")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_default_jobs_decode_in_process_only_for_the_exact_musicnn() -> None:
+    """The exact musicnn network is ~6x slower than decoding: workers would only steal its cores."""
+    import os
+
+    from genretag.card import load_card
+    from genretag.inference import decodes_in_process, default_jobs
+    from genretag.model import find_card, load_net
+
+    assert decodes_in_process(load_card(find_card("gtzan-musicnn")))
+    assert not decodes_in_process(load_card(find_card("gtzan-musicnn-fast")))  # freq_stride 2
+    assert not decodes_in_process(load_card(find_card("gtzan-resnet")))
+    assert default_jobs(load_net("gtzan-musicnn", "cpu")) == 1
+    assert default_jobs(load_net("gtzan-resnet", "cpu")) == max(1, min(8, os.cpu_count() or 1))
