@@ -289,3 +289,20 @@ def test_program_answers_completion_requests():
                       env={"_GENRETAG_COMPLETE": "complete_bash", "COMP_WORDS": "genretag models d",
                            "COMP_CWORD": "2"})
     assert r.stdout.split() == ["download"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "--bogus", "x.mp3"], "No such option: --bogus"),
+    (["classify", "x.mp3", "--segments", "many"], "Invalid value for '--segments'"),
+    (["tag"], "Missing argument"),
+])
+def test_usage_errors_are_one_line(args, message):
+    """The real entry point (not CliRunner): a usage error is one plain line and exit code 2."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genretag: error: ") and message in lines[0], r.stderr
+    assert r.stdout == ""

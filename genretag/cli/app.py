@@ -86,8 +86,17 @@ def main() -> None:
     from genretag.registry import ModelError
 
     try:
-        app()
-    except KeyboardInterrupt:
+        rc = app(standalone_mode=False)
+    except typer.TyperException as e:  # click's usage errors: one line too, not typer's boxed panel
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `genretag`: the help was the answer
+            if e.format_message():
+                err_console().print(e.format_message(), markup=False)
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console().print(f"genretag: error: {e.format_message()}{hint}", markup=False)
+        sys.exit(getattr(e, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
         err_console().print("genretag: interrupted", markup=False)
         sys.exit(130)
     except (ModelError, AudioError) as e:
@@ -96,3 +105,4 @@ def main() -> None:
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
