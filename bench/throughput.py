@@ -306,17 +306,21 @@ def run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None = Non
     for t in threads:
         t.join(timeout=10)
     n = len(lines)
-    errors = 0
-    for line in lines:
+    ok_stamps = []  # a failed track (the naive loop cannot open m4a: no ffmpeg) is not a track done
+    for line, stamp in zip(lines, stamps):
         try:
-            errors += json.loads(line).get("error") is not None
+            failed = json.loads(line).get("error") is not None
         except (json.JSONDecodeError, AttributeError):
-            pass
-    steady = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else None
+            failed = False
+        if not failed:
+            ok_stamps.append(stamp)
+    errors, n_ok = n - len(ok_stamps), len(ok_stamps)
+    steady = ((n_ok - 1) / (ok_stamps[-1] - ok_stamps[0])
+              if n_ok > 1 and ok_stamps[-1] > ok_stamps[0] else None)
     res = {
         "tracks": n, "errors": errors, "returncode": proc.returncode,
         "wall_s": round(wall, 2),
-        "tracks_per_s": round(n / wall, 3) if wall else None,
+        "tracks_per_s": round(n_ok / wall, 3) if wall else None,  # tracks classified, failures excluded
         "startup_s": round(stamps[0] - t0, 2) if stamps else None,
         "steady_tracks_per_s": round(steady, 3) if steady else None,
         "cpu_s": round(cpu, 1),
@@ -435,11 +439,13 @@ def _classify_cmd(target: str, card: str | None, jobs: int | None, precision: st
 
 def _show(label: str, r: dict) -> None:
     steady = r.get("steady_tracks_per_s")
+    failed = f"  ({r['errors']} failed, not counted in tracks/s)" if r.get("errors") else ""
     print(f"  {label:<34} {r['tracks']:>6} tracks {r['wall_s']:>8.1f} s  "
           f"{r['tracks_per_s']:>8.2f} tracks/s (steady {steady if steady else '-'})  "
           f"peak RSS {r['peak_rss_mb']:>7.0f} MB (PSS {r['peak_pss_mb']:.0f})  cpu {r['cpu_s']} s  "
           f"load {r['load_before']['loadavg_1m']}->{r['load_after']['loadavg_1m']}"
-          f"{'  TRAINING RUNNING' if r['load_before']['training_running'] or r['load_after']['training_running'] else ''}",
+          f"{'  TRAINING RUNNING' if r['load_before']['training_running'] or r['load_after']['training_running'] else ''}"
+          f"{failed}",
           flush=True)
 
 
