@@ -189,10 +189,14 @@ def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int
 def default_jobs(net: LoadedNet | None = None) -> int:
     """Decoding worker processes: one per core (at most 8), or 1 (decode in this process,
     between batches) when :func:`decodes_in_process` says so for this model."""
-    if net is not None and net.device.type == "cpu" and decodes_in_process(
-            (net.members[0] if net.members else net).card):
+    if net is not None and net.device.type == "cpu" and decodes_in_process(_lead_card(net)):
         return 1
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _lead_card(net: LoadedNet):
+    """The card whose architecture decides batching and decoding: an ensemble's first member's."""
+    return (net.members[0] if net.members else net).card
 
 
 def decodes_in_process(card) -> bool:
@@ -254,7 +258,7 @@ def default_batch_segments(net: LoadedNet) -> int:
     """
     if net.device.type != "cpu":
         return 64
-    arch = (net.members[0] if net.members else net).card.architecture
+    arch = _lead_card(net).architecture
     if arch.get("name", "resnet").startswith("musicnn"):
         return 2 * int(arch.get("freq_stride", 1))
     return 16

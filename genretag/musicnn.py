@@ -482,8 +482,8 @@ class MusicnnTagger(MusicnnNet):
     ``extra.multilabel`` so genretag applies a sigmoid, not a softmax.
     """
 
-    def __init__(self, num_classes: int = 50, freq_stride: int = 1) -> None:
-        super().__init__(num_classes, freq_stride=freq_stride)
+    def __init__(self, num_classes: int = 50) -> None:
+        super().__init__(num_classes)
         self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
 
     def features(self, wave: Tensor) -> Tensor:

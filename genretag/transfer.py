@@ -267,6 +267,16 @@ def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_trac
     and stops at ``stop_epoch`` (a refit on more data with an epoch chosen earlier on valid);
     accuracy and NLL are then returned as NaN.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only spin (and fight other jobs)
+    try:
+        return _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, cfg, stop_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, cfg: TransferConfig,
+                stop_epoch: int | None) -> tuple[M.GenreHead, float, float, int]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     head = M.GenreHead(xtr.shape[1], n_classes, hidden, cfg.head_dropout)
@@ -312,16 +322,6 @@ def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_trac
 def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarray, n_classes: int,
              cfg: TransferConfig, note: Callable[[str], None]) -> tuple[HeadResult, list[dict]]:
     """Grid over pooling x hidden x weight decay; the best on valid (accuracy, then NLL)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only spin (and fight other jobs)
-    try:
-        return _fit_head(emb_tr, emb_va, y_tr_tracks, y_va, n_classes, cfg, note)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarray, n_classes: int,
-              cfg: TransferConfig, note: Callable[[str], None]) -> tuple[HeadResult, list[dict]]:
     ytr = y_tr_tracks[emb_tr["track"]]
     grid = []
     best: HeadResult | None = None
@@ -497,13 +497,8 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         emb_vd = cached_embeddings(data, "valid", tagger, base, device, dense=cfg.train_crops, note=note)
         x = np.concatenate([M.pool_embeddings(emb_tr, pooling), M.pool_embeddings(emb_vd, pooling)]).astype(np.float32)
         y = np.concatenate([data.y("train")[emb_tr["track"]], data.y("valid")[emb_vd["track"]]])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
-                                  stop_epoch=best.epoch)
-        finally:
-            torch.set_num_threads(threads)
+        head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
+                              stop_epoch=best.epoch)
         net.head.load_state_dict(head.state_dict())
         note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
         card.description += " Refitted on train + valid after selection on valid."
