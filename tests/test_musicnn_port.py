@@ -131,3 +131,68 @@ def test_pooled_front_end_equals_relu_bn_then_max():
     blk.train()  # training keeps the literal graph (batch statistics)
     with torch.no_grad():
         torch.testing.assert_close(blk.freq_max(x), blk(x).amax(dim=3))
+
+
+def _random_bn(bn: torch.nn.Module, n: int) -> None:
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(n))  # about half negative
+        bn.bias.copy_(torch.randn(n))
+        bn.running_mean.copy_(torch.randn(n))
+        bn.running_var.copy_(torch.rand(n) + 0.1)
+
+
+@pytest.mark.parametrize("dead", [[1, 4, 5, 11], list(range(12))])
+def test_dead_filters_are_not_convolved_but_give_the_same_maps(dead: list[int]) -> None:
+    """Filters whose weights are all exactly zero output their bias: the eval-mode paths
+    fill those channels in as constants, and the maps equal the literal graph's, also when
+    every filter is dead, with negative BN scales and with a frequency stride."""
+    torch.manual_seed(1)
+    blk = M._ConvBN2d(1, 12, (7, 9))
+    _random_bn(blk.bn, 12)
+    with torch.no_grad():
+        blk.conv.weight[dead] = 0.0
+    blk.eval()
+    x = torch.randn(3, 1, 40, 30)
+    with torch.no_grad():
+        for stride in (1, 2):
+            blk.conv.stride = (1, stride)
+            want = blk(x).amax(dim=3)
+            got = blk.freq_max(x)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            if len(dead) == 12:  # all constant: relu(bias) through the BN
+                assert torch.equal(got.amin(dim=2), got.amax(dim=2))
+
+    mid = M._ConvBN1d(10, 12)
+    _random_bn(mid.bn, 12)
+    with torch.no_grad():
+        mid.conv.weight[dead] = 0.0
+    mid.eval()
+    z = torch.randn(3, 10, 25)
+    with torch.no_grad():
+        want = mid.bn(torch.relu(mid.conv(torch.nn.functional.pad(z, mid.pad))))
+        torch.testing.assert_close(mid(z), want, atol=1e-5, rtol=1e-5)
+        mid.train()
+        torch.testing.assert_close(mid(z), mid.bn(torch.relu(mid.conv(torch.nn.functional.pad(z, mid.pad)))))
+
+
+def test_bundled_default_trunk_is_mostly_dead_filters_and_skipping_them_is_exact() -> None:
+    """The fact the default model's speed rests on: most of the MSD musicnn's front-end
+    filters are exactly zero in the bundled (float16-stored) transfer weights. Its
+    front-end maps, computed on the live filters only, equal the literal graph's."""
+    from genretag.model import load_net
+
+    tr = load_net("gtzan-musicnn", "cpu", verify=False).net.trunk
+    convs = [blk.conv for blk in (*tr.timbral, *tr.temporal)]
+    dead = sum(int(c.weight.flatten(1).ne(0).any(dim=1).logical_not().sum()) for c in convs)
+    total = sum(c.out_channels for c in convs)
+    assert dead / total > 0.8, (dead, total)
+    torch.manual_seed(2)
+    x = M.musicnn_frontend(torch.randn(2, M.SEGMENT_SAMPLES) * 0.1)
+    with torch.no_grad():
+        h = tr.bn_input(x.unsqueeze(1))
+        hp = torch.nn.functional.pad(h, (0, 0, 3, 3))
+        literal = torch.cat([blk(hp).amax(dim=3) for blk in tr.timbral]
+                            + [blk(torch.nn.functional.pad(h, (0, 0, *M._pad_same(k)))).amax(dim=3)
+                               for k, blk in zip(tr.temporal_kernels, tr.temporal)], dim=1)
+        torch.testing.assert_close(tr.front_maps(x), literal, atol=1e-5, rtol=1e-5)
