@@ -9,8 +9,9 @@ of the whole process tree for:
       count that `classify` uses (genretag.inference.prepare_stream), no model;
   (b) `genretag classify LIBRARY --format jsonl` as shipped, as a subprocess;
   (c) the naive pipeline a user would write: `librosa.load`, then per 3 s chunk
-      `librosa.feature.melspectrogram` + `power_to_db` and one forward of the
-      ResNet body per chunk, in one process (on a subset: it is slow).
+      `librosa.feature.melspectrogram`, its log, and one forward of the network per
+      chunk (a musicnn written out as the original graph reads, every filter
+      convolved), same weights, one process (on a subset: it is slow).
 
 Each stage runs as its own subprocess; its RSS (and that of all its
 descendants, e.g. the decoding workers) is sampled from /proc every 0.2 s.
@@ -341,16 +342,47 @@ def run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None = Non
 def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     """(a): prepare_file over all files through classify's own pool, no model."""
     from genretag.card import load_card
-    from genretag.inference import decodes_in_process, default_jobs, prepare_stream
+    from genretag.inference import default_jobs, prepare_stream
     from genretag.model import find_card
 
-    c = load_card(find_card(card))
-    params = c.audio
-    # the worker count classify itself picks for this model on the CPU (genretag.inference.default_jobs)
-    jobs = jobs or (1 if decodes_in_process(c) else default_jobs())
-    for p in prepare_stream(files, params, None, jobs):
+    params = load_card(find_card(card)).audio
+    # the worker count classify itself uses; streaming (overlap=True): with no model to share
+    # the cores with, decoding never waits, which is the fastest the decoders go
+    for p in prepare_stream(files, params, None, jobs or default_jobs()):
         print(json.dumps({"path": p.path, "segments": 0 if p.waves is None else int(p.waves.shape[0]),
                           "error": p.error}))
+
+
+def _literal_musicnn(net):
+    """logits(log-mel (1, T, 96)) for a musicnn-transfer model, written the way the original
+    graph reads (musicnn/models.py): every filter convolved, ReLU, batch norm, max over
+    frequency. No genretag shortcut (live filters only, pooled BN): what a user porting the
+    published network would run."""
+    import torch
+    import torch.nn.functional as F
+
+    from genretag.musicnn import _pad_same, pool_embeddings
+
+    tr, head, pooling = net.trunk, net.head, net.pooling
+
+    def midend(blk, x):
+        return blk.bn(F.relu(blk.conv(F.pad(x, blk.pad))))
+
+    def forward(logmel):
+        h = tr.bn_input(logmel.unsqueeze(1))
+        front = torch.cat([blk(F.pad(h, (0, 0, 3, 3))).amax(dim=3) for blk in tr.timbral]
+                          + [blk(F.pad(h, (0, 0, *_pad_same(k)))).amax(dim=3)
+                             for k, blk in zip(tr.temporal_kernels, tr.temporal)], dim=1)
+        c1 = midend(tr.midend[0], front)
+        c2 = midend(tr.midend[1], c1) + c1
+        c3 = midend(tr.midend[2], c2) + c2
+        n_timbral = sum(blk.conv.out_channels for blk in tr.timbral)
+        maps = {"timbral": front[:, :n_timbral], "temporal": front[:, n_timbral:], "cnn1": c1,
+                "cnn2": c2, "cnn3": c3, "midend": torch.cat([front, c1, c2, c3], dim=1)}
+        _, emb = tr.forward_maps(maps, return_embeddings=True)
+        return head(pool_embeddings(emb, pooling))
+
+    return forward
 
 
 def stage_naive(files: list[str], card: str | None) -> None:
@@ -364,12 +396,17 @@ def stage_naive(files: list[str], card: str | None) -> None:
     net = load_net(card, "cpu")
     a, m = net.card.audio, net.card.mel
     sr, hop = a.sample_rate, a.segment_samples
-    # ResNet models: librosa's log-mel fed to the network's body (the way LogMel makes it);
-    # other architectures (e.g. musicnn): the whole network on each waveform chunk.
+    # ResNet: librosa's log-mel (power_to_db, as LogMel makes it) fed to the network's body.
+    # musicnn-transfer: librosa's mel, log10(1 + 10000 x) as musicnn's extractor does, into the
+    # network written out literally (_literal_musicnn). Anything else: the whole genretag
+    # network on each waveform chunk.
     body = getattr(net.net, "body", None)
-    use_body = body is not None and type(getattr(net.net, "frontend", None)).__name__ == "LogMel"
-    print(json.dumps({"naive_forward": "librosa mel + power_to_db -> net.body" if use_body
-                      else "net(waveform chunk)"}), file=sys.stderr)
+    kind = ("resnet" if body is not None and type(getattr(net.net, "frontend", None)).__name__ == "LogMel"
+            else "musicnn" if net.card.architecture.get("name") == "musicnn-transfer" else "net")
+    literal = _literal_musicnn(net.net) if kind == "musicnn" else None
+    print(json.dumps({"naive_forward": {"resnet": "librosa mel + power_to_db -> net.body",
+                                        "musicnn": "librosa mel + log10(1 + 10000 x) -> literal musicnn graph",
+                                        "net": "net(waveform chunk)"}[kind]}), file=sys.stderr)
     for path in files:
         try:
             y, _ = librosa.load(path, sr=sr, mono=True)
@@ -379,14 +416,18 @@ def stage_naive(files: list[str], card: str | None) -> None:
                 if len(ch) < hop:
                     ch = np.pad(ch, (0, hop - len(ch)))
                 with torch.no_grad():
-                    if use_body:
+                    if kind == "net":
+                        logits = net.net(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32))[None])
+                    else:
                         mel = librosa.feature.melspectrogram(
                             y=ch, sr=sr, n_fft=m.n_fft, hop_length=m.hop_length, n_mels=m.n_mels,
                             fmin=m.fmin, fmax=m.fmax, htk=m.htk, norm=m.norm, power=m.power)
-                        db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=m.top_db)
-                        logits = body(torch.from_numpy(db.astype(np.float32))[None, None])
-                    else:
-                        logits = net.net(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32))[None])
+                        if kind == "resnet":
+                            db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=m.top_db)
+                            logits = body(torch.from_numpy(db.astype(np.float32))[None, None])
+                        else:
+                            x = np.log10(1.0 + m.scale * mel.T.astype(np.float32))
+                            logits = literal(torch.from_numpy(x)[None])
                     probs.append(torch.softmax(logits / float(net.card.temperature or 1.0), -1)[0].numpy())
             dist = np.mean(probs, axis=0)
             print(json.dumps({"path": path, "genre": net.labels[int(np.argmax(dist))],
@@ -536,16 +577,28 @@ def main(argv: list[str] | None = None) -> int:
         sub = files[:: max(1, len(files) // args.naive_tracks)][: args.naive_tracks]
         c = run_stage("naive", _self_cmd("naive", listfile("naive", sub), card, None), len(sub))
         _show(f"(c) naive librosa loop ({len(sub)} tracks)", c)
+        # The same loop with numpy's BLAS single-threaded: as written, OpenBLAS's idle threads
+        # spin after every librosa mel product and slow torch's threads down (~3.5x per chunk
+        # measured); this variant shows how much of (b)'s lead is that pitfall alone.
+        c1 = run_stage("naive BLAS 1", _self_cmd("naive", listfile("naive", sub), card, None), len(sub),
+                       env={"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        _show("(c') the same, BLAS 1 thread", c1)
 
         # Do (b) and (c) agree on the genre? (same weights; different decoding / chunking)
         got = {json.loads(x)["path"]: json.loads(x).get("genre") for x in b["_lines"]}
         agree = [got.get(json.loads(x)["path"]) == json.loads(x).get("genre") for x in c["_lines"]]
-        report.update({"decode_only": _public(a), "genretag": _public(b), "naive": _public(c)})
+        report.update({"decode_only": _public(a), "genretag": _public(b), "naive": _public(c),
+                       "naive_blas1": _public(c1)})
         report["naive_agreement"] = round(sum(agree) / max(1, len(agree)), 3)
         report["speedup_vs_naive"] = round(b["tracks_per_s"] / c["tracks_per_s"], 2) if c["tracks_per_s"] else None
+        report["speedup_vs_naive_blas1"] = (round(b["tracks_per_s"] / c1["tracks_per_s"], 2)
+                                            if c1["tracks_per_s"] else None)
         report["time_vs_decode"] = round(a["tracks_per_s"] / b["tracks_per_s"], 2) if b["tracks_per_s"] else None
         if a.get("steady_tracks_per_s") and b.get("steady_tracks_per_s") and c.get("steady_tracks_per_s"):
             report["steady_speedup_vs_naive"] = round(b["steady_tracks_per_s"] / c["steady_tracks_per_s"], 2)
+            if c1.get("steady_tracks_per_s"):
+                report["steady_speedup_vs_naive_blas1"] = round(
+                    b["steady_tracks_per_s"] / c1["steady_tracks_per_s"], 2)
             report["steady_time_vs_decode"] = round(a["steady_tracks_per_s"] / b["steady_tracks_per_s"], 2)
 
         if not args.no_extras:
@@ -574,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
             report["extras"] = extras
 
         print(f"\n(b) genretag is {report['speedup_vs_naive']}x faster than (c) naive "
-              f"(steady: {report.get('steady_speedup_vs_naive')}x)")
+              f"(steady: {report.get('steady_speedup_vs_naive')}x); "
+              f"{report['speedup_vs_naive_blas1']}x than (c') with BLAS on 1 thread "
+              f"(steady: {report.get('steady_speedup_vs_naive_blas1')}x)")
         print(f"(b) takes {report['time_vs_decode']}x the time of (a) decode only "
               f"(steady: {report.get('steady_time_vs_decode')}x)")
         if "extras" in report:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +107,7 @@ def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
 
 
 def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
-                   prefetch: int | None = None) -> Iterator[Prepared]:
+                   prefetch: int | None = None, overlap: bool = True) -> Iterator[Prepared]:
     """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight.
 
     With jobs > 1 the files are decoded by a pool of `jobs` loky worker
@@ -117,10 +117,18 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     not when the consumer takes a result, so with a model slower than
     decoding it decodes the whole library ahead and memory grows with the
     library (measured: +417 MB after 200 clips with a 0.1 s/file consumer;
-    2.6 MB per decoded clip). Here a new file is submitted only when the
-    consumer takes one, so memory is flat; the window (default: 4 files per
-    worker, at least 16, i.e. several model batches) keeps the workers busy
-    while the model runs.
+    2.6 MB per decoded clip). The window defaults to 4 files per worker, at
+    least 16, i.e. several model batches.
+
+    * ``overlap=True`` (a model on a GPU, or no model): a new file is
+      submitted whenever the consumer takes one, so decoding never stops.
+    * ``overlap=False`` (a model on the CPU, whose threads use every core):
+      decoding goes in rounds. A whole window is decoded while the consumer
+      waits, then the consumer runs the model on it while the pool waits, so
+      decoders and the network's threads never fight over the same cores
+      (300 clips, 2 cores, exact musicnn, 3 runs each: 22.3 tracks/s in
+      rounds of 16 vs 17.5 streaming and 18.6 decoding in-process; ResNet
+      17.6 vs 15.0).
 
     A worker that dies (a decoder segfault, the OOM killer) takes the pool
     and the files in flight with it: the file at the head is then retried on
@@ -149,10 +157,18 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
         window.append((path, fut))
         return True
 
-    try:
+    def fill() -> None:
         while len(window) < prefetch and submit():
             pass
-        while window:
+        if not overlap:  # the round decodes while the consumer waits
+            wait([f for _, f in window])
+
+    try:
+        while True:
+            if not window:
+                fill()
+                if not window:
+                    break
             path, fut = window.popleft()
             try:
                 result = fut.result()
@@ -162,7 +178,8 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
                 window = deque((p, f) if f.done() and f.exception() is None
                                else (p, executor.submit(prepare_file, p, params, segments))
                                for p, f in window)
-            submit()  # keep the workers busy while the consumer runs the model
+            if overlap:
+                submit()  # keep the workers busy while the consumer runs the model
             yield result
     finally:
         for _, fut in window:  # consumer stopped early (or interrupted)
@@ -186,27 +203,14 @@ def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int
         return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
 
 
-def default_jobs(net: LoadedNet | None = None) -> int:
-    """Decoding worker processes: one per core (at most 8), or 1 (decode in this process,
-    between batches) when :func:`decodes_in_process` says so for this model."""
-    if net is not None and net.device.type == "cpu" and decodes_in_process(_lead_card(net)):
-        return 1
+def default_jobs() -> int:
+    """Decoding worker processes: one per core, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
 def _lead_card(net: LoadedNet):
-    """The card whose architecture decides batching and decoding: an ensemble's first member's."""
+    """The card whose architecture decides batching: an ensemble's first member's."""
     return (net.members[0] if net.members else net).card
-
-
-def decodes_in_process(card) -> bool:
-    """True for a network much slower than decoding on the CPU: the exact musicnn front-end
-    (~11 ms per sub-track against ~1.7 ms to decode it). There, decoding workers and the
-    network's OpenMP threads fight over the same cores and the network loses more than
-    parallel decoding saves (300 clips, 2 cores, 3 interleaved pairs: 6.71 tracks/s decoding
-    in-process vs 5.78 with 2 workers; the stride-2 model and the ResNet gain nothing)."""
-    arch = card.architecture
-    return arch.get("name", "").startswith("musicnn") and int(arch.get("freq_stride", 1)) == 1
 
 
 def classify(
@@ -236,7 +240,8 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:
-        prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs)
+        prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
+                                  overlap=net.device.type != "cpu")
     yield from run_model(prepared, net, vote, batch_segments)
 
 
@@ -249,10 +254,9 @@ def default_batch_segments(net: LoadedNet) -> int:
     * ResNet: first-stage activations are 0.5 MB per sub-track; 16 per batch
       is best (3.9 ms/sub-track vs 6.2 at 1; at 64, 34 MB no longer fit and it
       runs ~1.5x slower).
-    * musicnn: each timbral conv's output is 9 MB per sub-track, so 2 per
-      batch is best (18.8 ms/sub-track vs 30.6 at 16; bf16 12.3 vs 22.0). A
-      front-end with ``freq_stride`` s has 1/s of those maps, so 2*s per batch
-      (stride 2: 7.8 ms at 4 vs 8.4 at 2 and 13.0 at 16).
+    * musicnn: with only its live front-end filters convolved (see
+      ``musicnn._ConvBN2d.freq_max``) 8 per batch is best: 2.7 ms/sub-track
+      against 3.3 at 2 and 3.5 at 16 (the stride-2 model: 2.1 at 8).
 
     A GPU wants large batches.
     """
@@ -260,7 +264,7 @@ def default_batch_segments(net: LoadedNet) -> int:
         return 64
     arch = _lead_card(net).architecture
     if arch.get("name", "resnet").startswith("musicnn"):
-        return 2 * int(arch.get("freq_stride", 1))
+        return 8
     return 16
 
 

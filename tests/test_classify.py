@@ -224,16 +224,48 @@ def test_precision_flag_end_to_end(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-def test_default_jobs_decode_in_process_only_for_the_exact_musicnn() -> None:
-    """The exact musicnn network is ~6x slower than decoding: workers would only steal its cores."""
-    import os
+def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) -> list:
+    """prepare_stream over files (window 4); optionally SIGKILL a decoding worker mid-run."""
+    import signal
 
-    from genretag.card import load_card
-    from genretag.inference import decodes_in_process, default_jobs
-    from genretag.model import find_card, load_net
+    from genretag.card import AudioParams
+    from genretag.inference import _executor, prepare_stream
 
-    assert decodes_in_process(load_card(find_card("gtzan-musicnn")))
-    assert not decodes_in_process(load_card(find_card("gtzan-musicnn-fast")))  # freq_stride 2
-    assert not decodes_in_process(load_card(find_card("gtzan-resnet")))
-    assert default_jobs(load_net("gtzan-musicnn", "cpu")) == 1
-    assert default_jobs(load_net("gtzan-resnet", "cpu")) == max(1, min(8, os.cpu_count() or 1))
+    params = AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3)
+    out = []
+    for i, p in enumerate(prepare_stream([str(f) for f in files], params, None, jobs, prefetch=4,
+                                         overlap=overlap)):
+        out.append(p)
+        if i == kill_after:
+            os.kill(next(iter(_executor(jobs)._processes.values())).pid, signal.SIGKILL)
+    return out
+
+
+def test_decoding_in_rounds_or_streaming_gives_the_same_results_in_order(tmp_path) -> None:
+    """A CPU model decodes in rounds (overlap=False), a GPU model streams: same files, same
+    order, same samples, bad files reported in place, more files than one window."""
+    files = [make_file(tmp_path / f"f{i:02d}.wav", seconds=0.5 + 0.25 * i, freq=200.0 + 50 * i)
+             for i in range(11)]
+    files.insert(5, tmp_path / "missing.wav")
+    (tmp_path / "bad.flac").write_bytes(b"not audio at all")
+    files.insert(8, tmp_path / "bad.flac")
+    serial = _decode_all(files, 1, True)
+    for overlap in (True, False):
+        got = _decode_all(files, 2, overlap)
+        assert [p.path for p in got] == [str(f) for f in files]
+        assert [p.error is None for p in got] == [p.error is None for p in serial]
+        assert [p.error is None for p in got].count(False) == 2
+        for a, b in zip(serial, got):
+            assert (a.waves is None) == (b.waves is None)
+            if a.waves is not None:
+                np.testing.assert_array_equal(a.waves, b.waves)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_decoding_worker_killed_mid_run_costs_no_file(tmp_path, overlap: bool) -> None:
+    """The OOM killer (or a decoder segfault) takes a worker and the pool: the files in
+    flight are decoded again on a fresh pool, none is lost or reported as failed."""
+    files = [make_file(tmp_path / f"k{i:02d}.flac", seconds=1.0, freq=300.0 + 20 * i) for i in range(14)]
+    got = _decode_all(files, 2, overlap, kill_after=1)
+    assert [p.path for p in got] == [str(f) for f in files]
+    assert all(p.error is None and p.waves.shape == (1, 16000) for p in got), [p.error for p in got]

@@ -45,7 +45,7 @@ SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, help="Most
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]
-JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Decoding worker processes (default: CPU count; 1, i.e. decoding between batches, for the exact musicnn models on CPU).")]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Decoding worker processes (default: one per CPU core, at most 8; 1 decodes in this process).")]
 
 
 @dataclass
@@ -92,7 +92,7 @@ def classify_stream(paths: list[Path], opts: ClassifyOptions, net=None) -> Itera
     from genretag.inference import classify, default_jobs
 
     net = net or load(opts)
-    jobs = opts.jobs or default_jobs(net)
+    jobs = opts.jobs or default_jobs()
     results = classify(iter_inputs(paths, opts.recursive), net, vote=opts.vote,
                        segments=opts.segments, jobs=jobs)
     if state.quiet or not sys.stderr.isatty():

@@ -133,7 +133,7 @@ def tag_cmd(
             yield p
 
     results = classify_cached(inputs(), net, vote=opts.vote, segments=opts.segments,
-                              jobs=opts.jobs or default_jobs(net), cache=cache, stats=stats)
+                              jobs=opts.jobs or default_jobs(), cache=cache, stats=stats)
     rows: list[Row] = []
     total = 0
     progress = None
