@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
 from genretag.card import ModelCard
 from genretag.features import LogMel
@@ -30,6 +29,10 @@ class ResNetBody(nn.Module):
 
     def __init__(self, layers: list[int], widths: list[int], n_classes: int,
                  dropout: float = 0.3, stem_stride: int = 1) -> None:
+        # Imported here, not with the module: torchvision takes ~1.1 s to import, which
+        # every `genretag classify` with a musicnn model would pay for nothing.
+        from torchvision.models import resnet as tv_resnet
+
         super().__init__()
         if len(widths) < len(layers):
             raise ValueError("a ResNet needs one width per stage")
@@ -44,9 +47,9 @@ class ResNetBody(nn.Module):
         self.conv1 = nn.Conv2d(1, widths[0], 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        stages = []
+        stages = []  # torchvision's own layer builder: same blocks, same downsampling
         for i, (n, w) in enumerate(zip(layers, widths)):
-            stages.append(self._make_layer(tv_resnet.BasicBlock, w, n, stride=1 if i == 0 else 2))
+            stages.append(tv_resnet.ResNet._make_layer(self, tv_resnet.BasicBlock, w, n, stride=1 if i == 0 else 2))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -58,8 +61,6 @@ class ResNetBody(nn.Module):
             if isinstance(m, tv_resnet.BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    # Borrow torchvision's layer builder: same blocks, same downsampling.
-    _make_layer = tv_resnet.ResNet._make_layer
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(self.input_norm(x))))
