@@ -1,8 +1,9 @@
 """The model stage: batched inference over prepared sub-tracks, and votes.
 
 `classify` streams one `TrackResult` per input, in input order. Decoding runs
-in worker processes (joblib/loky) while this process batches sub-tracks of
-many files through the network, so memory stays flat however large the
+in worker processes (joblib/loky) and this process batches sub-tracks of many
+files through the network, taking turns with the workers when the network
+runs on the CPU (see `prepare_stream`). Memory stays flat however large the
 library is: only a bounded number of decoded files is ever in flight.
 """
 
@@ -193,7 +194,14 @@ def _executor(jobs: int):
     cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genretag-numba")
     env = {"NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
+    return get_reusable_executor(max_workers=jobs, timeout=300, env=env, initializer=_init_worker)
+
+
+def _init_worker() -> None:
+    """A decoding worker reuses its freed decode buffers (genretag.heap)."""
+    from genretag.heap import keep_freed_memory
+
+    keep_freed_memory()
 
 
 def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int) -> Prepared:

@@ -159,3 +159,21 @@ def test_cuda_puts_network_and_batch_on_the_gpu(tiny_model_dir):
                                atol=1e-4, rtol=0)
     tune_for_inference(gpu)  # CPU-only tuning: leaves a GPU network alone
     assert not getattr(gpu, "_tuned", False)
+
+
+def test_bundled_musicnn_batch_equals_one_by_one():
+    """The default model skips its dead filters with index arithmetic on the batch: a batch and
+    its sub-tracks one at a time give the same probabilities."""
+    net = load_net("gtzan-musicnn", device="cpu", verify=False)
+    x = _waves(net, n=5, seed=3)
+    batch = net.predict(x)
+    single = np.concatenate([net.predict(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(batch, single, atol=ATOL, rtol=0)
+
+
+@cuda
+def test_bundled_musicnn_on_cuda_equals_cpu():
+    cpu = load_net("gtzan-musicnn", device="cpu", verify=False)
+    gpu = load_net("gtzan-musicnn", device="cuda", verify=False)
+    x = _waves(cpu, n=4)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-4, rtol=0)

@@ -83,8 +83,10 @@ def _root(
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
     from genretag.audio import AudioError
+    from genretag.heap import keep_freed_memory
     from genretag.registry import ModelError
 
+    keep_freed_memory()  # genretag owns this process: batch-sized buffers are reused, not re-faulted
     try:
         rc = app(standalone_mode=False)
     except typer.TyperException as e:  # click's usage errors: one line too, not typer's boxed panel
