@@ -194,14 +194,8 @@ def _executor(jobs: int):
     cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genretag-numba")
     env = {"NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    return get_reusable_executor(max_workers=jobs, timeout=300, env=env, initializer=_init_worker)
+    return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
-
-def _init_worker() -> None:
-    """A decoding worker reuses its freed decode buffers (genretag.heap)."""
-    from genretag.heap import keep_freed_memory
-
-    keep_freed_memory()
 
 
 def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int) -> Prepared:
