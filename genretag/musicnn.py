@@ -239,8 +239,8 @@ def _live_only(conv: nn.Conv1d | nn.Conv2d, run) -> Tensor:
     idx = live.nonzero().squeeze(1)
     if idx.numel() == 0:  # all dead: convolve one (it gives its bias) for the output's shape
         idx = idx.new_zeros(1)
-    some = run(idx)
-    out = conv.bias[None, :, None].expand(some.shape[0], -1, some.shape[2]).clone()
+    some = run(idx)  # bfloat16 under autocast: the constants follow its dtype
+    out = conv.bias[None, :, None].to(some.dtype).expand(some.shape[0], -1, some.shape[2]).clone()
     out[:, idx] = some
     return out
 

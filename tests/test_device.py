@@ -177,3 +177,16 @@ def test_bundled_musicnn_on_cuda_equals_cpu():
     gpu = load_net("gtzan-musicnn", device="cuda", verify=False)
     x = _waves(cpu, n=4)
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-4, rtol=0)
+
+
+def test_bundled_musicnn_bf16_is_close_to_fp32_or_refused():
+    """bf16 autocast runs the live-filter convolutions in bfloat16; the dead filters' constants
+    must follow (this crashed once: index_put of float32 into bfloat16)."""
+    fp32 = load_net("gtzan-musicnn", device="cpu", verify=False)
+    x = _waves(fp32, n=4, seed=5)
+    try:
+        bf16 = load_net("gtzan-musicnn", device="cpu", verify=False, precision="bf16")
+    except ModelError:
+        assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return
+    np.testing.assert_allclose(bf16.predict(x), fp32.predict(x), atol=0.05, rtol=0)
