@@ -197,7 +197,6 @@ def _executor(jobs: int):
     return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
 
-
 def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int) -> Prepared:
     try:
         return _executor(jobs).submit(prepare_file, path, params, segments).result()
