@@ -209,11 +209,6 @@ def default_jobs() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _lead_card(net: LoadedNet):
-    """The card whose architecture decides batching: an ensemble's first member's."""
-    return (net.members[0] if net.members else net).card
-
-
 def classify(
     inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
     model: LoadedNet | str | None = None,
@@ -263,10 +258,8 @@ def default_batch_segments(net: LoadedNet) -> int:
     """
     if net.device.type != "cpu":
         return 64
-    arch = _lead_card(net).architecture
-    if arch.get("name", "resnet").startswith("musicnn"):
-        return 8
-    return 16
+    lead = net.members[0] if net.members else net  # an ensemble batches as its first member
+    return 8 if lead.card.architecture.get("name", "resnet").startswith("musicnn") else 16
 
 
 def tune_for_inference(net: LoadedNet) -> None:

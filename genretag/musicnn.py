@@ -218,11 +218,10 @@ class _ConvBN2d(nn.Module):
         sign = torch.where(scale >= 0, 1.0, -1.0).to(scale.dtype)
         conv = self.conv
 
-        def conv_amax(idx: Tensor | None) -> Tensor:  # max z where a >= 0, min z where a < 0
-            w, b, s = (conv.weight, conv.bias, sign) if idx is None else (
-                conv.weight[idx], conv.bias[idx], sign[idx])
-            z = F.conv2d(x, w * s[:, None, None, None], b * s, conv.stride, conv.padding,
-                         conv.dilation, conv.groups)
+        def conv_amax(idx: Tensor) -> Tensor:  # max z where a >= 0, min z where a < 0
+            s = sign[idx]
+            z = F.conv2d(x, conv.weight[idx] * s[:, None, None, None], conv.bias[idx] * s, conv.stride,
+                         conv.padding, conv.dilation, conv.groups)
             return z.amax(dim=3) * s[:, None]
 
         picked = _live_only(conv, conv_amax)
@@ -230,13 +229,13 @@ class _ConvBN2d(nn.Module):
 
 
 def _live_only(conv: nn.Conv1d | nn.Conv2d, run) -> Tensor:
-    """``run(idx)``: a layer's (B, C, T) output computed for output channels ``idx`` only
-    (``None`` = all), with the dead filters (weights all exactly zero, so their output is
-    the bias everywhere) filled in as constants instead of convolved. Eval mode only."""
+    """``run(idx)``: a layer's (B, C, T) output computed for output channels ``idx`` only,
+    with the dead filters (weights all exactly zero, so their output is the bias
+    everywhere) filled in as constants instead of convolved. Eval mode only."""
     live = conv.weight.flatten(1).ne(0).any(dim=1)
-    if bool(live.all()):
-        return run(None)
     idx = live.nonzero().squeeze(1)
+    if idx.numel() == live.numel():
+        return run(idx)
     if idx.numel() == 0:  # all dead: convolve one (it gives its bias) for the output's shape
         idx = idx.new_zeros(1)
     some = run(idx)  # bfloat16 under autocast: the constants follow its dtype
@@ -259,8 +258,7 @@ class _ConvBN1d(nn.Module):
         if self.training:
             return self.bn(F.relu(self.conv(x)))
         conv = self.conv
-        z = _live_only(conv, lambda idx: conv(x) if idx is None else F.conv1d(x, conv.weight[idx], conv.bias[idx]))
-        return self.bn(F.relu(z))
+        return self.bn(F.relu(_live_only(conv, lambda idx: F.conv1d(x, conv.weight[idx], conv.bias[idx]))))
 
 
 class MusicnnNet(nn.Module):

@@ -38,7 +38,7 @@ def transfer_cmd(
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
     freq_stride: Annotated[int, typer.Option(min=1, max=8, help="Run the front-end convolutions at every N-th mel "
-                                             "band: ~N times faster, embeddings approximated (1 = exact).")] = 1,
+                                             "band: faster (2: network ~1.3x), embeddings approximated (1 = exact).")] = 1,
     pooling: Annotated[str | None, typer.Option(help="Head pooling sets tried on valid: all, midend, penultimate (comma-separated).")] = None,
     hidden: Annotated[str | None, typer.Option(help="Head hidden sizes tried on valid; 0 = logistic regression (e.g. '0,256').")] = None,
     weight_decay: Annotated[str | None, typer.Option(help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
