@@ -6,7 +6,7 @@ measures, on the same files and in the same run, tracks/s and the peak RSS
 of the whole process tree for:
 
   (a) decode only: `prepare_file` through the same worker pool and worker
-      count that `classify` uses (genretag.inference.prepare_stream), no model;
+      count that `classify` uses (genretag.pipeline.inference.prepare_stream), no model;
   (b) `genretag classify LIBRARY --format jsonl` as shipped, as a subprocess;
   (c) the naive pipeline a user would write: `librosa.load`, then per 3 s chunk
       `librosa.feature.melspectrogram`, its log, and one forward of the network per
@@ -78,7 +78,7 @@ def _to_cd(x, sr):
 def _write(path: Path, x, sr: int) -> None:
     import soundfile as sf
 
-    from genretag.audio import write_m4a
+    from genretag.audio.decode import write_m4a
 
     ext = path.suffix.lower()
     tmp = path.with_name(path.stem + ".part" + ext)
@@ -347,9 +347,9 @@ def run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None = Non
 
 def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     """(a): prepare_file over all files through classify's own pool, no model."""
-    from genretag.card import load_card
-    from genretag.inference import default_jobs, prepare_stream
-    from genretag.model import find_card
+    from genretag.pipeline.inference import default_jobs, prepare_stream
+    from genretag.store.card import load_card
+    from genretag.store.load import find_card
 
     params = load_card(find_card(card)).audio
     # the worker count classify itself uses; streaming (overlap=True): with no model to share
@@ -367,7 +367,7 @@ def _literal_musicnn(net):
     import torch
     import torch.nn.functional as F
 
-    from genretag.musicnn import _pad_same, pool_embeddings
+    from genretag.nets.musicnn import _pad_same, pool_embeddings
 
     tr, head, pooling = net.trunk, net.head, net.pooling
 
@@ -397,7 +397,7 @@ def stage_naive(files: list[str], card: str | None) -> None:
     import numpy as np
     import torch
 
-    from genretag.model import load_net
+    from genretag.store.load import load_net
 
     net = load_net(card, "cpu")
     a, m = net.card.audio, net.card.mel
@@ -456,10 +456,10 @@ def resolve_model(workdir: Path) -> tuple[str | None, str]:
     card = workdir / "random-model" / "gtzan-resnet.json"
     if not card.exists():
         code = ("import sys, torch\n"
-                "from genretag.train import make_card, TrainConfig\n"
-                "from genretag.card import GTZAN_GENRES\n"
-                "from genretag.nets import build_net\n"
-                "from genretag.model import save_model\n"
+                "from genretag.training.train import make_card, TrainConfig\n"
+                "from genretag.store.card import GTZAN_GENRES\n"
+                "from genretag.nets.cnn import build_net\n"
+                "from genretag.store.load import save_model\n"
                 "card = make_card(TrainConfig(), list(GTZAN_GENRES)); torch.manual_seed(0)\n"
                 "save_model(build_net(card), card, sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", code, str(card.parent)], check=True, cwd=str(REPO))

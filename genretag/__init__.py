@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name in ("classify", "TrackResult"):
-        from genretag import inference
+        from genretag.pipeline import inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'genretag' has no attribute {name!r}")

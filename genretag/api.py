@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genretag.inference import TrackResult, classify
-from genretag.model import LoadedNet, load_net
+from genretag.pipeline.inference import TrackResult, classify
+from genretag.store.load import LoadedNet, load_net
 
 
 @dataclass
@@ -49,6 +49,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
     """Load a model by name (bundled or cached) or card path; None means the bundled default.
 
     ``precision="bf16"`` trades up to a few hundredths in the probabilities for speed on
-    CUDA or AMX CPUs (see `genretag.model.load_net`).
+    CUDA or AMX CPUs (see `genretag.store.load.load_net`).
     """
     return Model(load_net(name_or_path, device, precision=precision))

@@ -10,7 +10,7 @@ Needs TensorFlow only to read the checkpoint, so run it in a throwaway venv
         --wheel /tmp/mnn/musicnn-0.1.0-py3-none-any.whl --variant MSD_musicnn --out-dir models
 
 Writes ``<out-dir>/<name>.safetensors`` (float32, tensor names = the state_dict of
-``genretag.musicnn.MusicnnNet`` / ``VGGNet``, variant in the metadata) and
+``genretag.nets.musicnn.MusicnnNet`` / ``VGGNet``, variant in the metadata) and
 ``<out-dir>/<name>.json`` (a genretag ModelCard). Adam slots and step counters in
 the checkpoint are dropped; every other variable must be mapped exactly once.
 
@@ -162,7 +162,7 @@ def main() -> None:
         weights=weights.name,
         weights_sha256=card_mod.sha256_file(weights),
         description=(f"musicnn {args.variant}: pretrained {'Million Song Dataset' if msd else 'MagnaTagATune'} "
-                     "top-50 tagger, ported from TensorFlow to PyTorch (genretag.musicnn). Multi-label: "
+                     "top-50 tagger, ported from TensorFlow to PyTorch (genretag.nets.musicnn). Multi-label: "
                      "apply a sigmoid per tag, not a softmax."),
         license="ISC",
         source=(("jordipons/musicnn 0.1.0 (PyPI), trained on the Million Song Dataset top-50 tags" if msd else
@@ -175,7 +175,7 @@ def main() -> None:
                  "metrics_source": "experiment.result shipped in the musicnn wheel (original authors)"},
         extra={
             "output": "sigmoid",
-            "frontend": "genretag.musicnn.musicnn_frontend",
+            "frontend": "genretag.nets.musicnn.musicnn_frontend",
             "stft_pad_mode": "reflect",  # librosa 0.7/0.8 default that musicnn ran and trained with
             "fp16_quantize": True,  # mel power rounded to float16 before log10(1 + 10000 x)
             "input_layout": "(batch, frames, n_mels)",

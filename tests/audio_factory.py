@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from genretag.audio import write_m4a
+from genretag.audio.decode import write_m4a
 
 #: Every extension `write_audio` knows, with a sample rate that suits its codec.
 FORMATS: dict[str, int] = {

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from audio_factory import FORMATS, make_file, make_tone, write_audio
-from genretag import audio
-from genretag.card import MelParams
-from genretag.features import LogMel
-from genretag.prepare import prepare_file
-from genretag.card import AudioParams
+
+from genretag.audio import decode as audio
+from genretag.nets.features import LogMel
+from genretag.pipeline.prepare import prepare_file
+from genretag.store.card import AudioParams, MelParams
 
 
 def dominant_freq(y: np.ndarray, sr: int) -> float:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_factory import FORMATS, make_file, make_tone, write_audio
 
 import genretag
-from audio_factory import FORMATS, make_file, make_tone, write_audio
-from genretag.card import GTZAN_GENRES
-from genretag.model import load_net
-from genretag.walk import iter_audio_files
+from genretag.audio.walk import iter_audio_files
+from genretag.store.card import GTZAN_GENRES
+from genretag.store.load import load_net
 
 JSONL_KEYS = {"path", "genre", "confidence", "probabilities", "segments", "error"}
 
@@ -193,7 +193,7 @@ def test_bundled_model_loads_and_classifies(tmp_path):
 
 def test_decoder_noise_on_fd2_is_silenced_and_stderr_restored():
     """libmpg123 writes a line to fd 2 after mp3 seeks; the quiet window must swallow it, only it."""
-    code = ("import os; from genretag.audio import _quiet_stderr\n"
+    code = ("import os; from genretag.audio.decode import _quiet_stderr\n"
             "with _quiet_stderr(True):\n    os.write(2, b'libmpg123 noise\\n')\n"
             "os.write(2, b'after\\n')\n"
             "with _quiet_stderr(False):\n    os.write(2, b'kept\\n')\n")
@@ -228,8 +228,8 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
     """prepare_stream over files (window 4); optionally SIGKILL a decoding worker mid-run."""
     import signal
 
-    from genretag.card import AudioParams
-    from genretag.inference import _executor, prepare_stream
+    from genretag.pipeline.inference import _executor, prepare_stream
+    from genretag.store.card import AudioParams
 
     params = AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3)
     out = []

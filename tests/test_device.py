@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from genretag.inference import classify, tune_for_inference
-from genretag.model import LoadedNet, ModelError, load_net, resolve_device
+from genretag.pipeline.inference import classify, tune_for_inference
+from genretag.store.load import LoadedNet, ModelError, load_net, resolve_device
 
 ATOL = 1e-5
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -110,8 +110,8 @@ def test_classify_batching_is_invisible(net):
 def test_files_straddling_batches_keep_their_results_and_order(net):
     """Files of 3, 1, 4 and 2 sub-tracks plus a failed file, through batches of 1-64:
     a file split across two forward passes gets the same probabilities, in input order."""
-    from genretag.inference import run_model
-    from genretag.prepare import Prepared
+    from genretag.pipeline.inference import run_model
+    from genretag.pipeline.prepare import Prepared
 
     waves = _waves(net, n=10, seed=4)
     sizes, items, start = (3, 1, None, 4, 2), [], 0

@@ -1,4 +1,4 @@
-"""Model downloads (genretag.hub, `genretag models ...`) against a local HTTP server.
+"""Model downloads (genretag.store.index, `genretag models ...`) against a local HTTP server.
 
 Nothing here touches the network beyond 127.0.0.1: the server is started in the
 test process (http.server in a thread, port 0).
@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from genretag import hub
-from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
 from genretag.cli import app
 from genretag.cli.app import state
+from genretag.store import index as hub
+from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
 
 ARCH = {"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16], "dropout": 0.0,
         "stem_stride": 2}
@@ -40,8 +40,8 @@ def model_files(tmp_path_factory) -> Path:
     """A folder with tiny models `tiny` (to bundle) and `remote` (to serve)."""
     import torch
 
-    from genretag.model import save_model
-    from genretag.nets import build_net
+    from genretag.nets.cnn import build_net
+    from genretag.store.load import save_model
 
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -205,7 +205,7 @@ def test_download_installs_verified_model(served, model_files):
     assert card["weights_sha256"] == sha256_file(cache() / "remote.safetensors")
     assert [p for p, _ in served.requests] == ["/index.json", "/remote.json", "/remote.safetensors"]
 
-    from genretag.model import load_net
+    from genretag.store.load import load_net
 
     net = load_net("remote", "cpu")
     assert net.card.name == "remote" and net.path == cache() / "remote.json"
@@ -364,7 +364,7 @@ def test_checksum_mismatch_is_not_papered_over_by_fallback(served, monkeypatch):
 
 
 def test_find_card_downloads_and_falls_back(served, monkeypatch, tmp_path, model_files):
-    from genretag.registry import find_card
+    from genretag.store.local import find_card
 
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
     assert find_card("remote") == cache() / "remote.json"

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from genretag import musicnn as M
-from genretag.card import load_card, sha256_file
+from genretag.nets import musicnn as M
+from genretag.store.card import load_card, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "musicnn"
@@ -180,7 +180,7 @@ def test_bundled_default_trunk_is_mostly_dead_filters_and_skipping_them_is_exact
     """The fact the default model's speed rests on: most of the MSD musicnn's front-end
     filters are exactly zero in the bundled (float16-stored) transfer weights. Its
     front-end maps, computed on the live filters only, equal the literal graph's."""
-    from genretag.model import load_net
+    from genretag.store.load import load_net
 
     tr = load_net("gtzan-musicnn", "cpu", verify=False).net.trunk
     convs = [blk.conv for blk in (*tr.timbral, *tr.temporal)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genretag.segments import hard_vote, plan_segments, soft_vote, vote
+from genretag.pipeline.segments import hard_vote, plan_segments, soft_vote, vote
 
 
 def test_short_track_gives_one_segment_at_zero():

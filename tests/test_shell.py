@@ -17,9 +17,9 @@ import typer
 from typer.testing import CliRunner
 
 import genretag
-from genretag import completions, hub
-from genretag.cli import app
+from genretag.cli import app, completions
 from genretag.cli.app import state
+from genretag.store import index as hub
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -187,9 +187,9 @@ def file_index(tmp_path) -> str:
     """A model index on disk (file:// URLs: no server needed) offering `remote`."""
     import torch
 
-    from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
-    from genretag.model import save_model
-    from genretag.nets import build_net
+    from genretag.nets.cnn import build_net
+    from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
+    from genretag.store.load import save_model
 
     torch.manual_seed(0)
     card = ModelCard(name="remote", labels=list(GTZAN_GENRES),
@@ -262,9 +262,9 @@ def test_completion_files_are_current(tmp_path):
     assert {p.name for p in fresh} == {"genretag.bash", "_genretag", "genretag.fish"}
     for p in fresh:
         committed = REPO / "completions" / p.name
-        assert committed.exists(), f"{committed} is missing: run python -m genretag.completions"
+        assert committed.exists(), f"{committed} is missing: run python -m genretag.cli.completions"
         assert committed.read_text(encoding="utf-8") == p.read_text(encoding="utf-8"), (
-            f"{committed} is stale: run python -m genretag.completions")
+            f"{committed} is stale: run python -m genretag.cli.completions")
     assert completions.main(["--check"]) == 0
 
 

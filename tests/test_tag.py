@@ -10,18 +10,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import audio_factory as af
 import numpy as np
 import pytest
 from mutagen import id3
 from typer.testing import CliRunner
 
-import audio_factory as af
-from genretag import cache as cache_mod
-from genretag import tagging
+from genretag.audio.containers import file_fingerprint, fingerprint
 from genretag.cli import app
-from genretag.fingerprint import file_fingerprint, fingerprint
-from genretag.inference import TrackResult
-from genretag.journal import read_entries, undo
+from genretag.pipeline import cache as cache_mod
+from genretag.pipeline.inference import TrackResult
+from genretag.tags.fields import TagError
+from genretag.tags.journal import read_entries, undo
+from genretag.tags.plan import (
+    ERROR,
+    SKIP_BELOW,
+    SKIP_HAS_GENRE,
+    SKIP_UNCHANGED,
+    WRITE,
+    genre_name,
+    load_genre_names,
+    plan_tag,
+)
+from genretag.tags.safe_write import TMP_MARK, write_genres_safely
 
 EXTS = list(af.FORMATS)  # mp3 flac ogg opus m4a wav aiff
 runner = CliRunner()
@@ -41,7 +52,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 def result(path: str, **probs: float) -> TrackResult:
     """A classification result with the given probabilities (the rest share what is left)."""
-    from genretag.card import GTZAN_GENRES
+    from genretag.store.card import GTZAN_GENRES
 
     rest = [g for g in GTZAN_GENRES if g not in probs]
     left = max(0.0, 1.0 - sum(probs.values()))
@@ -89,7 +100,7 @@ def library(folder: Path, genre: str | list[str] | None = "Rock", exts=EXTS, sec
 def test_fingerprint_ignores_tag_writes(tmp_path, ext):
     p = af.make_file(tmp_path / f"a{ext}", genre="Rock")
     before, whole = fingerprint(p), file_fingerprint(p)
-    tagging.write_genres_safely(p, ["Jazz", "Blues" * 3000])  # big enough to move things around
+    write_genres_safely(p, ["Jazz", "Blues" * 3000])  # big enough to move things around
     assert fingerprint(p) == before
     assert file_fingerprint(p) != whole
     other = af.make_file(tmp_path / f"b{ext}", freq=880.0, genre="Rock")
@@ -107,36 +118,36 @@ def test_fingerprint_mp3_skips_trailing_tags(tmp_path):
 # --- genre names and planning ------------------------------------------------------
 
 def test_genre_names(tmp_path):
-    assert tagging.genre_name("hiphop") == "Hip-Hop"
-    assert tagging.genre_name("rock") == "Rock"
-    assert tagging.genre_name("drum_and_bass") == "Drum And Bass"
+    assert genre_name("hiphop") == "Hip-Hop"
+    assert genre_name("rock") == "Rock"
+    assert genre_name("drum_and_bass") == "Drum And Bass"
     js = tmp_path / "n.json"
     js.write_text('{"hiphop": "Rap"}')
     lines = tmp_path / "n.txt"
     lines.write_text("# mine\nhiphop = Hip Hop\n\nrock=Rock & Roll\n")
-    assert tagging.load_genre_names(js) == {"hiphop": "Rap"}
-    assert tagging.load_genre_names(lines) == {"hiphop": "Hip Hop", "rock": "Rock & Roll"}
+    assert load_genre_names(js) == {"hiphop": "Rap"}
+    assert load_genre_names(lines) == {"hiphop": "Hip Hop", "rock": "Rock & Roll"}
     bad = tmp_path / "bad.txt"
     bad.write_text("hiphop\n")
     with pytest.raises(ValueError):
-        tagging.load_genre_names(bad)
+        load_genre_names(bad)
 
 
 def test_plan_policies():
     r = result("x", jazz=0.7, blues=0.2)
-    plan = tagging.plan_tag
-    assert plan(r, []).action == tagging.WRITE and plan(r, []).new_values == ["Jazz"]
-    assert plan(r, ["Rock"]).action == tagging.SKIP_HAS_GENRE
+    plan = plan_tag
+    assert plan(r, []).action == WRITE and plan(r, []).new_values == ["Jazz"]
+    assert plan(r, ["Rock"]).action == SKIP_HAS_GENRE
     assert plan(r, ["Rock"], "overwrite").new_values == ["Jazz"]
     assert plan(r, ["Rock"], "append").new_values == ["Rock", "Jazz"]
-    assert plan(r, ["JAZZ"], "append").action == tagging.SKIP_UNCHANGED  # case-insensitive
-    assert plan(r, ["Jazz"], "overwrite").action == tagging.SKIP_UNCHANGED
+    assert plan(r, ["JAZZ"], "append").action == SKIP_UNCHANGED  # case-insensitive
+    assert plan(r, ["Jazz"], "overwrite").action == SKIP_UNCHANGED
     assert plan(r, [], top_k=2, min_confidence=0.1).new_values == ["Jazz", "Blues"]
     assert plan(r, [], top_k=2, min_confidence=0.5).new_values == ["Jazz"]  # only those >= min
-    assert plan(r, [], min_confidence=0.8).action == tagging.SKIP_BELOW
+    assert plan(r, [], min_confidence=0.8).action == SKIP_BELOW
     assert plan(r, [], names={"jazz": "Jazz Music"}).new_values == ["Jazz Music"]
     err = TrackResult("x", None, None, {}, 0, "cannot decode")
-    assert plan(err, []).action == tagging.ERROR
+    assert plan(err, []).action == ERROR
 
 
 # --- dry run ---------------------------------------------------------------------
@@ -296,8 +307,8 @@ def test_bad_files_are_reported_and_skipped(tmp_path, fake_model, tiny):
 
 def test_vanished_file_is_an_error(tmp_path, fake_model, tiny):
     p = af.make_file(tmp_path / "a.flac")
-    with pytest.raises(tagging.TagError, match="not found"):
-        tagging.write_genres_safely(tmp_path / "gone.flac", ["Jazz"])
+    with pytest.raises(TagError, match="not found"):
+        write_genres_safely(tmp_path / "gone.flac", ["Jazz"])
     res = run("tag", p, tmp_path / "gone.mp3", "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
     assert res.exit_code == 1 and rows(res)["gone.mp3"]["action"] == "error"
     assert af.genre_values(p) == ["Jazz"]
@@ -350,9 +361,9 @@ def test_undo_default_journal(tmp_path, fake_model, tiny):
 def test_undo_of_a_file_without_genre_removes_it(tmp_path):
     p = af.make_file(tmp_path / "a.m4a")
     j = tmp_path / "j.jsonl"
-    from genretag.journal import JournalWriter
+    from genretag.tags.journal import JournalWriter
 
-    tagging.write_genres_safely(p, ["Pop"], before_replace=JournalWriter(j))
+    write_genres_safely(p, ["Pop"], before_replace=JournalWriter(j))
     assert [i.status for i in undo(j)] == ["restored"]
     assert af.genre_values(p) == []
 
@@ -361,8 +372,8 @@ def test_undo_of_a_file_without_genre_removes_it(tmp_path):
 
 _CRASH_SCRIPT = """
 import sys
-from genretag.journal import JournalWriter
-from genretag.tagging import write_genres_safely
+from genretag.tags.journal import JournalWriter
+from genretag.tags.safe_write import write_genres_safely
 write_genres_safely(sys.argv[1], ["Jazz"], before_replace=JournalWriter(sys.argv[2]))
 print("done")
 """
@@ -396,7 +407,7 @@ def test_kill_during_write_leaves_old_or_new_and_next_run_cleans(tmp_path, fake_
         proc.stderr.close()
         assert af.genre_values(p) in (["Rock"], ["Jazz"]), step
         af.decode(p)  # still a readable audio file
-        strays = [q for q in p.parent.iterdir() if tagging.TMP_MARK in q.name]
+        strays = [q for q in p.parent.iterdir() if TMP_MARK in q.name]
         assert len(strays) == (0 if step == "after_replace" else 1), step
         if step in ("after_replace",):
             assert af.genre_values(p) == ["Jazz"]
@@ -412,7 +423,7 @@ def test_kill_during_write_leaves_old_or_new_and_next_run_cleans(tmp_path, fake_
     assert res.exit_code == 0, res.output
     assert "removed stray temporary file" in res.stderr
     for step, (p, _) in procs.items():
-        assert [q.name for q in p.parent.iterdir() if tagging.TMP_MARK in q.name and q != keep] == []
+        assert [q.name for q in p.parent.iterdir() if TMP_MARK in q.name and q != keep] == []
         assert af.genre_values(p) == ["Jazz"]
     assert keep.exists()
     # the journal line written before the interrupted replace does not confuse undo
@@ -470,6 +481,6 @@ def test_symlink_target_is_written_and_link_kept(tmp_path):
     real = af.make_file(tmp_path / "real.flac", genre="Rock")
     link = tmp_path / "link.flac"
     link.symlink_to(real)
-    out = tagging.write_genres_safely(link, ["Jazz"])
+    out = write_genres_safely(link, ["Jazz"])
     assert link.is_symlink() and out.path == str(real.resolve())
     assert af.genre_values(real) == ["Jazz"]

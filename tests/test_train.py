@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_factory import write_audio
 from safetensors.torch import load_file
 
-from audio_factory import write_audio
-from genretag import metrics
-from genretag.dataset import scan, split
-from genretag.evaluate import Predictions, report
-from genretag.train import TrainConfig, train
+from genretag.training import metrics
+from genretag.training.dataset import scan, split
+from genretag.training.evaluate import Predictions, report
+from genretag.training.train import TrainConfig, train
 
 SR = 8000
 GENRES = ("blues", "classical", "country")  # stand-ins: tone / noise / clicks
@@ -107,7 +107,7 @@ def test_splits_never_leak_a_track(tiny_gtzan, how):
 
 
 def test_fault_filtered_lists_do_not_overlap_and_restrict_to_present(tmp_path):
-    from genretag.dataset import fault_filtered_lists
+    from genretag.training.dataset import fault_filtered_lists
 
     lists = fault_filtered_lists()
     assert [len(lists[s]) for s in ("train", "valid", "test")] == [443, 197, 290]
@@ -144,7 +144,7 @@ def test_metrics_are_exact_on_known_predictions():
 
 
 def test_report_votes_and_segments_are_exact():
-    from genretag.dataset import Track
+    from genretag.training.dataset import Track
 
     labels = ["a", "b"]
     tracks = [Track("a/a.00000", "a", Path("x")), Track("b/b.00000", "b", Path("y"))]

@@ -17,10 +17,10 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from genretag import musicnn as M
-from genretag.card import AudioParams, MelParams, ModelCard, load_card
-from genretag.model import _adapt, load_net, save_model
-from genretag.nets import build_net
+from genretag.nets import musicnn as M
+from genretag.nets.cnn import build_net
+from genretag.store.card import AudioParams, MelParams, ModelCard, load_card
+from genretag.store.load import _adapt, load_net, save_model
 
 SR = 16000
 GENRES = ("clicks", "noise", "tones")
@@ -54,7 +54,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _cfg(dataset: Path, out: Path, **kw):
-    from genretag.transfer import TransferConfig
+    from genretag.training.transfer import TransferConfig
 
     base = dict(data_dir=str(dataset), out=str(out), name="tiny-musicnn", split="kfold:3", device="cpu",
                 poolings=["penultimate", "midend"], hidden=[0], weight_decays=[1e-2], head_epochs=20,
@@ -67,7 +67,7 @@ def _cfg(dataset: Path, out: Path, **kw):
 def head_model(dataset, tmp_path_factory) -> Path:
     import os
 
-    from genretag.transfer import run_head
+    from genretag.training.transfer import run_head
 
     out = tmp_path_factory.mktemp("head")
     old = os.environ.get("GENRETAG_CACHE_DIR")
@@ -134,7 +134,7 @@ def test_classify_cli_with_transfer_model(head_model: Path, dataset: Path) -> No
 
 
 def test_ensemble_is_the_mean_of_its_members(head_model: Path, tmp_path: Path) -> None:
-    from genretag.transfer import make_ensemble
+    from genretag.training.transfer import make_ensemble
 
     other = ModelCard(name="tiny-resnet", labels=list(GENRES),
                       architecture={"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16],
@@ -155,7 +155,7 @@ def test_ensemble_is_the_mean_of_its_members(head_model: Path, tmp_path: Path) -
 
 
 def test_finetune_one_epoch(head_model: Path, dataset: Path, tmp_path: Path) -> None:
-    from genretag.transfer import run_finetune
+    from genretag.training.transfer import run_finetune
 
     cpath = run_finetune(_cfg(dataset, tmp_path / "ft", from_head=str(head_model), epochs=1,
                               crops_per_track=1, batch_size=3))
@@ -209,7 +209,7 @@ def test_freq_stride_takes_the_max_over_every_nth_mel_position() -> None:
 
 
 def test_refit_head_with_strided_front_end(dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    from genretag.transfer import run_head
+    from genretag.training.transfer import run_head
 
     monkeypatch.setenv("GENRETAG_CACHE_DIR", str(tmp_path / "cache"))
     cpath, net, _ = run_head(_cfg(dataset, tmp_path / "run", freq_stride=2, refit=True))

@@ -22,7 +22,7 @@ app = typer.Typer(
 
 # Completions are files in completions/ (no --install-completion writing rc files);
 # this switches on the protocol those files call back into.
-from genretag.completions import enable as _enable_completion  # noqa: E402
+from genretag.cli.completions import enable as _enable_completion  # noqa: E402
 
 _enable_completion()
 
@@ -82,9 +82,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
-    from genretag.audio import AudioError
-    from genretag.heap import keep_freed_memory
-    from genretag.registry import ModelError
+    from genretag.audio.decode import AudioError
+    from genretag.cli.heap import keep_freed_memory
+    from genretag.store.local import ModelError
 
     keep_freed_memory()  # genretag owns this process: batch-sized buffers are reused, not re-faulted
     try:

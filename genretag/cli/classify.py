@@ -9,9 +9,22 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, out_console
-from genretag.cli.common import (DeviceOpt, Format, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt,
-                                 RecursiveOpt, SegmentsOpt, TopKOpt, Vote, VoteOpt, classify_options,
-                                 classify_stream)
+from genretag.cli.common import (
+    DeviceOpt,
+    Format,
+    JobsOpt,
+    ModelOpt,
+    PathsArg,
+    Precision,
+    PrecisionOpt,
+    RecursiveOpt,
+    SegmentsOpt,
+    TopKOpt,
+    Vote,
+    VoteOpt,
+    classify_options,
+    classify_stream,
+)
 
 
 @app.command("classify")
@@ -35,7 +48,7 @@ def classify_cmd(
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
-    from genretag.output import ResultWriter
+    from genretag.pipeline.output import ResultWriter
 
     try:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout

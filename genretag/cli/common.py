@@ -68,7 +68,7 @@ def classify_options(recursive: bool, vote: Vote, segments: int | None, model: s
 
 def load(opts: ClassifyOptions):
     """Load the model the options name, turning failures into one-line CLI errors."""
-    from genretag.model import ModelError, load_net
+    from genretag.store.load import ModelError, load_net
 
     try:
         net = load_net(opts.model, opts.device, precision=opts.precision)
@@ -79,7 +79,7 @@ def load(opts: ClassifyOptions):
 
 
 def iter_inputs(paths: list[Path], recursive: bool) -> Iterator[str]:
-    from genretag.walk import iter_audio_files
+    from genretag.audio.walk import iter_audio_files
 
     def on_error(path: str, reason: str) -> None:
         err_console().print(f"genretag: warning: skipped folder {path}: {reason}", markup=False)
@@ -89,7 +89,7 @@ def iter_inputs(paths: list[Path], recursive: bool) -> Iterator[str]:
 
 def classify_stream(paths: list[Path], opts: ClassifyOptions, net=None) -> Iterator:
     """Yield TrackResults for everything under `paths`, with a progress bar on a terminal."""
-    from genretag.inference import classify, default_jobs
+    from genretag.pipeline.inference import classify, default_jobs
 
     net = net or load(opts)
     jobs = opts.jobs or default_jobs()

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from genretag import hub
 from genretag.cli.app import app, debug, fail, info, out_console, state
+from genretag.store import index as hub
 
 models_app = typer.Typer(
     name="models",
@@ -89,8 +89,8 @@ def _weights_size(card_path: Path, card: dict[str, Any]) -> int | None:
 
 def _installed() -> list[dict[str, Any]]:
     """Bundled then cached models as rows (a cached copy of a bundled name is shadowed)."""
-    from genretag.registry import default_model_name
     from genretag.paths import bundled_models_dir, models_cache_dir
+    from genretag.store.local import default_model_name
 
     default = default_model_name()
     rows: list[dict[str, Any]] = []

@@ -13,9 +13,24 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
-from genretag.cli.common import (DeviceOpt, JobsOpt, ModelOpt, PathsArg, Precision, PrecisionOpt, RecursiveOpt,
-                                 SegmentsOpt, Vote, VoteOpt, classify_options, iter_inputs, load)
-from genretag.tagging import DEFAULT_MIN_CONFIDENCE
+from genretag.cli.common import (
+    DeviceOpt,
+    JobsOpt,
+    ModelOpt,
+    PathsArg,
+    Precision,
+    PrecisionOpt,
+    RecursiveOpt,
+    SegmentsOpt,
+    Vote,
+    VoteOpt,
+    classify_options,
+    iter_inputs,
+    load,
+)
+from genretag.tags.fields import TagError, read_tags, readable_values
+from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, load_genre_names, plan_tag
+from genretag.tags.safe_write import cleanup_stray_temps, is_read_only, write_genres_safely
 
 
 class TagFormat(str, Enum):
@@ -81,10 +96,9 @@ def tag_cmd(
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
     """
-    from genretag import tagging
-    from genretag.cache import CacheStats, ResultCache, classify_cached
-    from genretag.inference import default_jobs
-    from genretag.journal import JournalWriter
+    from genretag.pipeline.cache import CacheStats, ResultCache, classify_cached
+    from genretag.pipeline.inference import default_jobs
+    from genretag.tags.journal import JournalWriter
 
     if sum((overwrite, keep_existing, append)) > 1:
         fail("use only one of --overwrite, --keep-existing, --append", 2)
@@ -94,7 +108,7 @@ def tag_cmd(
     names: dict[str, str] = {}
     if genre_names is not None:
         try:
-            names = tagging.load_genre_names(genre_names)
+            names = load_genre_names(genre_names)
         except ValueError as e:
             fail(str(e), 2)
     writer = JournalWriter(journal) if write else None
@@ -128,7 +142,7 @@ def tag_cmd(
             folder = os.path.dirname(os.path.abspath(p))
             if write and folder not in cleaned:
                 cleaned.add(folder)
-                for stray in tagging.cleanup_stray_temps(folder):
+                for stray in cleanup_stray_temps(folder):
                     info(f"removed stray temporary file {stray}")
             yield p
 
@@ -152,7 +166,7 @@ def tag_cmd(
             total += 1
             row = _handle(r, write, policy, min_confidence, top_k, names, separator, keep_mtime, writer,
                           times.pop(r.path, None))
-            if row.action == tagging.ERROR:
+            if row.action == ERROR:
                 counts.failed += 1
             elif row.action in ("write", "written"):
                 counts.written += 1
@@ -185,36 +199,35 @@ def tag_cmd(
 def _handle(r, write: bool, policy: str, min_confidence: float, top_k: int, names: dict[str, str],
             separator: str | None, keep_mtime: bool, writer, times: tuple[int, int] | None = None) -> Row:
     """Plan (and with --write, do) one file; never raises for a bad file."""
-    from genretag import tagging
 
     row = Row(r.path, confidence=r.confidence)
     if not r.ok:
-        row.action, row.error = tagging.ERROR, r.error
+        row.action, row.error = ERROR, r.error
         return row
     try:
-        current = tagging.read_tags(r.path)
-    except tagging.TagError as e:
-        row.action, row.error = tagging.ERROR, str(e)
+        current = read_tags(r.path)
+    except TagError as e:
+        row.action, row.error = ERROR, str(e)
         return row
-    row.current = tagging.readable_values(current, separator)
-    plan = tagging.plan_tag(r, row.current, policy, min_confidence, top_k, names)
+    row.current = readable_values(current, separator)
+    plan = plan_tag(r, row.current, policy, min_confidence, top_k, names)
     row.proposed, row.new, row.action = plan.proposed, plan.new_values, plan.action
-    if plan.action != tagging.WRITE:
+    if plan.action != WRITE:
         row.new = []
         return row
     if not write:  # say now what --write would run into
         try:
-            if tagging.is_read_only(os.stat(r.path), r.path):
-                row.action, row.error = tagging.ERROR, "read-only file (permission denied)"
+            if is_read_only(os.stat(r.path), r.path):
+                row.action, row.error = ERROR, "read-only file (permission denied)"
         except OSError as e:
-            row.action, row.error = tagging.ERROR, e.strerror or str(e)
+            row.action, row.error = ERROR, e.strerror or str(e)
         return row
     try:
-        tagging.write_genres_safely(r.path, plan.new_values, separator=separator, keep_mtime=keep_mtime,
+        write_genres_safely(r.path, plan.new_values, separator=separator, keep_mtime=keep_mtime,
                                     before_replace=writer, times=times)
         row.action = "written"
-    except tagging.TagError as e:
-        row.action, row.error = tagging.ERROR, str(e)
+    except TagError as e:
+        row.action, row.error = ERROR, str(e)
     return row
 
 
@@ -250,7 +263,7 @@ def undo_cmd(
 
     Exit code 0 when nothing was refused or failed, 1 otherwise.
     """
-    from genretag.journal import default_journal_path, undo
+    from genretag.tags.journal import default_journal_path, undo
 
     jpath = journal or default_journal_path()
     if not jpath.exists():

@@ -61,8 +61,8 @@ def train_cmd(
 
     Example: genretag train ../shared/data/gtzan --epochs 40 --pitch=-2,2 --out runs/resnet
     """
-    from genretag.dataset import DatasetError
-    from genretag.train import TrainConfig, train
+    from genretag.training.dataset import DatasetError
+    from genretag.training.train import TrainConfig, train
 
     base = {}
     if params:
@@ -160,10 +160,10 @@ def evaluate_cmd(
 
     Example: genretag evaluate ../shared/data/gtzan --subset test --json report.json --plot confusion.png
     """
-    from genretag import evaluate as ev
-    from genretag.dataset import DatasetError, scan
-    from genretag.dataset import split as do_split
-    from genretag.model import ModelError, load_net
+    from genretag.store.load import ModelError, load_net
+    from genretag.training import evaluate as ev
+    from genretag.training.dataset import DatasetError, scan
+    from genretag.training.dataset import split as do_split
 
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
@@ -219,9 +219,9 @@ def tune_cmd(
 
     Example: genretag tune ../shared/data/gtzan --trials 30 --epochs 10 && genretag train ../shared/data/gtzan --params runs/tune/best_params.json
     """
-    from genretag.dataset import DatasetError
-    from genretag.train import TrainConfig
-    from genretag.tune import tune
+    from genretag.training.dataset import DatasetError
+    from genretag.training.train import TrainConfig
+    from genretag.training.tune import tune
 
     if arch not in ("resnet", "cnn1d"):
         fail("--arch must be resnet or cnn1d for tuning", 2)

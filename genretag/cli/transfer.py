@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, info
-from genretag.cli.train import report_card
 from genretag.cli.common import Device, DeviceOpt
+from genretag.cli.train import report_card
 
 
 class Mode(str, Enum):
@@ -60,9 +60,16 @@ def transfer_cmd(
 
     Example: genretag transfer ../shared/data/gtzan --mode finetune --epochs 8 --out runs/transfer-ft
     """
-    from genretag.dataset import DatasetError
-    from genretag.model import ModelError
-    from genretag.transfer import POOLING_CHOICES, TransferConfig, run_ensemble, run_finetune, run_head, run_zeroshot
+    from genretag.store.load import ModelError
+    from genretag.training.dataset import DatasetError
+    from genretag.training.transfer import (
+        POOLING_CHOICES,
+        TransferConfig,
+        run_ensemble,
+        run_finetune,
+        run_head,
+        run_zeroshot,
+    )
 
     default_name = {"zeroshot": "gtzan-musicnn-zeroshot", "ensemble": "gtzan-ensemble"}.get(mode.value, "gtzan-musicnn")
     cfg = TransferConfig(data_dir=str(data_dir), out=str(out), name=name or default_name, mode=mode.value,

@@ -9,7 +9,7 @@ from typing import IO
 
 from rich.table import Table
 
-from genretag.inference import TrackResult
+from genretag.pipeline.inference import TrackResult
 
 FORMATS = ("table", "jsonl", "csv")
 

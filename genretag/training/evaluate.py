@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genretag import metrics
-from genretag.dataset import Track, WaveCache, wave_cache
-from genretag.model import LoadedNet
-from genretag.segments import hard_vote, plan_segments, soft_vote
+from genretag.pipeline.segments import hard_vote, plan_segments, soft_vote
+from genretag.store.load import LoadedNet
+from genretag.training import metrics
+from genretag.training.dataset import Track, WaveCache, wave_cache
 
 
 @dataclass

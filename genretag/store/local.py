@@ -43,7 +43,7 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
         c = d / f"{name}.json"
         if c.exists():
             return c
-    from genretag.hub import ensure_model  # download on first use; bundled default when offline
+    from genretag.store.index import ensure_model  # download on first use; bundled default when offline
 
     if (c := ensure_model(name)) is not None:
         return c

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from genretag.fingerprint import FingerprintError, file_fingerprint
+from genretag.audio.containers import FingerprintError, file_fingerprint
 from genretag.paths import data_dir
-from genretag.tagging import TagError, WriteOutcome, cleanup_stray_temps, read_tags, write_genres_safely
+from genretag.tags.fields import TagError, read_tags
+from genretag.tags.safe_write import WriteOutcome, cleanup_stray_temps, write_genres_safely
 
 
 def default_journal_path() -> Path:

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import genretag
-from genretag.card import ModelCard, sha256_file
-from genretag.registry import ModelError, default_model_name
 from genretag.paths import bundled_models_dir, models_cache_dir
+from genretag.store.card import ModelCard, sha256_file
+from genretag.store.local import ModelError, default_model_name
 
 INDEX_ENV = "GENRETAG_MODEL_INDEX"
 TIMEOUT = 30.0  # seconds without data before a connection counts as dead
@@ -315,8 +315,7 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int, int | No
         yield lambda done, tot: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None)
     cols = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),

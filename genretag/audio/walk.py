@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from genretag.audio import AUDIO_EXTENSIONS
+from genretag.audio.decode import AUDIO_EXTENSIONS
 
 # Magic numbers of audio containers, for files with no or an odd extension.
 _MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b".snd")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genretag import audio
+from genretag.audio import decode as audio
 from genretag.paths import cache_dir
 
 _NAME = re.compile(r"^(?P<genre>[a-z0-9_-]+)\.(?P<num>\d+)\.(?P<ext>[A-Za-z0-9]+)$")

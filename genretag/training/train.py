@@ -1,6 +1,6 @@
 """Training a genre model on a GTZAN-layout folder.
 
-Tracks are split first (genretag.dataset.split), decoded once into a
+Tracks are split first (genretag.training.dataset.split), decoded once into a
 memory-mapped cache, and every step draws random sub-track crops from the
 training tracks, balanced across genres (the partial GTZAN copy is heavily
 imbalanced). Augmentations (each switchable): random crops, gain, noise,
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genretag import evaluate as ev
-from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
-from genretag.dataset import Track, WaveCache, scan, split, wave_cache
-from genretag.model import resolve_device, save_model
-from genretag.nets import build_net, count_parameters
+from genretag.nets.cnn import build_net, count_parameters
+from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
+from genretag.store.load import resolve_device, save_model
+from genretag.training import evaluate as ev
+from genretag.training.dataset import Track, WaveCache, scan, split, wave_cache
 
 
 @dataclass

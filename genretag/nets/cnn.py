@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genretag.card import ModelCard
-from genretag.features import LogMel
+from genretag.nets.features import LogMel
+from genretag.store.card import ModelCard
 
 _STOCK = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
@@ -130,7 +130,7 @@ def build_net(card: ModelCard) -> GenreNet:
         body = WaveCNN1D(n, arch.get("widths"), float(arch.get("dropout", 0.3)))
         return GenreNet(None, body)
     if name in ("musicnn", "musicnn-transfer", "musicnn-zeroshot"):
-        from genretag import musicnn  # optional port of the MSD networks
+        from genretag.nets import musicnn  # optional port of the MSD networks
 
         return musicnn.build_net(card)
     raise ValueError(f"unknown architecture {name!r}")

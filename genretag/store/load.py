@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from genretag.card import ModelCard, load_card, save_card, sha256_file
-from genretag.nets import GenreNet, build_net
-from genretag.registry import ModelError, find_card  # noqa: F401  (ModelError re-exported)
+from genretag.nets.cnn import GenreNet, build_net
+from genretag.store.card import ModelCard, load_card, save_card, sha256_file
+from genretag.store.local import ModelError, find_card  # noqa: F401  (ModelError re-exported)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

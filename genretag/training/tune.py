@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-from genretag.train import TrainConfig, train
+from genretag.training.train import TrainConfig, train
 
 
 class _Pruned(Exception):

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from genretag.fingerprint import FingerprintError, fingerprint
-from genretag.inference import TrackResult, classify
+from genretag.audio.containers import FingerprintError, fingerprint
 from genretag.paths import cache_dir
+from genretag.pipeline.inference import TrackResult, classify
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -106,7 +106,7 @@ class CacheStats:
 def classify_cached(paths: Iterable[str], net, vote: str = "soft", segments: int | None = None,
                     jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
                     chunk: int = 128) -> Iterator[TrackResult]:
-    """Like `genretag.inference.classify`, but only files not in the cache reach the model.
+    """Like `genretag.pipeline.inference.classify`, but only files not in the cache reach the model.
 
     Streams in input order, a chunk of inputs at a time, so memory stays flat
     on huge libraries. With `cache=None` everything is classified.

@@ -36,7 +36,7 @@ class AudioParams:
 
 @dataclass
 class MelParams:
-    """Log-mel front-end parameters (see genretag.features.LogMel)."""
+    """Log-mel front-end parameters (see genretag.nets.features.LogMel)."""
 
     n_fft: int = 1024
     hop_length: int = 512

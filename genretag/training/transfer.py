@@ -35,14 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genretag import evaluate as ev
-from genretag import musicnn as M
-from genretag.card import GTZAN_GENRES, ModelCard, load_card, save_card, sha256_file
-from genretag.dataset import Track, WaveCache, scan, split, tracks_key, wave_cache
-from genretag.model import LoadedNet, find_card, load_net, resolve_device, save_model
+from genretag.nets import musicnn as M
 from genretag.paths import cache_dir
+from genretag.store.card import GTZAN_GENRES, ModelCard, load_card, save_card, sha256_file
+from genretag.store.load import LoadedNet, find_card, load_net, resolve_device, save_model
+from genretag.training import evaluate as ev
+from genretag.training.dataset import Track, WaveCache, scan, split, tracks_key, wave_cache
 
-# Pooling sets tried for the head (names from genretag.musicnn.POOLABLE).
+# Pooling sets tried for the head (names from genretag.nets.musicnn.POOLABLE).
 POOLING_CHOICES: dict[str, list[str]] = {
     "all": list(M.DEFAULT_POOLING),
     "midend": ["timbral", "temporal", "cnn1", "cnn2", "cnn3"],  # musicnn's mean_pool + max_pool
@@ -393,7 +393,7 @@ def measure(ln: LoadedNet, data: Data, subsets=("valid", "test")) -> dict[str, d
 
 
 def load_model(card_path: str | os.PathLike, device: str = "auto") -> LoadedNet:
-    """load_net, plus musicnn-zeroshot cards while genretag.nets does not route them to genretag.musicnn."""
+    """load_net, plus musicnn-zeroshot cards while genretag.nets.cnn does not route them to genretag.nets.musicnn."""
     try:
         return load_net(card_path, device)
     except Exception:
@@ -424,7 +424,7 @@ def _seg_logits(net: torch.nn.Module, segs: list[np.ndarray], device, batch: int
 
 
 def calibrate(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
-    from genretag.train import calibrate_temperature
+    from genretag.training.train import calibrate_temperature
 
     return calibrate_temperature(seg_logits, y)
 
@@ -533,7 +533,7 @@ def _set_trainable(net: M.MusicnnTransfer, start: str) -> list[torch.nn.Paramete
 def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                  on_epoch: Callable[[dict], None] | None = None) -> Path:
     """(c): fine-tune trunk + head from the best head, select on valid (epoch 0 = the head alone)."""
-    from genretag.train import CropSampler, TrainConfig, augment_waves
+    from genretag.training.train import CropSampler, TrainConfig, augment_waves
 
     device = resolve_device(cfg.device)
     if cfg.from_head:
@@ -754,7 +754,7 @@ def run_ensemble(cfg: TransferConfig, members: list[str], note: Callable[[str], 
     a = full.card.audio
     per_member: dict[str, list[list[np.ndarray]]] = {}
     segs = [ev.track_segments(data.cache, idx[t.id], a.segment_samples, a.max_segments) for t in data.parts["valid"]]
-    from genretag.model import _adapt
+    from genretag.store.load import _adapt
 
     for m, mp in zip(full.members, full.card.members):
         note(f"  valid predictions of {m.card.name}")

@@ -1,0 +1,1 @@
+"""Decoding, containers and walking folders: numpy, soundfile and PyAV only, never torch."""

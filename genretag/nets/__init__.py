@@ -1,0 +1,1 @@
+"""The torch architectures, rebuilt from a model card."""

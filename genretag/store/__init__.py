@@ -1,0 +1,1 @@
+"""The model store: cards, local lookup, the model index and downloads, loading."""

@@ -1,0 +1,1 @@
+"""The tag-safety stack: per-format genre fields, the plan, the safe write, the journal. Never imports torch."""

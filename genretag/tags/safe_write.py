@@ -1,0 +1,207 @@
+"""A write never edits the user's file in place: it copies it to a hidden
+temporary file in the same folder, changes the copy, re-reads the copy to
+check the genre is what was intended and the audio payload is untouched,
+fsyncs it, and only then renames it over the original. A crash at any
+moment leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
+from genretag.tags.fields import TagError, read_tags, set_genres, stored_form
+
+TMP_MARK = ".genretag-tmp-"
+TMP_RE = re.compile(r"^\..+\.genretag-tmp-[0-9a-f]{16}$")
+
+
+@dataclass
+class WriteOutcome:
+    """What one safe write did: the journal records exactly this."""
+
+    path: str  # absolute
+    format: str
+    old: list[str]  # stored values before
+    new: list[str]  # stored values after
+    fingerprint_before: str  # whole-file fingerprints (see genretag.audio.containers)
+    fingerprint_after: str
+    audio_fingerprint: str
+
+
+def _checkpoint(step: str) -> None:
+    """Test hook: GENRETAG_TEST_CRASH_AT=<step> makes the process die (or pause) here."""
+    if os.environ.get("GENRETAG_TEST_CRASH_AT") != step:
+        return
+    if os.environ.get("GENRETAG_TEST_CRASH_PAUSE"):
+        import sys
+
+        print(f"GENRETAG-PAUSED {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    os._exit(70)
+
+
+def is_read_only(st: os.stat_result, path: str) -> bool:
+    """No write permission bit, or no access for this user (root ignores the bits)."""
+    return not (st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{secrets.token_hex(8)}")
+
+
+def write_genres_safely(
+    path: str | os.PathLike,
+    values: list[str],
+    separator: str | None = None,
+    keep_mtime: bool = False,
+    before_replace: Callable[[WriteOutcome], None] | None = None,
+    expect_fingerprint: str | None = None,
+    times: tuple[int, int] | None = None,
+) -> WriteOutcome:
+    """Set the genre of `path` through a verified temporary copy and an atomic rename.
+
+    `before_replace` (e.g. a journal append) runs once the new file is ready
+    and fsynced, just before it replaces the original. When
+    `expect_fingerprint` is given, the write is refused unless the file's
+    whole-file fingerprint still matches it (undo uses this). With
+    `keep_mtime`, the new file gets `times` (atime_ns, mtime_ns) -- taken by
+    the caller before it read the file -- or else the file's times now.
+    Raises TagError (one line); the original is untouched on any failure.
+    """
+    # A symlink is followed: the file it points to gets the new tag, the link stays a link.
+    path = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TagError("file not found") from None
+    except OSError as e:
+        raise TagError(e.strerror or str(e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TagError("not a regular file")
+    if is_read_only(st, str(path)):
+        raise TagError("read-only file (permission denied)")
+    tmp = temp_name(path)
+    try:
+        fp_before = _copy_hashing(path, tmp)
+        if expect_fingerprint is not None and fp_before != expect_fingerprint:
+            raise TagError("file changed since it was last written by genretag")
+        _checkpoint("after_tmp_write")
+        audio_before = fingerprint(path)
+        before = set_genres(tmp, values, separator)
+        _checkpoint("after_modify")
+        after = read_tags(tmp)
+        want = stored_form(before, values, separator)
+        if after.values != want:
+            raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
+        audio_after = fingerprint(tmp)
+        if audio_after != audio_before:
+            raise TagError("verification failed: the audio payload changed")
+        fp_after = file_fingerprint(tmp)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        try:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+        if keep_mtime:
+            os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
+        _fsync_path(tmp)
+        now = os.stat(path)
+        if (now.st_size, now.st_mtime_ns, now.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+            raise TagError("file changed while genretag was writing it; left as it is")
+        outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
+                               audio_after)
+        if before_replace is not None:
+            before_replace(outcome)
+        _checkpoint("before_replace")
+        os.replace(tmp, path)
+    except TagError:
+        _unlink_quietly(tmp)
+        raise
+    except FingerprintError as e:
+        _unlink_quietly(tmp)
+        raise TagError(str(e)) from None
+    except FileNotFoundError:
+        _unlink_quietly(tmp)
+        raise TagError("file not found (vanished while writing)") from None
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise TagError(e.strerror or str(e)) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(path.parent)
+    _checkpoint("after_replace")
+    return outcome
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy src to a new file dst (created exclusively, owner-only); return src's file fingerprint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            fd = -1
+            while block := fin.read(1 << 20):
+                h.update(block)
+                n += len(block)
+                fout.write(block)
+    finally:
+        if fd != -1:
+            os.close(fd)
+    return f"{n}:{h.hexdigest()}"
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def cleanup_stray_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove `.<name>.genretag-tmp-<16 hex>` files a killed run left in `folder`."""
+    removed = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if TMP_RE.match(e.name) and e.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return removed

@@ -1,0 +1,1 @@
+"""Training, evaluation, tuning and transfer on GTZAN: the `[train]` extra."""
