@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import socket
@@ -327,32 +328,40 @@ def test_check_safetensors(tmp_path, model_files):
 
 # --------------------------------------------------------------------------- first use / offline
 
-def test_first_use_downloads(served, monkeypatch, capsys):
+def notes(caplog) -> list[str]:
+    """What genretag logged (INFO and up), one line each."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("genretag") and r.levelno >= logging.INFO]
+
+
+def test_first_use_downloads(served, monkeypatch, caplog):
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
-    assert hub.ensure_model("remote") == cache() / "remote.json"
-    assert "downloading model 'remote'" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="genretag"):
+        assert hub.ensure_model("remote") == cache() / "remote.json"
+    assert any("downloading model 'remote'" in m for m in notes(caplog))
     assert hub.ensure_model("not-in-index") is None
 
 
-def test_offline_falls_back_to_bundled_default(tmp_path, model_files, monkeypatch, capsys):
+def test_offline_falls_back_to_bundled_default(tmp_path, model_files, monkeypatch, caplog):
     port = closed_port()
     index = write_index(tmp_path / "index.json",
                         [remote_entry(model_files, url=f"http://127.0.0.1:{port}/remote.safetensors",
                                       card_url=f"http://127.0.0.1:{port}/remote.json")])
     monkeypatch.setenv(hub.INDEX_ENV, str(index))
-    got = hub.ensure_model("remote")
+    with caplog.at_level(logging.INFO, logger="genretag"):
+        got = hub.ensure_model("remote")
     assert got is not None and got.name == "tiny.json" and got.parent.name == "bundled"
-    err = capsys.readouterr().err.strip().splitlines()
+    err = notes(caplog)
     assert len(err) == 2  # "downloading ..." then the one-line fallback warning
     assert "using the bundled default 'tiny'" in err[-1] and "'remote'" in err[-1]
     assert not (cache() / "remote.json").exists()
 
 
-def test_offline_index_url_falls_back(monkeypatch, capsys):
+def test_offline_index_url_falls_back(monkeypatch, caplog):
     monkeypatch.setenv(hub.INDEX_ENV, f"http://127.0.0.1:{closed_port()}/index.json")
-    got = hub.ensure_model("remote")
+    with caplog.at_level(logging.INFO, logger="genretag"):
+        got = hub.ensure_model("remote")
     assert got is not None and got.name == "tiny.json"
-    assert "using the bundled default 'tiny'" in capsys.readouterr().err
+    assert "using the bundled default 'tiny'" in notes(caplog)[-1]
 
 
 def test_checksum_mismatch_is_not_papered_over_by_fallback(served, monkeypatch):

@@ -28,12 +28,10 @@ import struct
 from collections.abc import Callable
 from typing import BinaryIO
 
+from genretag.errors import FingerprintError
+
 WINDOW = 1 << 20  # bytes hashed at each end of the payload
 _CHUNK = 1 << 16
-
-
-class FingerprintError(Exception):
-    """A file that cannot be read; one line for the user."""
 
 
 Region = tuple[int, int]  # [start, end) byte offsets of audio payload

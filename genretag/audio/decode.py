@@ -19,6 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from genretag.errors import AudioError, one_line  # AudioError: its historical home
+
 AUDIO_EXTENSIONS = frozenset({
     ".mp3", ".flac", ".ogg", ".oga", ".opus", ".wav", ".wave", ".aif", ".aiff", ".aifc",
     ".m4a", ".mp4", ".aac", ".alac", ".wma", ".au", ".snd", ".mka", ".webm",
@@ -28,10 +30,6 @@ _FFMPEG_ONLY = frozenset({".m4a", ".mp4", ".aac", ".alac", ".wma", ".mka", ".web
 
 
 _STDERR_LOCK = threading.Lock()
-
-
-class AudioError(Exception):
-    """A file that cannot be decoded; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def _pyav_info(path: Path) -> AudioInfo:
     except AudioError:
         raise
     except Exception as e:  # PyAV raises many error types for bad input
-        raise AudioError(f"cannot decode: {_one_line(e)}") from None
+        raise AudioError(f"cannot decode: {one_line(e)}") from None
     if not sr or duration <= 0:
         raise AudioError("no audio (zero length)")
     return AudioInfo(int(sr), int(channels or 1), float(duration), "pyav")
@@ -104,10 +102,6 @@ def _pyav_decoded_length(container, stream) -> int:
         n += frame.samples
     return n
 
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return (msg[0] if msg else type(e).__name__)[:200]
 
 
 def _to_mono(x: np.ndarray) -> np.ndarray:
@@ -158,7 +152,7 @@ def read_segments(
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(f"cannot decode: {_one_line(e)}") from None
+        raise AudioError(f"cannot decode: {one_line(e)}") from None
     for i, chunk in enumerate(chunks):
         y = _resample(_to_mono(chunk), audio_info.sample_rate, sample_rate)
         if not np.all(np.isfinite(y)):

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from typer.completion import completion_init
+from typer.core import TyperGroup
 
 import genretag
+from genretag.errors import GenretagError
+
+
+class _Commands(TyperGroup):
+    """The root command: a `GenretagError` from any command ends it with one line and its exit code.
+
+    Caught here rather than in `main` alone so that every way of running the
+    app (the console script, `python -m genretag`, click's test runner) reports
+    it the same way.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GenretagError as e:
+            fail(str(e), e.exit_code)
+
 
 app = typer.Typer(
     name="genretag",
+    cls=_Commands,
     help="Listen to a music library and say (or tag) which genre each track is.",
     no_args_is_help=True,
     add_completion=False,
@@ -20,11 +41,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Completions are files in completions/ (no --install-completion writing rc files);
-# this switches on the protocol those files call back into.
-from genretag.cli.completions import enable as _enable_completion  # noqa: E402
-
-_enable_completion()
+# Completions are files in completions/ (no --install-completion writing rc files,
+# genretag.cli.completions writes them); this switches on the protocol they call back into.
+completion_init()
 
 
 class State:
@@ -68,6 +87,32 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+class _StderrLog(logging.Handler):
+    """genretag's log records on stderr as the CLI's own lines: notes plain, warnings prefixed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            msg = f"genretag: {record.levelname.lower()}: {msg}"
+        err_console().print(msg, markup=False)
+
+
+def _log_level(quiet: bool, verbose: int) -> int:
+    """--quiet: errors only; default: notes (INFO); -v: DEBUG as well."""
+    if quiet:
+        return logging.ERROR
+    return logging.DEBUG if verbose else logging.INFO
+
+
+def setup_logging(quiet: bool, verbose: int) -> None:
+    """Send the `genretag` loggers to stderr at the level -q/-v ask for (replacing an earlier setup)."""
+    logger = logging.getLogger("genretag")
+    for h in [h for h in logger.handlers if isinstance(h, _StderrLog)]:
+        logger.removeHandler(h)
+    logger.addHandler(_StderrLog())
+    logger.setLevel(_log_level(quiet, verbose))
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
@@ -78,13 +123,12 @@ def _root(
     """Listen to a music library and say (or tag) which genre each track is."""
     state.quiet = quiet
     state.verbose = verbose
+    setup_logging(quiet, verbose)
 
 
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
-    from genretag.audio.decode import AudioError
     from genretag.cli.heap import keep_freed_memory
-    from genretag.store.local import ModelError
 
     keep_freed_memory()  # genretag owns this process: batch-sized buffers are reused, not re-faulted
     try:
@@ -101,9 +145,9 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         err_console().print("genretag: interrupted", markup=False)
         sys.exit(130)
-    except (ModelError, AudioError) as e:
+    except GenretagError as e:  # raised outside a command (the commands' own are caught by _Commands)
         err_console().print(f"genretag: error: {e}", markup=False)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from genretag.cli.app import err_console, fail, info, state
+from genretag.cli.app import err_console, info, state
 
 
 class Vote(str, Enum):
@@ -67,13 +67,10 @@ def classify_options(recursive: bool, vote: Vote, segments: int | None, model: s
 
 
 def load(opts: ClassifyOptions):
-    """Load the model the options name, turning failures into one-line CLI errors."""
-    from genretag.store.load import ModelError, load_net
+    """Load the model the options name (a failure is a ModelError carrying its exit code)."""
+    from genretag.store.load import load_net
 
-    try:
-        net = load_net(opts.model, opts.device, precision=opts.precision)
-    except ModelError as e:
-        fail(str(e), 1 if opts.model is None else 2)
+    net = load_net(opts.model, opts.device, precision=opts.precision)
     info(f"model: {net.card.name} ({net.device.type}, {net.precision})")
     return net
 

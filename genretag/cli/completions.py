@@ -6,8 +6,9 @@ answers from its current command tree, so the stubs never go stale when a
 command or option is added; only a change in the completion protocol (a new
 typer) changes them. The app is created with ``add_completion=False`` (no
 ``--install-completion`` option writing to the user's rc files), so
-``enable()`` must run before the app does: it registers typer's completion
-classes so that ``_GENRETAG_COMPLETE`` is answered.
+`genretag.cli.app` calls typer's ``completion_init()`` itself: it registers
+typer's completion classes so that ``_GENRETAG_COMPLETE`` is answered. This
+module imports the app; nothing in the app imports it back.
 
     python -m genretag.cli.completions            # regenerate completions/*
     python -m genretag.cli.completions --check    # exit 1 when the files are stale
@@ -22,6 +23,10 @@ import io
 import os
 import sys
 from pathlib import Path
+
+import typer
+
+from genretag.cli import app
 
 PROG = "genretag"
 COMPLETE_VAR = "_GENRETAG_COMPLETE"
@@ -48,24 +53,12 @@ fi
 """
 
 
-def enable() -> None:
-    """Let the program answer `_GENRETAG_COMPLETE=complete_<shell>` (idempotent)."""
-    from typer.completion import completion_init
-
-    completion_init()
-
-
 def source(shell: str) -> str:
     """The completion stub for `shell`, exactly as the program itself emits it."""
-    from genretag.cli import app
-
-    enable()
     buf = io.StringIO()
     old = os.environ.get(COMPLETE_VAR)
     os.environ[COMPLETE_VAR] = f"source_{shell}"
     try:
-        import typer
-
         cmd = typer.main.get_command(app)
         with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
             cmd.main(args=[], prog_name=PROG)

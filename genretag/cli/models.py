@@ -21,18 +21,10 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 
-# Hub messages follow --quiet/--verbose; its progress bar shows on a terminal only.
-hub.configure(notify=info, debug=debug, show_progress=lambda: not state.quiet and sys.stderr.isatty())
-
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 IndexOpt = Annotated[str | None, typer.Option(
     "--index", metavar="URL|FILE",
     help=f"Model index to use (default: ${hub.INDEX_ENV}, else the one shipped with genretag).")]
-
-
-def _hub_fail(e: hub.HubError) -> None:
-    fail(str(e), getattr(e, "code", 1))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -141,10 +133,7 @@ def list_cmd(
     """
     rows = _installed()
     if available:
-        try:
-            entries = hub.load_index(index)
-        except hub.HubError as e:
-            _hub_fail(e)
+        entries = hub.load_index(index)
         have = {r["name"] for r in rows}
         for e in entries.values():
             if e.name not in have and e.url:
@@ -207,10 +196,7 @@ def info_cmd(
     """
     cpath = _local_card(name)
     if cpath is None:
-        try:
-            entry = hub.load_index(index).get(name) if hub.valid_name(name) else None
-        except hub.HubError as e:
-            _hub_fail(e)
+        entry = hub.load_index(index).get(name) if hub.valid_name(name) else None
         if entry is None:
             fail(f"model {name!r} not found (not bundled, not cached, not in the model index)", 2)
         if as_json:
@@ -280,10 +266,7 @@ def download_cmd(
 
     Exit code 1 when the download fails or does not verify (the file is deleted), 2 on a usage error.
     """
-    try:
-        path = hub.download(name, sha256=sha256, index=index, force=force)
-    except hub.HubError as e:
-        _hub_fail(e)
+    path = hub.download(name, sha256=sha256, index=index, force=force)
     debug(f"card: {path}")
 
 
@@ -295,10 +278,7 @@ def remove_cmd(
 
     Example: genretag models remove my-model
     """
-    try:
-        files = hub.remove(name)
-    except hub.HubError as e:
-        _hub_fail(e)
+    files = hub.remove(name)
     for f in files:
         debug(f"deleted {f}")
     info(f"removed model {name!r} from the cache")

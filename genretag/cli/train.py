@@ -61,7 +61,6 @@ def train_cmd(
 
     Example: genretag train ../shared/data/gtzan --epochs 40 --pitch=-2,2 --out runs/resnet
     """
-    from genretag.training.dataset import DatasetError
     from genretag.training.train import TrainConfig, train
 
     base = {}
@@ -126,8 +125,6 @@ def train_cmd(
 
         try:
             card_path = train(cfg, resume=resume, on_step=on_step, on_epoch=on_epoch, on_note=info)
-        except DatasetError as e:
-            fail(str(e), 2)
         except ValueError as e:
             fail(str(e), 2)
     report_card(card_path)
@@ -160,18 +157,15 @@ def evaluate_cmd(
 
     Example: genretag evaluate ../shared/data/gtzan --subset test --json report.json --plot confusion.png
     """
-    from genretag.store.load import ModelError, load_net
+    from genretag.store.load import load_net
     from genretag.training import evaluate as ev
-    from genretag.training.dataset import DatasetError, scan
+    from genretag.training.dataset import scan
     from genretag.training.dataset import split as do_split
 
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
-    try:
-        nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
-        tracks = do_split(scan(data_dir), split, seed, fold)[subset]
-    except (ModelError, DatasetError) as e:
-        fail(str(e), 2)
+    nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
+    tracks = do_split(scan(data_dir), split, seed, fold)[subset]
     if not tracks:
         fail(f"no tracks of the {subset} subset found in {data_dir}", 1)
     if any(n.labels != nets[0].labels for n in nets):
@@ -219,7 +213,6 @@ def tune_cmd(
 
     Example: genretag tune ../shared/data/gtzan --trials 30 --epochs 10 && genretag train ../shared/data/gtzan --params runs/tune/best_params.json
     """
-    from genretag.training.dataset import DatasetError
     from genretag.training.train import TrainConfig
     from genretag.training.tune import tune
 
@@ -232,7 +225,7 @@ def tune_cmd(
                        patience=max(3, epochs // 3), widths=[] if arch == "cnn1d" else TrainConfig().widths)
     try:
         res = tune(base, trials, storage, study_name, out, on_note=info)
-    except (DatasetError, ValueError) as e:
+    except ValueError as e:
         fail(str(e), 2)
     info(f"best valid accuracy {res['best_value']:.1%} after {res['trials']} trials")
     print(out / "best_params.json")

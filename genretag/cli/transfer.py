@@ -60,8 +60,6 @@ def transfer_cmd(
 
     Example: genretag transfer ../shared/data/gtzan --mode finetune --epochs 8 --out runs/transfer-ft
     """
-    from genretag.store.load import ModelError
-    from genretag.training.dataset import DatasetError
     from genretag.training.transfer import (
         POOLING_CHOICES,
         TransferConfig,
@@ -103,6 +101,6 @@ def transfer_cmd(
             card_path = run_zeroshot(cfg, note=info)
         else:
             card_path = run_ensemble(cfg, list(member or []), note=info)
-    except (DatasetError, ModelError, ValueError) as e:
+    except ValueError as e:
         fail(str(e), 2)
     report_card(card_path)

@@ -8,14 +8,18 @@ run it; the model stage (genretag.pipeline.inference) only sees `Prepared` items
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from genretag.audio import decode as audio
+from genretag.errors import one_line
 from genretag.pipeline.segments import plan_segments
 from genretag.store.card import AudioParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,8 +49,8 @@ def prepare_file(path: str | os.PathLike, params: AudioParams, max_segments: int
     except MemoryError:
         return Prepared(p, None, [], 0.0, "out of memory while decoding")
     except Exception as e:  # a decoder bug must not stop a library-wide run
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return Prepared(p, None, [], 0.0, f"cannot decode: {msg}")
+        log.debug("decoding %s failed", p, exc_info=True)
+        return Prepared(p, None, [], 0.0, f"cannot decode: {one_line(e)}")
 
 
 def prepare_waveform(name: str, wave: np.ndarray, params: AudioParams,

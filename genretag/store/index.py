@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import re
 import struct
@@ -35,15 +36,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import genretag
+from genretag.errors import ChecksumError, HubError, ModelError, OfflineError  # noqa: F401  (re-exported)
 from genretag.paths import bundled_models_dir, models_cache_dir
 from genretag.store.card import ModelCard, sha256_file
-from genretag.store.local import ModelError, default_model_name
+from genretag.store.local import default_model_name
 
 INDEX_ENV = "GENRETAG_MODEL_INDEX"
 TIMEOUT = 30.0  # seconds without data before a connection counts as dead
@@ -56,52 +58,7 @@ USER_AGENT = f"genretag/{genretag.__version__} (+python-urllib)"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
-
-# --------------------------------------------------------------------------- errors
-
-class HubError(ModelError):
-    """A model that cannot be downloaded or installed; one line for the user.
-
-    ``code`` is the exit status the CLI should use (1: failure, 2: usage).
-    """
-
-    code = 1
-
-    def __init__(self, msg: str, code: int | None = None) -> None:
-        super().__init__(msg)
-        if code is not None:
-            self.code = code
-
-
-class OfflineError(HubError):
-    """The network (or the server) could not be reached: callers may fall back."""
-
-
-class ChecksumError(HubError):
-    """Downloaded weights whose sha256 is not the expected one (the download is deleted)."""
-
-
-# --------------------------------------------------------------------------- messages
-
-@dataclass
-class _Hooks:
-    notify: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
-    debug: Callable[[str], None] = field(default=lambda msg: None)
-    show_progress: Callable[[], bool] = field(default=lambda: sys.stderr.isatty())
-
-
-_hooks = _Hooks()
-
-
-def configure(notify: Callable[[str], None] | None = None, debug: Callable[[str], None] | None = None,
-              show_progress: Callable[[], bool] | None = None) -> None:
-    """Route hub messages (the CLI plugs in its --quiet/--verbose aware printers)."""
-    if notify is not None:
-        _hooks.notify = notify
-    if debug is not None:
-        _hooks.debug = debug
-    if show_progress is not None:
-        _hooks.show_progress = show_progress
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- names and URLs
@@ -169,12 +126,12 @@ def _open(url: str, headers: dict[str, str] | None = None):
     if scheme not in ("http", "https", "file"):
         raise HubError(f"refusing {url}: only http, https and file URLs", 2)
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
-    return urllib.request.urlopen(req, timeout=TIMEOUT)  # noqa: S310 (scheme checked above)
+    return urllib.request.urlopen(req, timeout=TIMEOUT)
 
 
 def fetch_bytes(url: str, limit: int) -> bytes:
     """A small file (an index or a card), at most `limit` bytes."""
-    _hooks.debug(f"fetching {url}")
+    log.debug(f"fetching {url}")
     try:
         with _open(url) as resp:
             data = resp.read(limit + 1)
@@ -310,8 +267,12 @@ class _Interrupted(Exception):
 
 @contextlib.contextmanager
 def _progress(label: str, total: int | None) -> Iterator[Callable[[int, int | None], None]]:
-    """Yields update(done, total); a rich bar on stderr when it is a terminal and not --quiet."""
-    if not _hooks.show_progress():
+    """Yields update(done, total): a rich bar on stderr when it is a terminal and notes are shown.
+
+    "Notes are shown" is this module's logger taking INFO, which the CLI sets
+    from --quiet; a library caller that has not configured logging gets no bar.
+    """
+    if not (log.isEnabledFor(logging.INFO) and sys.stderr.isatty()):
         yield lambda done, tot: None
         return
     from rich.console import Console
@@ -334,7 +295,7 @@ def _fetch_once(url: str, part: Path, update: Callable[[int, int | None], None],
     """
     start = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={start}-"} if start else {}
-    _hooks.debug(f"GET {url}" + (f" (resuming at byte {start})" if start else ""))
+    log.debug(f"GET {url}" + (f" (resuming at byte {start})" if start else ""))
     try:
         resp = _open(url, headers)
     except HubError:
@@ -398,7 +359,7 @@ def download_file(url: str, part: Path, label: str, max_size: int | None = None)
                 return
             except _Interrupted as e:
                 last_error = str(e)
-                _hooks.debug(f"download interrupted ({e}); resuming")
+                log.debug(f"download interrupted ({e}); resuming")
             except OfflineError as e:
                 if attempt == 0:  # never reached the server: offline, not interrupted
                     raise
@@ -487,7 +448,7 @@ def install(name: str, url: str, card: dict[str, Any] | None = None, card_url: s
             if not resumed:
                 raise ChecksumError(f"model {name!r}: sha256 mismatch (expected {want[:12]}..., got {got[:12]}...); "
                                     "download deleted")
-            _hooks.debug("the resumed download does not verify; starting over")
+            log.debug("the resumed download does not verify; starting over")
             resumed = False
         try:
             check_safetensors(part)
@@ -534,7 +495,7 @@ def download(name_or_url: str, sha256: str | None = None, index: str | os.PathLi
 
     name = check_name(name_or_url)
     if (bundled_models_dir() / f"{name}.json").exists():
-        _hooks.notify(f"model {name!r} is bundled with genretag; nothing to download")
+        log.info(f"model {name!r} is bundled with genretag; nothing to download")
         return bundled_models_dir() / f"{name}.json"
     entries = load_index(index)
     entry = entries.get(name)
@@ -554,14 +515,14 @@ def _install_verbose(name: str, url: str, **kw: Any) -> Path:
     cache = models_cache_dir()
     if not kw.get("force") and (cache / f"{name}.json").exists():
         if verify_installed(cache / f"{name}.json"):
-            _hooks.notify(f"model {name!r} is already in the cache ({cache})")
+            log.info(f"model {name!r} is already in the cache ({cache})")
             return cache / f"{name}.json"
-        _hooks.notify(f"model {name!r} in the cache does not verify; downloading it again")
+        log.info(f"model {name!r} in the cache does not verify; downloading it again")
         kw["force"] = True
     size = kw.get("size")
-    _hooks.notify(f"downloading model {name!r} from {_host(url)}" + (f" ({human_size(size)})" if size else ""))
+    log.info(f"downloading model {name!r} from {_host(url)}" + (f" ({human_size(size)})" if size else ""))
     path = install(name, url, **kw)
-    _hooks.notify(f"installed model {name!r} into {cache}")
+    log.info(f"installed model {name!r} into {cache}")
     return path
 
 
@@ -602,7 +563,7 @@ def ensure_model(name: str) -> Path | None:
     except OfflineError as e:
         return _fallback(name, e)
     except HubError as e:
-        _hooks.notify(f"genretag: warning: {e}")
+        log.warning("%s", e)
         return None
     if entry is None or not entry.url:
         return None
@@ -618,9 +579,9 @@ def _fallback(name: str, err: Exception) -> Path:
     card = bundled_models_dir() / f"{default}.json"
     if default == name or not card.exists():
         raise OfflineError(f"model {name!r} is not cached and cannot be downloaded ({err})")
-    _hooks.notify(f"genretag: warning: model {name!r} is not cached and cannot be downloaded "
+    log.warning(f"model {name!r} is not cached and cannot be downloaded "
                   f"(offline?); using the bundled default {default!r} instead")
-    _hooks.debug(f"download error: {err}")
+    log.debug(f"download error: {err}")
     return card
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from genretag.errors import ModelError, one_line
 from genretag.nets.cnn import GenreNet, build_net
 from genretag.store.card import ModelCard, load_card, save_card, sha256_file
-from genretag.store.local import ModelError, find_card  # noqa: F401  (ModelError re-exported)
+from genretag.store.local import find_card
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -24,11 +25,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda asked for, but no CUDA device is available")
+        raise ModelError("--device cuda asked for, but no CUDA device is available", 2)
     try:
         return torch.device(device)
     except RuntimeError:
-        raise ModelError(f"unknown device {device!r} (auto, cpu or cuda)") from None
+        raise ModelError(f"unknown device {device!r} (auto, cpu or cuda)", 2) from None
 
 
 @dataclass
@@ -82,11 +83,11 @@ def check_precision(precision: str, dev: torch.device) -> None:
     """fp32 (exact, the default) or bf16 (faster where the hardware has bfloat16 units:
     CUDA, or CPUs with AVX512-BF16/AMX; elsewhere emulated and slower, so refused)."""
     if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r} (fp32 or bf16)")
+        raise ModelError(f"unknown precision {precision!r} (fp32 or bf16)", 2)
     if precision == "bf16" and not (torch.cuda.is_bf16_supported() if dev.type == "cuda"
                                     else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         raise ModelError(f"--precision bf16 needs bfloat16 hardware ({dev.type} has none here: a CUDA "
-                         "GPU from Ampere on, or a CPU with AVX512-BF16/AMX); use fp32")
+                         "GPU from Ampere on, or a CPU with AVX512-BF16/AMX); use fp32", 2)
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",
@@ -121,7 +122,7 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
         state = {k: v.float() for k, v in state.items()}
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(f"{wpath.name}: weights do not fit the card's architecture ({str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"{wpath.name}: weights do not fit the card's architecture ({one_line(e)})") from None
     net.eval().to(dev)
     return LoadedNet(card, net, dev, card_path, precision=precision)
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from genretag.errors import ModelError
 from genretag.paths import bundled_models_dir, models_cache_dir
-
-
-class ModelError(Exception):
-    """A model that cannot be found or loaded; one line for the user."""
 
 
 def default_model_name() -> str:
@@ -26,7 +23,8 @@ def default_model_name() -> str:
 
 def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
     """Locate a model card: a .json path, a folder holding one, or a model name."""
-    if name_or_path in (None, "", "default"):
+    named = name_or_path not in (None, "", "default")
+    if not named:
         name_or_path = default_model_name()
     p = Path(name_or_path)
     if p.suffix == ".json" and p.exists():
@@ -37,7 +35,7 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
         cards = sorted(p.glob("*.json"))
         if len(cards) == 1:
             return cards[0]
-        raise ModelError(f"{p}: expected exactly one model card (*.json) in the folder")
+        raise ModelError(f"{p}: expected exactly one model card (*.json) in the folder", 2)
     name = str(name_or_path)
     for d in (bundled_models_dir(), models_cache_dir()):
         c = d / f"{name}.json"
@@ -47,4 +45,5 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
 
     if (c := ensure_model(name)) is not None:
         return c
-    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)")
+    # an unknown --model is a usage error; a missing bundled default is a broken installation
+    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)", 2 if named else 1)

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genretag.audio.containers import container_of
+from genretag.errors import TagError, one_line
 
 #: Joins several genres in formats with no multi-value field (ID3v2.3).
 DEFAULT_SEPARATOR = "; "
-
-
-class TagError(Exception):
-    """A file whose genre cannot be read or written; one line for the user."""
 
 
 # --- reading -------------------------------------------------------------------
@@ -95,7 +92,7 @@ def _open_tags(path: str, translate: bool = False):
     except TagError:
         raise
     except mutagen.MutagenError as e:
-        raise TagError(f"cannot read tags: {_one_line(e)}") from None
+        raise TagError(f"cannot read tags: {one_line(e)}") from None
     except OSError as e:
         raise TagError(e.strerror or str(e)) from None
     raise TagError("format not supported for tagging")
@@ -205,10 +202,5 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
                 del obj.tags[key]
             obj.save()
     except MutagenError as e:
-        raise TagError(f"cannot write tags: {_one_line(e)}") from None
+        raise TagError(f"cannot write tags: {one_line(e)}") from None
     return before
-
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return (msg[0] if msg else type(e).__name__)[:200]

@@ -21,14 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from genretag.audio import decode as audio
+from genretag.errors import DatasetError
 from genretag.paths import cache_dir
 
 _NAME = re.compile(r"^(?P<genre>[a-z0-9_-]+)\.(?P<num>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 SUBSETS = ("train", "valid", "test")
-
-
-class DatasetError(Exception):
-    """A dataset folder or split that cannot be used; one line for the user."""
 
 
 @dataclass(frozen=True)

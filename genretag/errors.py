@@ -1,0 +1,79 @@
+"""The errors genretag raises on purpose, and the exit status each one means.
+
+Every error a user can cause or meet (a file that does not decode, a tag that
+cannot be written, a model that is not there, a download that does not
+verify) is a `GenretagError`: its message is one line for the user and its
+`exit_code` is the status the CLI ends with (1: something failed at run time,
+2: a usage error, nothing was changed; see README "Exit codes"). The CLI
+catches `GenretagError` once, in `genretag.cli.app.main`; library callers can
+catch it, or one of the subclasses, the same way.
+
+Imports nothing from genretag, so every module (torch-free ones included) can
+raise these. The historical homes (`genretag.audio.decode.AudioError`,
+`genretag.store.index.HubError`, ...) re-export the same classes.
+"""
+
+from __future__ import annotations
+
+#: How long a message may get before `one_line` cuts it.
+MAX_MESSAGE = 200
+
+
+class GenretagError(Exception):
+    """An expected failure with a one-line message and the CLI exit status it maps to."""
+
+    exit_code: int = 1
+
+    def __init__(self, msg: str = "", exit_code: int | None = None) -> None:
+        super().__init__(msg)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class AudioError(GenretagError):
+    """A file that cannot be decoded."""
+
+
+class FingerprintError(GenretagError):
+    """A file whose bytes cannot be read to fingerprint its audio payload."""
+
+
+class TagError(GenretagError):
+    """A file whose genre tag cannot be read or written."""
+
+
+class DatasetError(GenretagError):
+    """A dataset folder or split that cannot be used (the command's input is wrong: a usage error)."""
+
+    exit_code = 2
+
+
+class ModelError(GenretagError):
+    """A model that cannot be found or loaded."""
+
+
+class HubError(ModelError):
+    """A model that cannot be downloaded or installed."""
+
+    @property
+    def code(self) -> int:
+        """The exit status (the name `HubError` had before the common root)."""
+        return self.exit_code
+
+
+class OfflineError(HubError):
+    """The network (or the server) could not be reached: callers may fall back."""
+
+
+class ChecksumError(HubError):
+    """Downloaded weights whose sha256 is not the expected one (the download is deleted)."""
+
+
+def one_line(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit` characters.
+
+    For wrapping third-party errors (a decoder's, mutagen's, torch's) whose
+    messages can run to many lines, into one line of a `GenretagError`.
+    """
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
