@@ -7,7 +7,6 @@ use to keep the user's real cache and journal out of reach.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import platformdirs
@@ -16,15 +15,21 @@ APP = "genretag"
 
 
 def bundled_models_dir() -> Path:
-    """The models shipped with genretag (repo checkout, or installed data files)."""
+    """The models shipped with genretag; GENRETAG_BUNDLED_MODELS overrides.
+
+    The repository keeps them in the top-level `models/` folder, and the wheel
+    installs that folder as `genretag/_models/` (setup.py maps one onto the
+    other). A checkout (editable install or PYTHONPATH) has only the first, an
+    installed wheel only the second.
+    """
     env = os.environ.get("GENRETAG_BUNDLED_MODELS")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "models", Path(sys.prefix) / "share" / APP / "models"):
-        if (cand / "DEFAULT").exists():
-            return cand
-    return here.parent / "models"
+    installed, checkout = here / "_models", here.parent / "models"
+    if (installed / "DEFAULT").exists() or not (checkout / "DEFAULT").exists():
+        return installed
+    return checkout
 
 
 def cache_dir() -> Path:

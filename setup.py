@@ -1,0 +1,12 @@
+"""The one thing pyproject.toml cannot say: ship the top-level models/ folder as `genretag._models`.
+
+`packages.find` cannot add a package that lives outside `genretag/`, so the package list and the
+`package_dir` mapping are given here; everything else is in pyproject.toml.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=[*find_packages(include=["genretag", "genretag.*"]), "genretag._models"],
+    package_dir={"genretag._models": "models"},
+)
