@@ -81,6 +81,36 @@ def synth_clip(seed: int = 7) -> np.ndarray:
     return (0.9 * y / np.max(np.abs(y))).astype(np.float32)
 
 
+def _other_checkpoint(tf, config, models, pkg_root: Path, variant: str, batch: np.ndarray,
+                      n_frames: int) -> dict[str, np.ndarray]:
+    """Reference outputs of one more checkpoint on the same patch batch, keys prefixed by its name."""
+    labels = config.MSD_LABELS if variant.startswith("MSD") else config.MTT_LABELS
+    tf.compat.v1.reset_default_graph()
+    with tf.name_scope("model"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, n_frames, config.N_MELS])
+        is_training = tf.compat.v1.placeholder(tf.bool)
+        y, *maps = models.define_model(x, is_training, variant, len(labels))
+        prob = tf.nn.sigmoid(y)
+    if variant.endswith("vgg"):
+        names = [f"pool{i}" for i in range(1, 6)]
+    else:
+        names = ["timbral", "temporal", "cnn1", "cnn2", "cnn3"]
+        maps = maps[:5] + [maps[7]]  # ..., mean_pool, max_pool, penultimate
+    with tf.compat.v1.Session() as sess:
+        tf.compat.v1.train.Saver().restore(sess, str(pkg_root / "musicnn" / variant) + "/")
+        outs = sess.run([prob, y, *maps], feed_dict={x: batch, is_training: False})
+    p, logits = outs[:2]
+    ref = {f"{variant}_taggram": p.astype(np.float32), f"{variant}_logits": logits.astype(np.float32)}
+    if not variant.endswith("vgg"):
+        ref[f"{variant}_penultimate"] = outs[-1].astype(np.float32)
+    for name, v in zip(names, outs[2:]):
+        v = np.squeeze(v, axis=-1) if v.ndim == 4 and v.shape[-1] == 1 else v
+        axes = (1, 2) if v.ndim == 4 else 1  # vgg maps: (B, T, F, C)
+        ref[f"{variant}_{name}_mean"] = v.mean(axis=axes).astype(np.float32)
+        ref[f"{variant}_{name}_max"] = v.max(axis=axes).astype(np.float32)
+    return ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wheel", required=True, help="musicnn-0.1.0-py3-none-any.whl (or its unzipped folder)")
@@ -121,7 +151,7 @@ def main() -> None:
     tg1, _ = ex.extractor(str(wav), model="MSD_musicnn", input_length=3, input_overlap=1,
                           extract_features=False)
     ref["taggram_overlap1"] = tg1.astype(np.float32)
-    # 3) the original VGG baseline too (cheap; lets a later vgg port be checked)
+    # 3) the original VGG baseline through the public API too
     tgv, _ = ex.extractor(str(wav), model="MSD_vgg", input_length=3, input_overlap=False,
                           extract_features=False)
     ref["taggram_vgg"] = tgv.astype(np.float32)
@@ -156,6 +186,13 @@ def main() -> None:
         v = np.squeeze(v, axis=-1) if v.ndim == 4 else v  # cnn* are (B, T, 64, 1)
         ref[f"{k}_mean"] = v.mean(axis=1).astype(np.float32)
         ref[f"{k}_max"] = v.max(axis=1).astype(np.float32)
+
+    # 6) the other three checkpoints of the wheel, same patches: tag probabilities, logits and
+    #    the pooled embeddings a transfer head reads (musicnn: per-layer mean/max over time;
+    #    vgg: every pooled map's mean/max over time and frequency)
+    for variant in ("MTT_musicnn", "MSD_vgg", "MTT_vgg"):
+        ref.update(_other_checkpoint(tf, config, models, pkg_root, variant, batch, n_frames))
+    assert np.allclose(ref["MSD_vgg_taggram"], ref["taggram_vgg"], atol=1e-6), "batched vgg != extractor()"
 
     np.savez_compressed(out / "reference.npz", **ref)
     versions = f"tensorflow {tf.__version__}, librosa {librosa.__version__}, numpy {np.__version__}"

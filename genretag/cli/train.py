@@ -15,6 +15,9 @@ from genretag.cli.common import Device, DeviceOpt, Precision, PrecisionOpt
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
+ExtraOpt = Annotated[Path | None, typer.Option(
+    "--extra", help="Excerpts folder with a manifest.csv (e.g. ../shared/data/gtzan-excerpts): each excerpt in its "
+    "clip's fault-filtered subset; test excerpts are measured apart, never merged with the tracks.")]
 
 
 def _floats(s: str | None) -> list[float]:
@@ -41,6 +44,7 @@ def train_cmd(
     label_smoothing: float = 0.1,
     segment_seconds: float = 3.0,
     train_on: Annotated[str, typer.Option(help="Subsets to train on: 'train' or 'train+valid' (no early stopping).")] = "train",
+    extra: ExtraOpt = None,
     pitch: Annotated[str | None, typer.Option(help="Precomputed pitch shifts in semitones, e.g. '-2,2'.")] = None,
     stretch: Annotated[str | None, typer.Option(help="Precomputed time-stretch rates, e.g. '0.9,1.1'.")] = None,
     no_specaugment: Annotated[bool, typer.Option("--no-specaugment")] = False,
@@ -79,6 +83,7 @@ def train_cmd(
     put("data_dir", "data_dir", str(data_dir))
     put("split", "split", split)
     put("fold", "fold", fold)
+    put("extra", "extra", str(extra) if extra else "")
     if arch in ("resnet18", "resnet34"):
         put("arch", "arch", "resnet")
         put("variant", "arch", arch)
@@ -147,6 +152,7 @@ def evaluate_cmd(
     fold: int = 0,
     seed: int = 0,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name or card path; repeat for an ensemble (mean of probabilities).")] = None,
+    extra: ExtraOpt = None,
     segments: Annotated[int | None, typer.Option(min=1, help="Most sub-tracks per track (default: the card's).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the confusion matrix as a PNG.")] = None,
@@ -155,17 +161,23 @@ def evaluate_cmd(
 ) -> None:
     """Measure a model (or an ensemble) on a split of a GTZAN-layout folder.
 
-    Example: genretag evaluate ../shared/data/gtzan --subset test --json report.json --plot confusion.png
+    With --extra, the subset's excerpts are measured too and reported on their own line (one
+    sub-track each: comparable to segment accuracy, never merged into the track figure).
+
+    Example: genretag evaluate ../shared/data/gtzan --subset test --extra ../shared/data/gtzan-excerpts --json report.json
     """
     from genretag.store.load import load_net
     from genretag.training import evaluate as ev
     from genretag.training.dataset import scan
     from genretag.training.dataset import split as do_split
+    from genretag.training.excerpts import load_excerpts
 
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
     nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
-    tracks = do_split(scan(data_dir), split, seed, fold)[subset]
+    found = scan(data_dir)
+    tracks = do_split(found, split, seed, fold)[subset]
+    excerpts = load_excerpts(extra, found, split).parts[subset] if extra else []
     if not tracks:
         fail(f"no tracks of the {subset} subset found in {data_dir}", 1)
     if any(n.labels != nets[0].labels for n in nets):
@@ -174,11 +186,16 @@ def evaluate_cmd(
     pred = ev.predict_tracks(nets, tracks, max_segments=segments)
     rep = ev.report(pred, split, subset)
     rep["models"] = [n.card.name for n in nets]
+    if excerpts:
+        info(f"and {len(excerpts)} {subset} excerpts of {extra}")
+        rep["excerpts"] = ev.report(ev.predict_tracks(nets, excerpts), split, f"{subset} excerpts")
     if json_out:
         json_out.write_text(json.dumps(rep, indent=2))
     if plot:
         ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}")
     _print_report(rep)
+    if excerpts:
+        _print_excerpts(rep["excerpts"])
 
 
 def _print_report(rep: dict) -> None:
@@ -192,6 +209,17 @@ def _print_report(rep: dict) -> None:
         pc = rep["per_class"][lab]
         t.add_row(lab, *[str(v) if v else "." for v in row], f"{pc['recall']:.2f}", f"{pc['f1']:.2f}")
     con.print(t)
+
+
+def _print_excerpts(rep: dict) -> None:
+    """The excerpt figure on its own line: one prediction per excerpt (a single sub-track)."""
+    out_console().print(
+        f"{rep['split']}/{rep['subset']}: {rep['n_tracks']} excerpts (one sub-track each; not merged with the "
+        f"tracks)  accuracy {rep['accuracy']['soft']:.1%}  macro F1 {rep['macro_f1']:.3f}  ECE {rep['ece']:.3f}",
+        markup=False)
+    per = ", ".join(f"{lab} {round(pc['recall'] * pc['support'])}/{pc['support']}"
+                    for lab, pc in rep["per_class"].items() if pc["support"])
+    out_console().print(f"  per genre: {per}", markup=False)
 
 
 @app.command("tune")

@@ -10,7 +10,7 @@ import typer
 
 from genretag.cli.app import app, fail, info
 from genretag.cli.common import Device, DeviceOpt
-from genretag.cli.train import report_card
+from genretag.cli.train import ExtraOpt, report_card
 
 
 class Mode(str, Enum):
@@ -34,6 +34,9 @@ def transfer_cmd(
     name: Annotated[str | None, typer.Option(help="Model name (default: gtzan-musicnn[-zeroshot|-ensemble]).")] = None,
     split: Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")] = "fault-filtered",
     fold: Annotated[int, typer.Option(help="Test fold for kfold:K.")] = 0,
+    extra: ExtraOpt = None,
+    extra_repeat: Annotated[str | None, typer.Option(help="Head: how many times each excerpt's embedding counts "
+                                                    "in training, tried on valid (e.g. '1,4'; a track gives 19).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
@@ -75,7 +78,8 @@ def transfer_cmd(
                          head_epochs=head_epochs, refit=refit, lr=lr, finetune_from=finetune_from,
                          crops_per_track=crops_per_track, aug_mixup=mixup, aug_gain_db=gain_db,
                          aug_noise_snr_db=noise_snr_db, from_head=from_head or "",
-                         half_weights=not full_precision, device=getattr(device, "value", device))
+                         half_weights=not full_precision, device=getattr(device, "value", device),
+                         extra=str(extra) if extra else "")
     try:
         if pooling:
             cfg.poolings = _list(pooling)
@@ -86,6 +90,8 @@ def transfer_cmd(
             cfg.hidden = _list(hidden, int)
         if weight_decay:
             cfg.weight_decays = _list(weight_decay, float)
+        if extra_repeat:
+            cfg.extra_repeat = _list(extra_repeat, int)
     except ValueError as e:
         fail(f"bad number in a list option: {e}", 2)
     if finetune_from not in ("front", "midend", "backend"):

@@ -74,6 +74,8 @@ MUSICNN_EMBEDDING_DIMS: dict[str, int] = {
     "timbral": 408, "temporal": 153, "cnn1": 64, "cnn2": 64, "cnn3": 64,
     "mean_pool": 753, "max_pool": 753, "penultimate": 200,
 }
+# ... and by VGGNet (128 filters): every pooled map, reduced over time and frequency.
+VGG_EMBEDDING_DIMS: dict[str, int] = {f"pool{i}": 128 for i in range(1, 6)}
 
 # ---------------------------------------------------------------------------
 # front-end
@@ -404,7 +406,8 @@ class VGGNet(nn.Module):
     def forward(self, x: Tensor, return_embeddings: bool = False
                 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Logits; with ``return_embeddings`` also ``pool{1..5}_{mean,max}`` (B, 128):
-        each pooled map reduced over time and frequency."""
+        each pooled map reduced over time and frequency. Trained on (and the flatten
+        needs) T = 187 frames."""
         h = self.bn_input(x.unsqueeze(1))
         emb: dict[str, Tensor] = {}
         for i, (conv, bn, (k, s)) in enumerate(zip(self.convs, self.bns, self.POOLS), start=1):
@@ -468,11 +471,19 @@ DEFAULT_POOLING: tuple[str, ...] = ("timbral", "temporal", "cnn1", "cnn2", "cnn3
 
 
 def pooled_dim(pooling) -> int:
-    """Width of the concatenated pooled embedding for a list of POOLABLE names."""
-    bad = [p for p in pooling if p not in POOLABLE]
+    """Width of the concatenated pooled embedding for a list of POOLABLE (or VGG pool) names."""
+    dims = {**MUSICNN_EMBEDDING_DIMS, **VGG_EMBEDDING_DIMS}
+    bad = [p for p in pooling if p not in POOLABLE and p not in VGG_EMBEDDING_DIMS]
     if bad or not pooling:
         raise ValueError(f"unknown pooling {bad or pooling!r} (choose from {', '.join(POOLABLE)})")
-    return sum(MUSICNN_EMBEDDING_DIMS[p] * (1 if p == "penultimate" else 2) for p in pooling)
+    return sum(dims[p] * (1 if p == "penultimate" else 2) for p in pooling)
+
+
+def trunk_outputs(net: nn.Module, logmel: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Tag logits and pooled embeddings of a tagger network (MusicnnNet or VGGNet) on log-mel patches."""
+    if isinstance(net, VGGNet):
+        return VGGNet.forward(net, logmel, return_embeddings=True)
+    return MusicnnNet.forward(net, logmel, return_embeddings=True)
 
 
 def pool_embeddings(emb: dict, pooling) -> Tensor | np.ndarray:
@@ -528,6 +539,21 @@ class MusicnnTagger(MusicnnNet):
 
     def forward(self, wave: Tensor, spec_transform=None) -> Tensor:  # type: ignore[override]
         return self.tag_logits(_apply_spec_transform(self.features(wave), spec_transform))
+
+
+class VGGTagger(VGGNet):
+    """Architecture "vgg": 16 kHz waveforms (B, 47616) -> the 50 tag logits of a musicnn VGG checkpoint.
+
+    Same state-dict keys as :class:`VGGNet`; multi-label like :class:`MusicnnTagger`. The
+    sub-track must be one 187-frame patch (the card's segment), which the flatten needs.
+    """
+
+    def __init__(self, num_classes: int = 50) -> None:
+        super().__init__(num_classes)
+        self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
+
+    def forward(self, wave: Tensor, spec_transform=None) -> Tensor:  # type: ignore[override]
+        return VGGNet.forward(self, _apply_spec_transform(musicnn_frontend(wave), spec_transform))
 
 
 class MusicnnZeroShot(MusicnnTagger):
@@ -624,7 +650,7 @@ class MusicnnTransfer(nn.Module):
 def build_net(card) -> nn.Module:
     """The network a genretag card describes (weights loaded separately): waveform -> logits.
 
-    - ``{"name": "musicnn"}``: the MSD tagger, labels = its 50 tags (multi-label).
+    - ``{"name": "musicnn"}`` / ``{"name": "vgg"}``: a tagger, labels = its 50 tags (multi-label).
     - ``{"name": "musicnn-transfer", "pooling", "head", "finetune", "freq_stride"}``: trunk + genre
       head (``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`).
     - ``{"name": "musicnn-zeroshot", "mapping": {genre: [tags]}, "agg": "max"}``.
@@ -638,6 +664,8 @@ def build_net(card) -> nn.Module:
         if not variant.endswith("_musicnn"):
             raise ValueError(f"architecture 'musicnn' supports *_musicnn variants, not {variant!r}")
         return MusicnnTagger(len(card.labels))
+    if name == "vgg":
+        return VGGTagger(len(card.labels))
     if name == "musicnn-transfer":
         head = arch.get("head", {})
         return MusicnnTransfer(len(card.labels), arch.get("pooling", DEFAULT_POOLING),

@@ -32,6 +32,7 @@ from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
 from genretag.store.load import resolve_device, save_model
 from genretag.training import evaluate as ev
 from genretag.training.dataset import Track, WaveCache, scan, split, wave_cache
+from genretag.training.excerpts import load_excerpts
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainConfig:
     split: str = "fault-filtered"
     fold: int = 0
     train_subsets: list[str] = field(default_factory=lambda: ["train"])
+    extra: str = ""  # excerpts folder (training/excerpts.py): trains with train_subsets, valid selects too
     arch: str = "resnet"  # resnet | cnn1d
     variant: str = "narrow"
     layers: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
@@ -221,6 +223,12 @@ def train(cfg: TrainConfig, resume: bool = False,
         raise ValueError("no training tracks in this split")
     note(f"{len(tracks)} tracks found; split {cfg.split}: "
          + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
+    excerpts = load_excerpts(cfg.extra, tracks, cfg.split) if cfg.extra else None
+    n_train_tracks, n_valid_tracks = len(train_tracks), len(valid_tracks)  # valid excerpts follow them: selection pools both, metrics never do
+    if excerpts is not None:
+        train_tracks = train_tracks + excerpts.tracks(*cfg.train_subsets)
+        valid_tracks = valid_tracks + (excerpts.parts["valid"] if valid_tracks else [])
+        note("excerpts: " + ", ".join(f"{k} {v}" for k, v in excerpts.counts().items()))
 
     card = make_card(cfg, labels)
     net = build_net(card).to(device)
@@ -316,17 +324,25 @@ def train(cfg: TrainConfig, resume: bool = False,
         y_valid = np.array([labels.index(t.genre) for t in valid_tracks])
         card.temperature = calibrate_temperature(logits, y_valid)
         note(f"temperature {card.temperature:.3f} (calibrated on valid)")
-        card.metrics["valid"] = _summary(_report(logits, card, valid_tracks))
+        k = n_valid_tracks
+        card.metrics["valid"] = _summary(_report(logits[:k], card, valid_tracks[:k]))
+        if len(valid_tracks) > k:
+            card.metrics["valid_excerpts"] = _summary(_report(logits[k:], card, valid_tracks[k:]))
     test_tracks = parts["test"]
     if test_tracks:
         test_cache = wave_cache(test_tracks, cfg.sample_rate, jobs=cfg.jobs)
         test_rep = _report(_net_logits(net, card, test_tracks, test_cache, device), card, test_tracks)
         card.metrics["test" if cfg.split != "random" else "test_random_split_leaky"] = _summary(test_rep)
+    if excerpts is not None and excerpts.parts["test"]:
+        tx = excerpts.parts["test"]
+        tx_rep = _report(_net_logits(net, card, tx, wave_cache(tx, cfg.sample_rate), device), card, tx)
+        card.metrics["test_excerpts"] = _summary(tx_rep)
     card.training = {
         "data": "GTZAN (" + str(len(tracks)) + " tracks present in the data folder)",
         "split": cfg.split, "train_subsets": cfg.train_subsets,
-        "n_train_tracks": len(train_tracks), "n_valid_tracks": len(valid_tracks),
+        "n_train_tracks": n_train_tracks, "n_valid_tracks": n_valid_tracks,
         "n_test_tracks": len(test_tracks), "epochs_run": len(history),
+        **({"excerpts": excerpts.describe(tuple(cfg.train_subsets))} if excerpts is not None else {}),
         "best_valid_accuracy": best_acc if valid_cache is not None else None,
         "command": "genretag train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if len(sys.argv) > 1 and sys.argv[1] == "train" else "",

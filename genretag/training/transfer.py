@@ -41,6 +41,7 @@ from genretag.store.card import GTZAN_GENRES, ModelCard, load_card, save_card, s
 from genretag.store.load import LoadedNet, find_card, load_net, resolve_device, save_model
 from genretag.training import evaluate as ev
 from genretag.training.dataset import Track, WaveCache, scan, split, tracks_key, wave_cache
+from genretag.training.excerpts import Excerpts, load_excerpts
 
 # Pooling sets tried for the head (names from genretag.nets.musicnn.POOLABLE).
 POOLING_CHOICES: dict[str, list[str]] = {
@@ -80,6 +81,8 @@ class TransferConfig:
     split: str = "fault-filtered"
     fold: int = 0
     seed: int = 0
+    extra: str = ""  # excerpts folder (training/excerpts.py): its train (+ valid) excerpts train, valid selects
+    extra_repeat: list[int] = field(default_factory=lambda: [1])  # each excerpt embedding counts N times (grid)
     # head (grid searched on valid)
     poolings: list[str] = field(default_factory=lambda: ["all", "midend", "penultimate"])
     hidden: list[int] = field(default_factory=lambda: [0, 256])
@@ -122,14 +125,24 @@ class TransferConfig:
 
 @dataclass
 class Data:
+    """Tracks by subset; with excerpts also "train_excerpts", "valid_excerpts", "test_excerpts"."""
+
     parts: dict[str, list[Track]]
     labels: list[str]
-    cache: WaveCache  # 16 kHz, every track of the split
+    cache: WaveCache  # 16 kHz, every track (and excerpt) of the split
     n_found: int
     split: str = "fault-filtered"
+    excerpts: Excerpts | None = None
 
     def y(self, subset: str) -> np.ndarray:
-        return np.array([self.labels.index(t.genre) for t in self.parts[subset]])
+        return np.array([self.labels.index(t.genre) for t in self.parts[subset]], dtype=np.int64)
+
+    def with_excerpts(self, subset: str) -> list[str]:
+        """``subset`` and, when there are any, its excerpts: what trains or selects together."""
+        return [subset] + ([f"{subset}_excerpts"] if self.parts.get(f"{subset}_excerpts") else [])
+
+    def y_of(self, subsets: list[str]) -> np.ndarray:
+        return np.concatenate([self.y(s) for s in subsets])
 
 
 def load_data(cfg: TransferConfig, sample_rate: int = M.SAMPLE_RATE) -> Data:
@@ -140,7 +153,16 @@ def load_data(cfg: TransferConfig, sample_rate: int = M.SAMPLE_RATE) -> Data:
     present = sorted({t.genre for t in tracks})
     labels = list(GTZAN_GENRES) if set(present) <= set(GTZAN_GENRES) else present
     every = parts["train"] + parts["valid"] + parts["test"]
-    return Data(parts, labels, wave_cache(every, sample_rate, jobs=cfg.jobs), len(tracks), cfg.split)
+    excerpts = None
+    if cfg.extra:
+        excerpts = load_excerpts(cfg.extra, tracks, cfg.split)
+        unknown = sorted({t.genre for t in excerpts.tracks("train", "valid", "test")} - set(labels))
+        if unknown:
+            raise ValueError(f"{cfg.extra}: excerpts of genres the data folder lacks: {', '.join(unknown)}")
+        for s in ("train", "valid", "test"):
+            parts[f"{s}_excerpts"] = excerpts.parts[s]
+            every += excerpts.parts[s]
+    return Data(parts, labels, wave_cache(every, sample_rate, jobs=cfg.jobs), len(tracks), cfg.split, excerpts)
 
 
 def train_offsets(n_samples: int, seg: int, n: int) -> list[int]:
@@ -186,7 +208,7 @@ def extract_embeddings(tagger: M.MusicnnTagger, segs: list[np.ndarray], device, 
     out: dict[str, list[np.ndarray]] = {}
     for s in range(0, len(flat), batch):
         x = torch.from_numpy(flat[s:s + batch]).to(device)
-        logits, emb = M.MusicnnNet.forward(tagger, M.musicnn_frontend(x), return_embeddings=True)
+        logits, emb = M.trunk_outputs(tagger, M.musicnn_frontend(x))
         emb["tag_logits"] = logits
         for k, v in emb.items():
             if k in ("mean_pool", "max_pool"):
@@ -205,7 +227,7 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     tracks = data.parts[subset]
     a = base_card.audio
     scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
-    if tagger.freq_stride != 1:
+    if getattr(tagger, "freq_stride", 1) != 1:
         scheme += f"|stride{tagger.freq_stride}"
     key = tracks_key(tracks, base_card.weights_sha256, scheme, "v1")
     f = cache_dir() / "transfer" / f"{key}.npz"
@@ -223,6 +245,25 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     np.savez(tmp, **emb)
     os.replace(tmp, f)
     return emb
+
+
+def merged_embeddings(data: Data, subsets: list[str], tagger: M.MusicnnTagger, base_card: ModelCard, device,
+                      dense: int = 0, note: Callable[[str], None] = lambda s: None,
+                      repeat_excerpts: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Embeddings of several subsets stacked (track numbers continue across them) and the labels per track.
+
+    ``repeat_excerpts``: each excerpt's row appears that many times (an excerpt gives one
+    embedding where a track gives ``dense``; repeating weights it up in training).
+    """
+    parts, offset = [], 0
+    for s in subsets:
+        emb = cached_embeddings(data, s, tagger, base_card, device, dense=dense, note=note)
+        if s.endswith("_excerpts") and repeat_excerpts > 1:
+            emb = {key: np.repeat(v, repeat_excerpts, axis=0) for key, v in emb.items()}
+        parts.append(dict(emb, track=emb["track"] + offset))
+        offset += len(data.parts[s])
+    merged = {k: np.concatenate([e[k] for e in parts]) for k in parts[0]}
+    return merged, data.y_of(subsets)
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +297,7 @@ class HeadResult:
     valid_nll: float
     epoch: int
     state: dict
+    extra_repeat: int = 1
 
 
 def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_track: np.ndarray | None,
@@ -378,11 +420,13 @@ def summary(rep: dict) -> dict:
             "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
 
 
-def measure(ln: LoadedNet, data: Data, subsets=("valid", "test")) -> dict[str, dict]:
-    """Metrics of a saved (reloaded) model, cut and voted exactly as `genretag evaluate` does."""
+def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts", "test_excerpts")) -> dict[str, dict]:
+    """Metrics of a saved (reloaded) model, cut and voted exactly as `genretag evaluate` does.
+
+    Excerpts are measured apart from the tracks ("test_excerpts": one sub-track each)."""
     out = {}
     for s in subsets:
-        tracks = data.parts[s]
+        tracks = data.parts.get(s)
         if not tracks:
             continue
         cache = data.cache if data.cache.sample_rate == ln.card.audio.sample_rate else None
@@ -432,7 +476,7 @@ def calibrate(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
 def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Data, valid_seg_logits,
             extra_training: dict, note: Callable[[str], None], half: bool | None = None) -> Path:
     """Calibrate on valid, save, reload from disk and measure valid/test; write metrics to the card."""
-    card.temperature = calibrate(valid_seg_logits, data.y("valid"))
+    card.temperature = calibrate(valid_seg_logits, data.y_of(data.with_excerpts("valid")))
     note(f"temperature {card.temperature:.3f} (calibrated on valid)")
     card.training = {
         "data": f"GTZAN ({data.n_found} tracks present in the data folder)",
@@ -440,12 +484,17 @@ def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Da
         "n_valid_tracks": len(data.parts["valid"]), "n_test_tracks": len(data.parts["test"]),
         **extra_training, "command": _command(), "config": asdict(cfg),
     }
+    if data.excerpts is not None:
+        card.training["excerpts"] = data.excerpts.describe(("train", "valid") if "refit" in extra_training
+                                                           else ("train",))
     out = Path(cfg.out)
     cpath = save_model(net, card, out, half=cfg.half_weights if half is None else half)
     ln = load_net(cpath, cfg.device)  # what users get: the stored (float16) weights
     card.metrics = measure(ln, data)
-    if "refit" in extra_training and "valid" in card.metrics:  # not held out: never a headline number
-        card.metrics["valid_seen_in_training"] = card.metrics.pop("valid")
+    if "refit" in extra_training:  # not held out: never a headline number
+        for s in ("valid", "valid_excerpts"):
+            if s in card.metrics:
+                card.metrics[f"{s}_seen_in_training"] = card.metrics.pop(s)
     save_card(card, cpath)
     return cpath
 
@@ -472,9 +521,19 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     data = data or load_data(cfg, base.audio.sample_rate)
     note(f"{data.n_found} tracks found; split {cfg.split}: "
          + ", ".join(f"{k} {len(v)}" for k, v in data.parts.items()))
-    emb_tr = cached_embeddings(data, "train", tagger, base, device, dense=cfg.train_crops, note=note)
-    emb_va = cached_embeddings(data, "valid", tagger, base, device, note=note)
-    best, grid = fit_head(emb_tr, emb_va, data.y("train"), data.y("valid"), len(data.labels), cfg, note)
+    if data.excerpts is not None:
+        note("excerpts: " + ", ".join(f"{k} {v}" for k, v in data.excerpts.counts().items())
+             + " (test excerpts held out, measured apart)")
+    emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
+    best, grid, emb_tr = None, [], None
+    for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
+        e_tr, y_tr = merged_embeddings(data, data.with_excerpts("train"), tagger, base, device,
+                                       dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
+        res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
+        res.extra_repeat = repeat
+        grid += [dict(row, extra_repeat=repeat) for row in g] if data.excerpts is not None else g
+        if best is None or (res.valid_acc, -res.valid_nll) > (best.valid_acc, -best.valid_nll):
+            best, emb_tr = res, e_tr
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
@@ -487,16 +546,21 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     pooling = POOLING_CHOICES[best.pooling]
     with torch.no_grad():
         lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
-    valid_logits = _split_rows(lv, emb_va["track"], len(data.parts["valid"]))
+    valid_logits = _split_rows(lv, emb_va["track"], len(y_va))
     selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
+    if data.excerpts is not None:
+        selected["extra_repeat"] = best.extra_repeat
+        selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
     extra: dict[str, Any] = {}
     if cfg.refit:
         # Same recipe and epoch count, fitted on train + valid (valid's dense crops, as train's).
         # The temperature stays the one the train-only head got on valid: nothing held out is left.
-        emb_vd = cached_embeddings(data, "valid", tagger, base, device, dense=cfg.train_crops, note=note)
-        x = np.concatenate([M.pool_embeddings(emb_tr, pooling), M.pool_embeddings(emb_vd, pooling)]).astype(np.float32)
-        y = np.concatenate([data.y("train")[emb_tr["track"]], data.y("valid")[emb_vd["track"]]])
+        emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
+                                           base, device, dense=cfg.train_crops, note=note,
+                                           repeat_excerpts=best.extra_repeat)
+        x = M.pool_embeddings(emb_fit, pooling).astype(np.float32)
+        y = y_fit[emb_fit["track"]]
         head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
                               stop_epoch=best.epoch)
         net.head.load_state_dict(head.state_dict())
@@ -572,7 +636,9 @@ def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     seg = card.audio.segment_samples
 
     # valid: with a frozen front-end its maps are fixed, so computed once
-    valid_segs, y_valid = subset_segments(data, "valid", card)
+    valid_cut = [subset_segments(data, s, card) for s in data.with_excerpts("valid")]
+    valid_segs = [seg for segs, _ in valid_cut for seg in segs]
+    y_valid = np.concatenate([y for _, y in valid_cut])
     valid_front: list[torch.Tensor] | None = None
     if frozen_front:
         with torch.inference_mode():
@@ -597,7 +663,7 @@ def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     note(f"epoch   0 (head only)  valid acc {best_acc:.1%} nll {best_nll:.3f}")
     history = [{"epoch": 0, "train_loss": None, "valid_acc": best_acc, "valid_nll": best_nll, "seconds": 0.0}]
 
-    train_tracks = data.parts["train"]
+    train_tracks = [t for s in data.with_excerpts("train") for t in data.parts[s]]
     sampler = CropSampler(train_tracks, data.labels, [data.cache], seg, True, 0.0, rng)
     aug = TrainConfig(aug_gain_db=cfg.aug_gain_db, aug_noise_snr_db=cfg.aug_noise_snr_db)
     steps = max(1, math.ceil(cfg.crops_per_track * len(train_tracks) / cfg.batch_size))
@@ -664,8 +730,8 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     device = resolve_device(cfg.device)
     tagger, base = _load_tagger(cfg, device)
     data = load_data(cfg, base.audio.sample_rate)
-    emb_va = cached_embeddings(data, "valid", tagger, base, device, note=note)
-    y_va = data.y("valid")
+    emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
+    valid_tracks = [t for s in data.with_excerpts("valid") for t in data.parts[s]]
     best = None
     grid = []
     for mname in cfg.zeroshot_mappings:
@@ -676,7 +742,7 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
             score = (p[:, None, :] * m[None]).amax(2) if agg == "max" else (p @ m.T) / m.sum(1).clamp(min=1)
             lg = torch.log(score + zs.EPS).numpy()
             seg_lg = _split_rows(lg, emb_va["track"], len(y_va))
-            rep = track_metrics(seg_lg, y_va, data.labels, data.parts["valid"])
+            rep = track_metrics(seg_lg, y_va, data.labels, valid_tracks)
             row = {"mapping": mname, "agg": agg, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
             grid.append(row)
             note(f"  zero-shot mapping={mname:<6} agg={agg:<4} valid acc {row['valid_acc']:.1%}")

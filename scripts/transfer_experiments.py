@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Head experiments on frozen tagger embeddings, chosen on valid only (valid tracks + valid excerpts).
+
+Extracts (once; cached like `genretag transfer`) the pooled embeddings of each bundled tagger
+(msd-musicnn, mtt-musicnn, msd-vgg, mtt-vgg) for the train and valid tracks and excerpts, then
+trains heads on single trunks and on concatenations of several, blends the MSD zero-shot tag
+mapping into a head's logits, and averages heads (ensembles). Test tracks and test excerpts are
+never touched here: the chosen recipe is trained with `genretag transfer` and measured once with
+`genretag evaluate`.
+
+    nice -n 10 python scripts/transfer_experiments.py ../shared/data/gtzan \\
+        --extra ../shared/data/gtzan-excerpts --json reports/experiments-valid.json
+
+Every row reports valid accuracy on the tracks (soft vote), on the excerpts (one sub-track each)
+and pooled (each excerpt counts as one track: the selection figure of `transfer --extra`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genretag.nets import musicnn as M  # noqa: E402
+from genretag.store.card import load_card  # noqa: E402
+from genretag.training import transfer as T  # noqa: E402
+
+POOLINGS = {"musicnn": list(M.DEFAULT_POOLING), "vgg": list(M.VGG_EMBEDDING_DIMS)}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def trunk_embeddings(data: T.Data, name: str, crops: int) -> dict[str, dict]:
+    card = load_card(REPO / "models" / f"{name}.json")
+    net = M.load_musicnn(REPO / "models" / card.weights)
+    out = {}
+    for subset, dense in (("train", crops), ("train_excerpts", crops), ("valid", 0), ("valid_excerpts", 0)):
+        out[subset] = T.cached_embeddings(data, subset, net, card, "cpu", dense=dense, note=log)
+    out["pooling"] = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
+    return out
+
+
+def features(embs: dict[str, dict], trunks: tuple[str, ...], subset: str) -> np.ndarray:
+    return np.concatenate([M.pool_embeddings(embs[t][subset], embs[t]["pooling"]) for t in trunks],
+                          axis=1).astype(np.float32)
+
+
+def scores(seg_logits: list[np.ndarray], y: np.ndarray, n_tracks: int) -> dict:
+    """Valid accuracy: tracks (soft vote), excerpts (one row each), pooled."""
+    pred = np.array([T._softmax(lg).mean(0).argmax() for lg in seg_logits])
+    ok = pred == y
+    return {"valid_tracks": float(ok[:n_tracks].mean()), "valid_excerpts": float(ok[n_tracks:].mean()),
+            "valid_pooled": float(ok.mean()), "n": [int(n_tracks), int(len(y) - n_tracks)]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--extra", required=True)
+    ap.add_argument("--trunks", default="msd-musicnn,mtt-musicnn,msd-vgg,mtt-vgg")
+    ap.add_argument("--hidden", default="0,256")
+    ap.add_argument("--weight-decay", default="0.1,1,10")
+    ap.add_argument("--extra-repeat", default="1,5")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    cfg = T.TransferConfig(data_dir=args.data, extra=args.extra, device="cpu")
+    data = T.load_data(cfg)
+    trunks = args.trunks.split(",")
+    embs = {t: trunk_embeddings(data, t, cfg.train_crops) for t in trunks}
+    n_tr, n_va = len(data.parts["train"]), len(data.parts["valid"])
+    y_tr_tracks = data.y_of(["train", "train_excerpts"])
+    y_va = data.y_of(["valid", "valid_excerpts"])
+    rows: list[dict] = []
+    results = Path(args.json)
+    best_logits: dict[tuple, list[np.ndarray]] = {}
+
+    def valid_rows(trunk_set):
+        e0 = embs[trunk_set[0]]
+        tr_track = np.concatenate([e0["train"]["track"], e0["train_excerpts"]["track"] + n_tr])
+        va_track = np.concatenate([e0["valid"]["track"], e0["valid_excerpts"]["track"] + n_va])
+        xtr = np.concatenate([features(embs, trunk_set, "train"), features(embs, trunk_set, "train_excerpts")])
+        xva = np.concatenate([features(embs, trunk_set, "valid"), features(embs, trunk_set, "valid_excerpts")])
+        is_ex = np.concatenate([np.zeros(len(e0["train"]["track"]), bool), np.ones(len(e0["train_excerpts"]["track"]), bool)])
+        return xtr, tr_track, is_ex, xva, va_track
+
+    combos = [(t,) for t in trunks] + [c for k in (2, 4) for c in itertools.combinations(trunks, k)]
+    for combo in combos:
+        xtr, tr_track, is_ex, xva, va_track = valid_rows(combo)
+        best = None
+        for rep in [int(r) for r in args.extra_repeat.split(",")]:
+            idx = np.concatenate([np.flatnonzero(~is_ex), np.repeat(np.flatnonzero(is_ex), rep)])
+            for hidden in [int(h) for h in args.hidden.split(",")]:
+                for wd in [float(w) for w in args.weight_decay.split(",")]:
+                    t0 = time.time()
+                    head, acc, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]], xva, va_track, y_va,
+                                                      len(data.labels), hidden, wd, cfg)
+                    with torch.no_grad():
+                        lv = head(torch.from_numpy(xva)).numpy()
+                    seg = T._split_rows(lv, va_track, len(y_va))
+                    row = {"trunks": list(combo), "extra_repeat": rep, "hidden": hidden, "weight_decay": wd,
+                           "epoch": ep, "valid_nll": nll, **scores(seg, y_va, n_va),
+                           "seconds": round(time.time() - t0, 1)}
+                    rows.append(row)
+                    log(f"{'+'.join(combo):<45} rep {rep} h {hidden:<3} wd {wd:<4g} ep {ep:<2} "
+                        f"tracks {row['valid_tracks']:.1%} excerpts {row['valid_excerpts']:.1%} "
+                        f"pooled {row['valid_pooled']:.1%}")
+                    if best is None or (row["valid_pooled"], -nll) > (best[0]["valid_pooled"], -best[0]["valid_nll"]):
+                        best = (row, seg)
+        best_logits[combo] = best[1]
+        results.write_text(json.dumps({"rows": rows}, indent=1))
+
+    # zero-shot blend: head logits + w * log(zero-shot score) of the MSD tags, per sub-track
+    if "msd-musicnn" in trunks:
+        tags = tuple(load_card(REPO / "models" / "msd-musicnn.json").labels)
+        e = embs["msd-musicnn"]
+        tag_lg = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
+        va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
+        for mname in ("proxy", "strict"):
+            zs = M.MusicnnZeroShot(data.labels, T.ZEROSHOT_MAPPINGS[mname], "max", tags)
+            score = (torch.sigmoid(tag_lg)[:, None, :] * zs.mapping[None]).amax(2)
+            zlog = torch.log(score + zs.EPS).numpy()
+            for combo, seg in best_logits.items():
+                head_lg = np.concatenate(seg)
+                for w in (0.25, 0.5, 1.0, 2.0):
+                    blend = T._split_rows(head_lg + w * zlog, va_track, len(y_va))
+                    row = {"trunks": list(combo), "blend": f"zeroshot-{mname}", "weight": w,
+                           **scores(blend, y_va, n_va)}
+                    rows.append(row)
+                    log(f"{'+'.join(combo):<45} + zero-shot {mname} x{w:<4g} tracks {row['valid_tracks']:.1%} "
+                        f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}")
+    # ensembles of the single-trunk heads: mean of probabilities
+    singles = [c for c in best_logits if len(c) == 1]
+    for k in (2, 3, 4):
+        for combo in itertools.combinations(singles, k):
+            probs = [np.mean([T._softmax(best_logits[c][i]) for c in combo], axis=0) for i in range(len(y_va))]
+            row = {"ensemble": [c[0] for c in combo], **scores([np.log(p) for p in probs], y_va, n_va)}
+            rows.append(row)
+            log(f"ensemble {'+'.join(c[0] for c in combo):<36} tracks {row['valid_tracks']:.1%} "
+                f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}")
+    results.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

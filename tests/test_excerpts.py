@@ -1,0 +1,183 @@
+"""Excerpts as extra data (genretag.training.excerpts): subsets from the manifest, checked against
+the fault-filtered lists, trained on (train, and valid for a refit), measured apart from the tracks.
+
+A tiny GTZAN-layout folder is made at test time with real fault-filtered clip names (three genres
+of clearly different synthetic signals), plus an excerpts folder of 2.5 s cuts of other clips.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from genretag.store.card import load_card
+from genretag.training.dataset import DatasetError, fault_filtered_lists, scan
+from genretag.training.excerpts import load_excerpts
+
+SIGNALS = {"hiphop": "tones", "metal": "noise", "reggae": "clicks"}
+
+
+def _signal(kind: str, k: int, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    if kind == "tones":
+        f = 80 + 20 * k
+        y = 0.3 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(2 * np.pi * 2 * f * t)
+    elif kind == "noise":
+        y = 0.2 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * (1.5 + 0.2 * k) * t) > 0)
+    else:
+        y = np.zeros(len(t))
+        for s in range(0, len(t) - 200, int(sr * 60 / (100 + 10 * k))):
+            y[s:s + 200] += 0.8 * np.exp(-np.arange(200) / 30) * rng.choice([-1, 1], 200)
+    return (y + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def _ids(genre: str) -> dict[str, list[str]]:
+    lists = fault_filtered_lists()
+    listed = {i for ids in lists.values() for i in ids}
+    out = {s: [i for i in ids if i.startswith(genre + "/")] for s, ids in lists.items()}
+    out["excluded"] = [f"{genre}/{genre}.{n:05d}" for n in range(100) if f"{genre}/{genre}.{n:05d}" not in listed]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    """(whole clips folder, excerpts folder): per genre 2 train / 2 valid / 2 test clips whole;
+    excerpts of 2 train / 1 valid / 2 test / 1 excluded other clips, and one of a clip present whole."""
+    root = tmp_path_factory.mktemp("excerpt-data")
+    whole, ex = root / "gtzan", root / "excerpts"
+    rng = np.random.default_rng(0)
+    rows = []
+    for g, kind in SIGNALS.items():
+        ids = _ids(g)
+        (whole / g).mkdir(parents=True)
+        (ex / g).mkdir(parents=True)
+        for s in ("train", "valid", "test"):
+            for k, tid in enumerate(ids[s][:2]):
+                sf.write(whole / f"{tid}.wav", _signal(kind, k, 4.0, 16000, rng), 16000)
+        cuts = [(s, tid) for s, n in (("train", 2), ("valid", 1), ("test", 2)) for tid in ids[s][2:2 + n]]
+        cuts += [("excluded", ids["excluded"][0]), ("train", ids["train"][0])]  # last: present whole
+        for k, (s, tid) in enumerate(cuts):
+            sf.write(ex / f"{tid}.flac", _signal(kind, k, 2.5, 22050, rng), 22050)
+            rows.append({"path": f"{tid}.flac", "genre": g, "clip": tid.split("/")[1], "duration_s": 2.5,
+                         "ff_subset": s, "sha256": ""})
+    with (ex / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return whole, ex
+
+
+def test_subsets_come_from_the_manifest_and_agree_with_the_lists(data) -> None:
+    whole, ex = data
+    got = load_excerpts(ex, scan(whole))
+    assert got.counts() == {"train": 6, "valid": 3, "test": 6}
+    assert (got.n_excluded, got.n_dropped) == (3, 3)
+    lists = {s: set(ids) for s, ids in fault_filtered_lists().items()}
+    present = {t.id for t in scan(whole)}
+    for s, tracks in got.parts.items():
+        assert all(t.id in lists[s] and t.id not in present and t.path.is_file() for t in tracks)
+    assert load_excerpts(ex).counts()["train"] == 9  # nothing present whole: nothing dropped
+
+
+def test_bad_manifests_are_one_line_errors(data, tmp_path: Path) -> None:
+    whole, ex = data
+    with pytest.raises(DatasetError, match="no manifest.csv"):
+        load_excerpts(tmp_path)
+    with pytest.raises(DatasetError, match="fault-filtered"):
+        load_excerpts(ex, split="random")
+    lines = (ex / "manifest.csv").read_text().splitlines()
+    header, first = lines[0], lines[1]
+    assert first.endswith(",train,")
+    cases = {"the manifest says test": first.replace(",train,", ",test,"),  # a train clip called test
+             "unknown ff_subset": first.replace(",train,", ",holdout,")}
+    for msg, row in cases.items():
+        bad = tmp_path / msg.replace(" ", "_")
+        bad.mkdir()
+        (bad / "manifest.csv").write_text(f"{header}\n{row}\n")
+        with pytest.raises(DatasetError, match=msg):
+            load_excerpts(bad)
+    (tmp_path / "manifest.csv").write_text("path,genre\nmetal/metal.00000.flac,metal\n")
+    with pytest.raises(DatasetError, match="missing column"):
+        load_excerpts(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def refit_model(data, tmp_path_factory) -> Path:
+    from genretag.training.transfer import TransferConfig, run_head
+
+    whole, ex = data
+    out = tmp_path_factory.mktemp("excerpt-head")
+    old = os.environ.get("GENRETAG_CACHE_DIR")
+    os.environ["GENRETAG_CACHE_DIR"] = str(out / "cache")  # module fixture: outside monkeypatch
+    try:
+        cfg = TransferConfig(data_dir=str(whole), out=str(out / "run"), name="tiny-excerpts", device="cpu",
+                             poolings=["penultimate"], hidden=[0], weight_decays=[1e-2], head_epochs=20, head_lr=1e-2,
+                             train_crops=3, extra=str(ex), extra_repeat=[1, 3], refit=True)
+        return run_head(cfg)[0]
+    finally:
+        if old is None:
+            os.environ.pop("GENRETAG_CACHE_DIR", None)
+        else:
+            os.environ["GENRETAG_CACHE_DIR"] = old
+
+
+def test_transfer_trains_on_excerpts_and_measures_them_apart(refit_model: Path) -> None:
+    card = load_card(refit_model)
+    tr = card.training
+    assert tr["excerpts"]["trained_on"] == ["train", "valid"]
+    assert (tr["excerpts"]["n_train"], tr["excerpts"]["n_valid"], tr["excerpts"]["n_test"]) == (6, 3, 6)
+    assert tr["selected"]["extra_repeat"] in (1, 3)
+    assert {row["extra_repeat"] for row in tr["head_grid"]} == {1, 3}
+    # 6 train tracks x 3 crops, then the 6 train excerpts (one crop each) repeated
+    assert tr["n_train_embeddings"] == 18 + 6 * tr["selected"]["extra_repeat"]
+    assert tr["refit"]["n_embeddings"] == 2 * 18 + 9 * tr["selected"]["extra_repeat"]
+    m = card.metrics
+    assert m["test"]["n_tracks"] == 6 and m["test_excerpts"]["n_tracks"] == 6
+    assert m["test_excerpts"]["accuracy_soft"] == m["test_excerpts"]["accuracy_segment"]  # one sub-track each
+    assert "valid" not in m and "valid_excerpts" not in m  # refit: valid was trained on
+    assert m["valid_seen_in_training"]["n_tracks"] == 6 and m["valid_excerpts_seen_in_training"]["n_tracks"] == 3
+    assert m["test"]["accuracy_soft"] > 1 / 3  # three easy "genres": better than chance
+
+
+def test_evaluate_reports_the_excerpts_on_their_own_line(data, refit_model: Path, tmp_path: Path) -> None:
+    from genretag.cli import app
+
+    whole, ex = data
+    rep_path = tmp_path / "rep.json"
+    res = CliRunner().invoke(app, ["evaluate", str(whole), "--model", str(refit_model), "--extra", str(ex),
+                                   "--device", "cpu", "--json", str(rep_path)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(rep_path.read_text())
+    assert rep["n_tracks"] == 6 and rep["excerpts"]["n_tracks"] == 6 and rep["excerpts"]["n_segments"] == 6
+    assert "fault-filtered/test: 6 tracks" in res.output
+    assert "fault-filtered/test excerpts: 6 excerpts (one sub-track each; not merged with the tracks)" in res.output
+    # the track-level figure is the one evaluate gives without --extra
+    res2 = CliRunner().invoke(app, ["evaluate", str(whole), "--model", str(refit_model), "--device", "cpu",
+                                    "--json", str(tmp_path / "plain.json")])
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert res2.exit_code == 0 and plain["accuracy"] == rep["accuracy"] and "excerpts" not in plain
+    bad = CliRunner().invoke(app, ["evaluate", str(whole), "--model", str(refit_model), "--extra", str(tmp_path)])
+    assert bad.exit_code == 2 and "no manifest.csv" in bad.output
+
+
+def test_train_with_excerpts_keeps_the_figures_apart(data, tmp_path: Path) -> None:
+    from genretag.training.train import TrainConfig, train
+
+    whole, ex = data
+    cfg = TrainConfig(data_dir=str(whole), out=str(tmp_path / "run"), layers=[1, 1], widths=[8, 16], stem_stride=1,
+                      sample_rate=16000, segment_seconds=1.0, max_segments=4, n_fft=256, hop_length=128, n_mels=32,
+                      epochs=1, steps_per_epoch=2, batch_size=8, aug_mixup=0.0, device="cpu", jobs=1,
+                      extra=str(ex))
+    card = load_card(train(cfg))
+    assert card.training["excerpts"]["trained_on"] == ["train"]
+    assert (card.training["n_train_tracks"], card.training["n_valid_tracks"]) == (6, 6)
+    m = card.metrics
+    assert (m["valid"]["n_tracks"], m["valid_excerpts"]["n_tracks"]) == (6, 3)
+    assert (m["test"]["n_tracks"], m["test_excerpts"]["n_tracks"]) == (6, 6)
