@@ -119,7 +119,7 @@ def refit_model(data, tmp_path_factory) -> Path:
     try:
         cfg = TransferConfig(data_dir=str(whole), out=str(out / "run"), name="tiny-excerpts", device="cpu",
                              poolings=["penultimate"], hidden=[0], weight_decays=[1e-2], head_epochs=20, head_lr=1e-2,
-                             train_crops=3, extra=str(ex), extra_repeat=[1, 3], refit=True)
+                             train_crops=3, extra=str(ex), extra_repeat=[1, 3], refit=True, prior_weights=[0, 1])
         return run_head(cfg)[0]
     finally:
         if old is None:
@@ -134,6 +134,8 @@ def test_transfer_trains_on_excerpts_and_measures_them_apart(refit_model: Path) 
     assert tr["excerpts"]["trained_on"] == ["train", "valid"]
     assert (tr["excerpts"]["n_train"], tr["excerpts"]["n_valid"], tr["excerpts"]["n_test"]) == (6, 3, 6)
     assert tr["selected"]["extra_repeat"] in (1, 3)
+    assert {(r["mapping"], r["weight"]) for r in tr["selected"]["prior_grid"]} == {
+        (m, w) for m in ("strict", "proxy") for w in (0, 1)}
     assert {row["extra_repeat"] for row in tr["head_grid"]} == {1, 3}
     # 6 train tracks x 3 crops, then the 6 train excerpts (one crop each) repeated
     assert tr["n_train_embeddings"] == 18 + 6 * tr["selected"]["extra_repeat"]
@@ -181,3 +183,32 @@ def test_train_with_excerpts_keeps_the_figures_apart(data, tmp_path: Path) -> No
     m = card.metrics
     assert (m["valid"]["n_tracks"], m["valid_excerpts"]["n_tracks"]) == (6, 3)
     assert (m["test"]["n_tracks"], m["test_excerpts"]["n_tracks"]) == (6, 6)
+
+
+def test_zero_shot_prior_is_added_to_the_head_logits(refit_model: Path, tmp_path: Path) -> None:
+    """A card's ``prior`` adds ``weight * log(zero-shot score)`` of the trunk's own MSD tags."""
+    import shutil
+
+    import torch
+
+    from genretag.nets import musicnn as M
+    from genretag.store.card import save_card
+    from genretag.store.load import load_net
+    from genretag.training.transfer import ZEROSHOT_MAPPINGS
+
+    card = load_card(refit_model)
+    card.architecture.pop("prior", None)
+    plain_path = tmp_path / "plain.json"
+    save_card(card, plain_path)
+    shutil.copy(refit_model.parent / card.weights, tmp_path / card.weights)
+    card.architecture["prior"] = {"mapping": ZEROSHOT_MAPPINGS["proxy"], "agg": "max", "weight": 0.5}
+    save_card(card, tmp_path / "prior.json")
+    plain, with_prior = (load_net(p, "cpu").net for p in (plain_path, tmp_path / "prior.json"))
+    wave = torch.from_numpy(np.random.default_rng(3).standard_normal((2, M.SEGMENT_SAMPLES)).astype(np.float32) * 0.1)
+    with torch.no_grad():
+        tags = M.MusicnnNet.forward(plain.trunk, M.musicnn_frontend(wave))
+        want = plain(wave) + 0.5 * M.zeroshot_logits(tags, M.zeroshot_matrix(card.labels, ZEROSHOT_MAPPINGS["proxy"],
+                                                                          M.MSD_TAGS))
+        got = with_prior(wave)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, plain(wave))

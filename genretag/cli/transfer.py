@@ -46,6 +46,9 @@ def transfer_cmd(
     hidden: Annotated[str | None, typer.Option(help="Head hidden sizes tried on valid; 0 = logistic regression (e.g. '0,256').")] = None,
     weight_decay: Annotated[str | None, typer.Option(help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
     head_epochs: Annotated[int, typer.Option(min=5)] = 60,
+    prior_weight: Annotated[str | None, typer.Option(help="Head: weights of the zero-shot prior (MSD tags mapped to "
+                                                    "genres, added to the head's log-probabilities) tried on valid, "
+                                                    "e.g. '0,0.5,1'; 0 = none.")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="Head: after choosing it on valid, train the chosen head "
                                         "again on train + valid (same epochs; valid is then no longer held out).")] = False,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate of the trunk (the head gets 10x).")] = 1e-4,
@@ -92,6 +95,8 @@ def transfer_cmd(
             cfg.weight_decays = _list(weight_decay, float)
         if extra_repeat:
             cfg.extra_repeat = _list(extra_repeat, int)
+        if prior_weight:
+            cfg.prior_weights = _list(prior_weight, float)
     except ValueError as e:
         fail(f"bad number in a list option: {e}", 2)
     if finetune_from not in ("front", "midend", "backend"):

@@ -570,26 +570,36 @@ class MusicnnZeroShot(MusicnnTagger):
     def __init__(self, genres: list[str], mapping: dict[str, list[str]], agg: str = "max",
                  tags: tuple[str, ...] = MSD_TAGS) -> None:
         super().__init__(len(tags))
-        unknown = sorted({t for ts in mapping.values() for t in ts} - set(tags))
-        if unknown:
-            raise ValueError(f"zero-shot mapping uses unknown tags {unknown}")
         if agg not in ("max", "mean"):
             raise ValueError(f"unknown zero-shot aggregation {agg!r} (max or mean)")
-        m = torch.zeros(len(genres), len(tags))
-        for i, g in enumerate(genres):
-            for t in mapping.get(g, []):
-                m[i, tags.index(t)] = 1.0
         self.agg = agg
-        self.register_buffer("mapping", m, persistent=False)
+        self.register_buffer("mapping", zeroshot_matrix(genres, mapping, tags), persistent=False)
 
     def forward(self, wave: Tensor, spec_transform=None) -> Tensor:  # type: ignore[override]
-        p = torch.sigmoid(super().forward(wave, spec_transform))  # (B, tags)
-        m = self.mapping
-        if self.agg == "max":
-            score = (p[:, None, :] * m[None]).amax(dim=2)
-        else:
-            score = (p @ m.T) / m.sum(dim=1).clamp(min=1)
-        return torch.log(score + self.EPS)
+        return zeroshot_logits(super().forward(wave, spec_transform), self.mapping, self.agg, self.EPS)
+
+
+def zeroshot_matrix(genres: list[str], mapping: dict[str, list[str]], tags: tuple[str, ...]) -> Tensor:
+    """(genres, tags) 0/1 matrix of a genre -> tags mapping."""
+    unknown = sorted({t for ts in mapping.values() for t in ts} - set(tags))
+    if unknown:
+        raise ValueError(f"zero-shot mapping uses unknown tags {unknown}")
+    m = torch.zeros(len(genres), len(tags))
+    for i, g in enumerate(genres):
+        for t in mapping.get(g, []):
+            m[i, tags.index(t)] = 1.0
+    return m
+
+
+def zeroshot_logits(tag_logits: Tensor, mapping: Tensor, agg: str = "max", eps: float = 1e-4) -> Tensor:
+    """Genre logits ``log(score + eps)`` from tag logits: a genre's score is the max (or mean) of
+    the sigmoid probabilities of its tags."""
+    p = torch.sigmoid(tag_logits)  # (B, tags)
+    if agg == "max":
+        score = (p[:, None, :] * mapping[None]).amax(dim=2)
+    else:
+        score = (p @ mapping.T) / mapping.sum(dim=1).clamp(min=1)
+    return torch.log(score + eps)
 
 
 class GenreHead(nn.Module):
@@ -623,12 +633,24 @@ class MusicnnTransfer(nn.Module):
     """
 
     def __init__(self, n_classes: int, pooling=DEFAULT_POOLING, hidden: int = 0,
-                 dropout: float = 0.5, trunk_classes: int = len(MSD_TAGS), freq_stride: int = 1) -> None:
+                 dropout: float = 0.5, trunk_classes: int = len(MSD_TAGS), freq_stride: int = 1,
+                 prior: dict | None = None, labels: list[str] | None = None) -> None:
         super().__init__()
         self.pooling = tuple(pooling)
         self.trunk = MusicnnNet(trunk_classes, freq_stride=freq_stride)
         self.head = GenreHead(pooled_dim(self.pooling), n_classes, hidden, dropout)
         self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
+        self.prior_weight, self.prior_agg = 0.0, "max"
+        if prior:
+            if labels is None or len(labels) != n_classes:
+                raise ValueError("a zero-shot prior needs the model's labels")
+            self.set_prior(prior, labels)
+
+    def set_prior(self, prior: dict, labels: list[str]) -> None:
+        """``prior = {"mapping": {genre: [MSD tags]}, "agg": "max", "weight": w}`` (the card's)."""
+        self.prior_weight, self.prior_agg = float(prior["weight"]), prior.get("agg", "max")
+        self.register_buffer("prior_mapping", zeroshot_matrix(list(labels), prior["mapping"], MSD_TAGS),
+                             persistent=False)
 
     def features(self, wave: Tensor) -> Tensor:
         return musicnn_frontend(wave)
@@ -637,22 +659,30 @@ class MusicnnTransfer(nn.Module):
         """(B, T, 96) log-mel -> (B, D) pooled embedding the head reads."""
         return pool_embeddings(self.trunk.embed(x), self.pooling)
 
+    def logits_from(self, tag_logits: Tensor, emb: dict[str, Tensor]) -> Tensor:
+        """Genre logits from the trunk's outputs: the head's, plus ``weight * log(zero-shot score)``
+        of the trunk's own tags when the card has a prior (the MSD tags mapped to genres)."""
+        out = self.head(pool_embeddings(emb, self.pooling))
+        if self.prior_weight:
+            out = out + self.prior_weight * zeroshot_logits(tag_logits, self.prior_mapping, self.prior_agg)
+        return out
+
     def forward_front(self, front: Tensor) -> Tensor:
         """Logits from :meth:`MusicnnNet.front_maps` output (fine-tuning with a frozen front-end)."""
-        _, emb = self.trunk.forward_maps(self.trunk.maps_from_front(front), return_embeddings=True)
-        return self.head(pool_embeddings(emb, self.pooling))
+        return self.logits_from(*self.trunk.forward_maps(self.trunk.maps_from_front(front), return_embeddings=True))
 
     def forward(self, wave: Tensor, spec_transform=None) -> Tensor:
         x = _apply_spec_transform(self.features(wave), spec_transform)
-        return self.head(self.embedding(x))
+        return self.logits_from(*MusicnnNet.forward(self.trunk, x, return_embeddings=True))
 
 
 def build_net(card) -> nn.Module:
     """The network a genretag card describes (weights loaded separately): waveform -> logits.
 
     - ``{"name": "musicnn"}`` / ``{"name": "vgg"}``: a tagger, labels = its 50 tags (multi-label).
-    - ``{"name": "musicnn-transfer", "pooling", "head", "finetune", "freq_stride"}``: trunk + genre
-      head (``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`).
+    - ``{"name": "musicnn-transfer", "pooling", "head", "finetune", "freq_stride", "prior"}``: trunk +
+      genre head (``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`; ``prior``,
+      optional: ``{"mapping", "agg", "weight"}``, the zero-shot tag mapping blended into the logits).
     - ``{"name": "musicnn-zeroshot", "mapping": {genre: [tags]}, "agg": "max"}``.
     """
     arch = card.architecture
@@ -671,7 +701,7 @@ def build_net(card) -> nn.Module:
         return MusicnnTransfer(len(card.labels), arch.get("pooling", DEFAULT_POOLING),
                                int(head.get("hidden", 0)), float(head.get("dropout", 0.5)),
                                int(arch.get("trunk_classes", len(MSD_TAGS))),
-                               int(arch.get("freq_stride", 1)))
+                               int(arch.get("freq_stride", 1)), arch.get("prior"), list(card.labels))
     if name == "musicnn-zeroshot":
         return MusicnnZeroShot(list(card.labels), dict(arch.get("mapping", {})), arch.get("agg", "max"))
     raise ValueError(f"unknown musicnn architecture {name!r}")

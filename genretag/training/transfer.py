@@ -93,6 +93,9 @@ class TransferConfig:
     head_batch: int = 128
     label_smoothing: float = 0.1
     refit: bool = False  # after selection on valid: train the chosen head again on train + valid
+    # zero-shot prior: head logits + w * log(zero-shot score) of the MSD tags; w (0 = none) and the
+    # mapping (zeroshot_mappings) chosen on valid after the head
+    prior_weights: list[float] = field(default_factory=lambda: [0.0])
     train_crops: int = 19  # embeddings per training track (overlapping crops; 10 eval sub-tracks elsewhere)
     # finetune
     epochs: int = 8
@@ -547,6 +550,14 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     with torch.no_grad():
         lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
     valid_logits = _split_rows(lv, emb_va["track"], len(y_va))
+    prior, prior_grid = None, []
+    if any(w > 0 for w in cfg.prior_weights):
+        prior, valid_logits, prior_grid = choose_prior(lv, emb_va, y_va, data, base, cfg, note)
+    if prior is not None:
+        card.architecture["prior"] = prior
+        card.description += (f" A zero-shot prior (MSD tags mapped to genres, '{prior['mapping_name']}', "
+                             f"weight {prior['weight']:g}) is added to the head's logits.")
+        net.set_prior(prior, data.labels)
     selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
     if data.excerpts is not None:
@@ -569,10 +580,41 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
                            "temperature_from": "the train-only head, calibrated on valid",
                            "note": "valid was used for training: its metrics are not held-out"}}
+    if prior_grid:
+        selected["prior_grid"] = prior_grid
     cpath = _finish(net, card, cfg, data, valid_logits,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
+
+
+def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
+                 cfg: TransferConfig, note: Callable[[str], None]) -> tuple[dict | None, list[np.ndarray], list[dict]]:
+    """Blend weight and mapping of the zero-shot prior, chosen on valid (weight 0: no prior).
+
+    Returns (the card's ``prior`` or None, the chosen valid sub-track logits, the grid)."""
+    if tuple(base.labels) != M.MSD_TAGS:
+        raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+    tracks = [t for s in data.with_excerpts("valid") for t in data.parts[s]]
+    tag_logits = torch.from_numpy(emb_va["tag_logits"])
+    weights = sorted({0.0, *cfg.prior_weights})
+    grid, best = [], None
+    for mname in cfg.zeroshot_mappings:
+        zl = M.zeroshot_logits(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
+        for w in weights:
+            seg = _split_rows(head_logits + w * zl, emb_va["track"], len(y_va))
+            rep = track_metrics(seg, y_va, data.labels, tracks)
+            row = {"mapping": mname, "weight": w, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            grid.append(row)
+            note(f"  prior mapping={mname:<6} weight={w:<5g} valid acc {row['valid_acc']:.1%} nll {row['valid_nll']:.3f}")
+            if best is None or (row["valid_acc"], -row["valid_nll"]) > (best[0]["valid_acc"], -best[0]["valid_nll"]):
+                best = (row, seg)
+    row, seg = best
+    if row["weight"] == 0:
+        return None, seg, grid
+    prior = {"mapping": ZEROSHOT_MAPPINGS[row["mapping"]], "mapping_name": row["mapping"], "agg": "max",
+             "weight": row["weight"]}
+    return prior, seg, grid
 
 
 def _set_trainable(net: M.MusicnnTransfer, start: str) -> list[torch.nn.Parameter]:
@@ -693,7 +735,7 @@ def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
                     front = net.trunk.front_maps(mel)
                 logits = net.forward_front(front)
             else:
-                logits = net.head(net.embedding(mel))
+                logits = net.logits_from(*M.MusicnnNet.forward(net.trunk, mel, return_embeddings=True))
             loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
