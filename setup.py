@@ -7,6 +7,7 @@
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["genretag", "genretag.*"]), "genretag._models"],
+    # beetsplug: beets' namespace package (no __init__.py), for the beets plugin beetsplug/genretag.py
+    packages=[*find_packages(include=["genretag", "genretag.*"]), "genretag._models", "beetsplug"],
     package_dir={"genretag._models": "models"},
 )
