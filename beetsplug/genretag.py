@@ -22,6 +22,7 @@ from beets.dbcore import types
 from beets.plugins import BeetsPlugin
 from beets.util import displayable_path
 
+from genretag.errors import GenretagError
 from genretag.tags.plan import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_NAMES,
@@ -100,11 +101,11 @@ class GenretagPlugin(BeetsPlugin):
     def _load(self, s: Settings):
         """The network the settings name, loaded once per (model, device)."""
         if self._net is None or self._net_key != (s.model, s.device):
-            from genretag.store.load import ModelError, load_net
+            from genretag.store.load import load_net
 
             try:
                 self._net = load_net(s.model, s.device)
-            except ModelError as e:
+            except GenretagError as e:
                 raise ui.UserError(f"genretag: {e}") from None
             self._net_key = (s.model, s.device)
             self._log.debug("model: {} ({})", self._net.card.name, self._net.device.type)
