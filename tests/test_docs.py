@@ -10,6 +10,8 @@ Then, per page, the cheap commands of its code blocks (classify, tag, undo, mode
 into generated audio (a file for an audio extension, a folder of two files otherwise), so that a page's
 `tag --write` and its `undo` act on the same files. A command touching the shared data, the network, a
 card path or an input file the page does not create is only checked, not run.
+
+Each ```python block runs too, as a script in a scratch folder holding the audio files it names.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from __future__ import annotations
 import enum
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import typer.main
+from audio_factory import make_file
 from typer.testing import CliRunner
 
-from audio_factory import make_file
 from genretag.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,28 +56,30 @@ class Line:
 
 
 def _commands(text: str) -> list[list[str]]:
-    """The `genretag ...` token lists in one shell line (cut at ; && || | and redirections)."""
+    """The `genretag ...` token lists in one shell line (cut at ; && || |, redirections dropped)."""
     text = re.sub(r"<([A-Za-z][\w-]*)>", lambda m: m.group(1).upper(), text)  # <card> placeholders
+    text = re.sub(r"(^|\s)\d+>", r"\1>", text)  # 2> file: the fd number is not an argument
     lex = shlex.shlex(text, posix=True, punctuation_chars=True)
     lex.whitespace_split = True
     try:
         tokens = list(lex)
     except ValueError:  # unbalanced quotes: not a shell line
         return []
-    out, cur = [], []
-    for t in tokens + [";"]:
-        if t and set(t) <= set("();<>|&"):
-            if cur and t.startswith(">") and cur[-1].isdigit():  # 2> file
-                cur.pop()
+    out, cur, redirect_target = [], [], False
+    for t in [*tokens, ";"]:
+        if t and set(t) <= set("();<>|&"):  # a shell operator
+            if t.startswith((">", "<")):  # the next word is a file; the command goes on after it
+                redirect_target = True
+                continue
             while cur and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", cur[0]):  # VAR=value genretag ...
                 cur.pop(0)
             if cur and cur[0] == "genretag":
                 out.append(cur)
-            cur = [] if not t.startswith(">") else ["<redirect>"]
-        elif cur != ["<redirect>"]:
-            cur.append(t)
-        else:
             cur = []
+        elif redirect_target:
+            redirect_target = False
+        else:
+            cur.append(t)
     return out
 
 
@@ -165,7 +171,7 @@ def parse(tokens: list[str]) -> Parsed:
                 i += 1
                 continue
             if name not in opts and re.fullmatch(r"-[A-Za-z]{2,}", name) and all(
-                    f"-{c}" in opts and opts[f"-{c}"].count for c in name[1:]):  # -vv
+                    f"-{c}" in opts and getattr(opts[f"-{c}"], "count", False) for c in name[1:]):  # -vv
                 options.append(name)
                 i += 1
                 continue
@@ -176,7 +182,7 @@ def parse(tokens: list[str]) -> Parsed:
                 continue
             p = opts[name]
             options.append(name)
-            takes_value = not (p.is_flag or p.count)
+            takes_value = not (getattr(p, "is_flag", False) or getattr(p, "count", False))
             if takes_value and not inline:
                 i += 1
                 inline = tokens[i] if i < len(tokens) else ""
@@ -235,11 +241,12 @@ def runnable(line: Line) -> bool:
         return False
     if any("../" in t or "://" in t or t.startswith(("$", "<", "/")) or _is_placeholder(t) for t in line.tokens[1:]):
         return False
-    for flag in ("--model", "-m"):
-        if flag in line.tokens:
-            k = line.tokens.index(flag)
-            if k + 1 >= len(line.tokens) or line.tokens[k + 1] not in _bundled_names():
-                return False
+    tokens = line.tokens
+    models = [v for k, t in enumerate(tokens) for v in
+              ([tokens[k + 1] if k + 1 < len(tokens) else ""] if t in ("--model", "-m") else
+               [t.partition("=")[2]] if t.startswith("--model=") else [])]
+    if not set(models) <= _bundled_names():  # a card path or a download: checked, not run
+        return False
     if p.path == ("models", "info") and not set(p.positionals) <= _bundled_names():
         return False
     return True
@@ -289,3 +296,24 @@ def test_cheap_commands_run_on_generated_audio(page, tmp_path, monkeypatch):
         _ran.add(tuple(line.tokens[1:]))
         ran += 1
     assert ran or all(parse(x.tokens).path in _STATELESS for x in LINES if x.page == page and runnable(x))
+
+
+def _python_blocks(page: Path) -> list[tuple[int, str]]:
+    blocks, text = [], page.read_text()
+    for m in re.finditer(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        blocks.append((text[:m.start()].count("\n") + 1, m.group(1)))
+    return blocks
+
+
+PYTHON = [(page.relative_to(ROOT).as_posix(), n, code) for page in PAGES for n, code in _python_blocks(page)]
+
+
+@pytest.mark.parametrize("page,lineno,code", PYTHON, ids=[f"{p}:{n}" for p, n, _ in PYTHON])
+def test_python_examples_run_on_generated_audio(page, lineno, code, tmp_path):
+    """Each ```python block runs as a script of its own, its quoted audio file names made into generated audio."""
+    names = sorted(set(re.findall(r"""["']([\w./-]+\.(?:mp3|flac|ogg|opus|m4a|wav|aiff))["']""", code)))
+    for name in names:
+        make_file(tmp_path / name, seconds=4.0)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, f"{page}:{lineno}: the python example failed:\n{r.stderr[-1500:]}"
+    assert "not found" not in r.stdout and "cannot decode" not in r.stdout, f"{page}:{lineno}:\n{r.stdout}"

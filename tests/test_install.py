@@ -16,13 +16,17 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import genretag
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the [test] extra installs tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -144,9 +148,9 @@ def test_wheel_metadata_version_license_and_entry_point(built):
     files = _zip_files(built["wheel"])
     info = next(n.split("/")[0] for n in files if n.endswith(".dist-info/METADATA"))
     meta = files[f"{info}/METADATA"].decode()
-    assert re.search(r"^Version: (.+)$", meta, re.M).group(1) == genretag.__version__
-    assert re.search(r"^License-Expression: (.+)$", meta, re.M).group(1) == PYPROJECT["project"]["license"]
-    assert "musicnn" in re.search(r"^Summary: (.+)$", meta, re.M).group(1)
+    assert re.search(r"^Version: (.+)$", meta, re.MULTILINE).group(1) == genretag.__version__
+    assert re.search(r"^License-Expression: (.+)$", meta, re.MULTILINE).group(1) == PYPROJECT["project"]["license"]
+    assert "musicnn" in re.search(r"^Summary: (.+)$", meta, re.MULTILINE).group(1)
     assert files[f"{info}/licenses/LICENSE"] == (ROOT / "LICENSE").read_bytes()
     assert "genretag = genretag.cli:main" in files[f"{info}/entry_points.txt"].decode()
 
