@@ -11,7 +11,7 @@ The API is imported lazily, so that `import genretag.tagging` (or the CLI's
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from genretag.version import __version__
 
 __all__ = ["Model", "load_model", "classify", "TrackResult", "__version__"]
 

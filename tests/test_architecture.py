@@ -1,9 +1,14 @@
-"""The package's structure: one error root with exit codes, logging instead of hooks."""
+"""The package's structure: no import cycles, no torch on the light side, one error root, logging."""
 
 from __future__ import annotations
 
+import ast
 import logging
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +17,113 @@ from genretag import errors
 from genretag.cli import app
 
 runner = CliRunner()
+PACKAGE = Path(__file__).resolve().parents[1] / "genretag"
+
+
+# --------------------------------------------------------------------------- import graph
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """genretag module -> the genretag modules it imports, at any depth of the file (functions included).
+
+    `from P import X` counts as an edge to P.X when that is a module, else to P.
+    The implicit import of a module's parent packages is left out: every
+    import does it, and a package's __init__ importing its own submodules
+    is not a cycle between modules.
+    """
+    files = {_module_name(f): f for f in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, f in files.items():
+        is_pkg = f.name == "__init__.py"
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == "genretag")
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against this module's package
+                    pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] != "genretag":
+                    continue
+                for a in node.names:
+                    edges.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
+        graph[mod] = {e for e in edges if e in files and e != mod}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (c := visit(n)):
+                return c
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)):
+            return c
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert {"genretag.cli.app", "genretag.store.resolve", "genretag.store.index"} <= set(graph)
+    assert "genretag.cli.heap" in graph["genretag.cli.app"]  # imported inside main(): function level counts
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_function_level_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# --------------------------------------------------------------------------- the torch-free side
+
+LIGHT_PACKAGES = ("genretag.audio", "genretag.tags")
+LOOKUP_MODULES = ("genretag.store.card", "genretag.store.local", "genretag.store.index", "genretag.store.resolve",
+                  "genretag.errors", "genretag.paths")
+
+_PROBE = """
+import importlib, pkgutil, sys
+for pkg in {packages!r}:
+    for m in pkgutil.iter_modules(importlib.import_module(pkg).__path__, pkg + "."):
+        importlib.import_module(m.name)
+for name in {modules!r}:
+    importlib.import_module(name)
+from genretag.store.resolve import find_card
+find_card(None)
+sys.argv = ["genretag", "--version"]
+from genretag.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchaudio", "torchvision"))
+print("HEAVY", heavy, "AUDIO", "genretag.audio.decode" in sys.modules)
+"""
+
+
+def test_audio_tags_store_lookup_and_version_never_import_torch():
+    r = subprocess.run([sys.executable, "-c", _PROBE.format(packages=LIGHT_PACKAGES, modules=LOOKUP_MODULES)],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ), check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "HEAVY [] AUDIO True"
+    assert "genretag 0." in r.stdout  # the version really was printed
 
 
 # --------------------------------------------------------------------------- the error root
@@ -88,14 +200,14 @@ def index_with_one_model(tmp_path):
 
 
 def test_library_messages_go_through_logging(caplog, monkeypatch, index_with_one_model):
-    from genretag.store import index
+    from genretag.store import index, local, resolve
 
     monkeypatch.setenv(index.INDEX_ENV, str(index_with_one_model))
     with caplog.at_level(logging.DEBUG, logger="genretag"):
-        card = index.ensure_model("far-away")  # port 9 refuses: offline, so the bundled default
-    assert card is not None and card.stem == index.default_model_name()
+        card = resolve.find_card("far-away")  # port 9 refuses: offline, so the bundled default
+    assert card is not None and card.stem == local.default_model_name()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.name for r in warnings] == ["genretag.store.index"]
+    assert [r.name for r in warnings] == ["genretag.store.resolve"]
     assert "using the bundled default" in warnings[0].getMessage()
 
 

@@ -24,6 +24,7 @@ from genretag.cli import app
 from genretag.cli.app import state
 from genretag.store import index as hub
 from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
+from genretag.store.resolve import find_card
 
 ARCH = {"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16], "dropout": 0.0,
         "stem_stride": 2}
@@ -348,7 +349,7 @@ def test_offline_falls_back_to_bundled_default(tmp_path, model_files, monkeypatc
                                       card_url=f"http://127.0.0.1:{port}/remote.json")])
     monkeypatch.setenv(hub.INDEX_ENV, str(index))
     with caplog.at_level(logging.INFO, logger="genretag"):
-        got = hub.ensure_model("remote")
+        got = find_card("remote")
     assert got is not None and got.name == "tiny.json" and got.parent.name == "bundled"
     err = notes(caplog)
     assert len(err) == 2  # "downloading ..." then the one-line fallback warning
@@ -359,7 +360,7 @@ def test_offline_falls_back_to_bundled_default(tmp_path, model_files, monkeypatc
 def test_offline_index_url_falls_back(monkeypatch, caplog):
     monkeypatch.setenv(hub.INDEX_ENV, f"http://127.0.0.1:{closed_port()}/index.json")
     with caplog.at_level(logging.INFO, logger="genretag"):
-        got = hub.ensure_model("remote")
+        got = find_card("remote")
     assert got is not None and got.name == "tiny.json"
     assert "using the bundled default 'tiny'" in notes(caplog)[-1]
 
@@ -369,12 +370,10 @@ def test_checksum_mismatch_is_not_papered_over_by_fallback(served, monkeypatch):
     w.write_bytes(w.read_bytes()[:-1] + b"\x00")
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
     with pytest.raises(hub.ChecksumError):
-        hub.ensure_model("remote")
+        find_card("remote")
 
 
 def test_find_card_downloads_and_falls_back(served, monkeypatch, tmp_path, model_files):
-    from genretag.store.local import find_card
-
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
     assert find_card("remote") == cache() / "remote.json"
     monkeypatch.setenv(hub.INDEX_ENV, f"http://127.0.0.1:{closed_port()}/index.json")

@@ -12,8 +12,8 @@ from rich.console import Console
 from typer.completion import completion_init
 from typer.core import TyperGroup
 
-import genretag
 from genretag.errors import GenretagError
+from genretag.version import __version__
 
 
 class _Commands(TyperGroup):
@@ -83,7 +83,7 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 
 def _version(value: bool) -> None:
     if value:
-        print(f"genretag {genretag.__version__}")
+        print(f"genretag {__version__}")
         raise typer.Exit(0)
 
 

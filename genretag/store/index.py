@@ -41,11 +41,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import genretag
 from genretag.errors import ChecksumError, HubError, ModelError, OfflineError  # noqa: F401  (re-exported)
 from genretag.paths import bundled_models_dir, models_cache_dir
 from genretag.store.card import ModelCard, sha256_file
-from genretag.store.local import default_model_name
+from genretag.version import __version__
 
 INDEX_ENV = "GENRETAG_MODEL_INDEX"
 TIMEOUT = 30.0  # seconds without data before a connection counts as dead
@@ -54,7 +53,7 @@ ATTEMPTS = 4  # a download cut mid-way is resumed this many times before giving 
 MAX_CARD_BYTES = 4 << 20
 MAX_INDEX_BYTES = 4 << 20
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
-USER_AGENT = f"genretag/{genretag.__version__} (+python-urllib)"
+USER_AGENT = f"genretag/{__version__} (+python-urllib)"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -546,12 +545,13 @@ def remove(name: str) -> list[Path]:
 # --------------------------------------------------------------------------- first use
 
 def ensure_model(name: str) -> Path | None:
-    """For `--model NAME` not found locally: download it if the index has it.
+    """For a model name not found locally: download it if the index has it.
 
-    Returns the card to use: the downloaded one, or the bundled default (with a
-    one-line warning on stderr) when the network is unreachable. Returns None
-    when the name is not a model the index can provide (the caller reports it).
-    A checksum mismatch or a broken download is raised, never papered over.
+    Returns the installed card, or None when the name is not a model the
+    index can provide (the caller reports it). Raises OfflineError when the
+    index or the download cannot be reached (`genretag.store.resolve` then
+    falls back to the bundled default); a checksum mismatch or a broken
+    download is raised too, never papered over.
     """
     if not isinstance(name, str) or not valid_name(name):
         return None
@@ -560,29 +560,15 @@ def ensure_model(name: str) -> Path | None:
         return found
     try:
         entry = load_index().get(name)
-    except OfflineError as e:
-        return _fallback(name, e)
+    except OfflineError:
+        raise
     except HubError as e:
         log.warning("%s", e)
         return None
     if entry is None or not entry.url:
         return None
-    try:
-        return _install_verbose(name, entry.url, card=entry.card, card_url=entry.card_url,
-                                sha256=entry.sha256, size=entry.size)
-    except OfflineError as e:
-        return _fallback(name, e)
-
-
-def _fallback(name: str, err: Exception) -> Path:
-    default = default_model_name()
-    card = bundled_models_dir() / f"{default}.json"
-    if default == name or not card.exists():
-        raise OfflineError(f"model {name!r} is not cached and cannot be downloaded ({err})")
-    log.warning(f"model {name!r} is not cached and cannot be downloaded "
-                  f"(offline?); using the bundled default {default!r} instead")
-    log.debug(f"download error: {err}")
-    return card
+    return _install_verbose(name, entry.url, card=entry.card, card_url=entry.card_url,
+                            sha256=entry.sha256, size=entry.size)
 
 
 def verify_installed(card_path: Path) -> bool:

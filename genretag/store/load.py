@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from genretag.errors import ModelError, one_line
 from genretag.nets.cnn import GenreNet, build_net
 from genretag.store.card import ModelCard, load_card, save_card, sha256_file
-from genretag.store.local import find_card
+from genretag.store.resolve import find_card
 
 
 def resolve_device(device: str = "auto") -> torch.device:
