@@ -5,7 +5,7 @@
     >>> for r in model.classify(["song.mp3"]):
     ...     print(r.path, r.genre, r.confidence)
 
-The API is imported lazily, so that `import genretag.tagging` (or the CLI's
+The API is imported lazily, so that `import genretag.tags` (or the CLI's
 `--version` and shell completion) does not pay for importing torch.
 """
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from genretag.version import __version__
 
-__all__ = ["Model", "load_model", "classify", "TrackResult", "__version__"]
+__all__ = ["Model", "TrackResult", "__version__", "classify", "load_model"]
 
 
 def __getattr__(name: str):
-    if name in ("Model", "load_model"):
-        from genretag import api
+    if name in ("Model", "load_model", "classify"):
+        from genretag.store import load
 
-        return getattr(api, name)
-    if name in ("classify", "TrackResult"):
+        return getattr(load, name)
+    if name == "TrackResult":
         from genretag.pipeline import inference
 
-        return getattr(inference, name)
+        return inference.TrackResult
     raise AttributeError(f"module 'genretag' has no attribute {name!r}")

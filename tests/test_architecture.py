@@ -27,11 +27,25 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """genretag module -> the genretag modules it imports, at any depth of the file (functions included).
 
     `from P import X` counts as an edge to P.X when that is a module, else to P.
-    The implicit import of a module's parent packages is left out: every
+    Imports under `if TYPE_CHECKING:` never run and are left out. The
+    implicit import of a module's parent packages is left out too: every
     import does it, and a package's __init__ importing its own submodules
     is not a cycle between modules.
     """
@@ -40,7 +54,7 @@ def import_graph() -> dict[str, set[str]]:
     for mod, f in files.items():
         is_pkg = f.name == "__init__.py"
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        for node in _runtime_nodes(ast.parse(f.read_text(), str(f))):
             if isinstance(node, ast.Import):
                 edges.update(a.name for a in node.names if a.name.split(".")[0] == "genretag")
             elif isinstance(node, ast.ImportFrom):

@@ -59,12 +59,16 @@ def test_inference_tuning_does_not_change_predictions(tiny_model_dir):
     plain = load_net(tiny_model_dir, device="cpu")
     tuned = load_net(tiny_model_dir, device="cpu")
     weights = {k: v.clone() for k, v in plain.net.state_dict().items()}
+    own_body = tuned.net.body
     tune_for_inference(tuned)
-    body = tuned.net.body
+    body = tuned._runner.body
     tune_for_inference(tuned)  # idempotent
-    assert tuned.net.body is body
-    # the fp32 CPU ResNet body really is the frozen TorchScript graph (not a silent fallback)
+    assert tuned._runner.body is body
+    # the fp32 CPU ResNet runs a frozen TorchScript graph (not a silent fallback) ...
     assert isinstance(body, torch.jit.ScriptModule)
+    # ... in a copy: the model's own network is not rewritten
+    assert tuned.net.body is own_body and not isinstance(own_body, torch.jit.ScriptModule)
+    assert tuned.net.body.stages[0][0].conv1.weight.is_contiguous()  # still NCHW (channels-last went to the copy)
     for n in (1, 5):  # traced once, any batch size
         x = _waves(plain, n=n, seed=1)
         np.testing.assert_allclose(plain.predict(x), tuned.predict(x), atol=ATOL, rtol=0)

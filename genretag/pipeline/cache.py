@@ -13,13 +13,15 @@ import json
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, fingerprint
 from genretag.paths import cache_dir
-from genretag.pipeline.inference import TrackResult, classify
+from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
+from genretag.pipeline.prepare import Prepared, prepare_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -103,58 +105,144 @@ class CacheStats:
     classified: int = 0
 
 
+class Classifier:
+    """A model and how to classify with it, held once: paths in, one TrackResult each out, in input order.
+
+        clf = Classifier(genretag.load_model(), vote="soft", jobs=4, cache=ResultCache())
+        for r in clf.classify(paths):          # a stream: any number of paths, memory stays flat
+            print(r.path, r.genre)
+
+    With a `cache`, a file whose audio was classified before with the same
+    model and settings is answered from it, and new results are stored (in
+    small transactions, so an interrupted run keeps what it finished). All the
+    files that are not in the cache go through one `classify` stream, so the
+    decoding window never drains between them.
+
+    For an executor that runs files one at a time elsewhere (a Dask worker):
+    `classify_file(path)` does it all for one file, or split it as
+    `prepare(path)` (decoding only: no torch, cheap to run anywhere) then
+    `finish(prepared)` (the network and the vote). A `ResultCache` holds a
+    SQLite connection, so give each process its own.
+    """
+
+    #: Results stored per transaction.
+    STORE_EVERY = 16
+
+    def __init__(self, model, *, vote: str = "soft", segments: int | None = None, jobs: int = 1,
+                 cache: ResultCache | None = None, batch_segments: int | None = None) -> None:
+        self.model = model
+        self.vote = vote
+        self.segments = segments
+        self.jobs = jobs
+        self.cache = cache
+        self.batch_segments = batch_segments
+        self.stats = CacheStats()
+        self.model_id = model_id(model)
+        self.n_segments = int(segments or model.card.audio.max_segments)  # the cache key's segment count
+        self._unstored: list[tuple[str, str, str, int, TrackResult]] = []
+
+    # ----------------------------------------------------------------- one file
+
+    def lookup(self, path: str) -> tuple[str | None, TrackResult | None]:
+        """(audio fingerprint, cached result) for `path`; (None, None) without a cache or a readable file."""
+        if self.cache is None:
+            return None, None
+        try:
+            fp = fingerprint(path)
+        except (FingerprintError, OSError):
+            return None, None
+        hit = self.cache.get(fp, self.model_id, self.vote, self.n_segments)
+        if hit is not None:
+            hit.path = path
+        return fp, hit
+
+    def prepare(self, path: str) -> Prepared:
+        """Decode `path` into the model's sub-tracks (never raises; never imports torch)."""
+        return prepare_file(path, self.model.card.audio, self.segments)
+
+    def finish(self, prepared: Prepared, fp: str | None = None) -> TrackResult:
+        """The network and the vote over one decoded file; stored in the cache under `fp` when given."""
+        self.model.tune()
+        (r,) = run_model([prepared], self.model, self.vote, self.batch_segments or default_batch_segments(self.model))
+        self._record(fp, r)
+        self.flush()
+        return r
+
+    def classify_file(self, path: str) -> TrackResult:
+        """One file, start to end: the cache, else decoding, the network and the vote."""
+        fp, hit = self.lookup(path)
+        if hit is not None:
+            self.stats.cached += 1
+            return hit
+        self.stats.classified += 1
+        return self.finish(self.prepare(path), fp)
+
+    # ----------------------------------------------------------------- a stream
+
+    def classify(self, paths: Iterable[str]) -> Iterator[TrackResult]:
+        """One result per path, in input order, as soon as it and every earlier one is known.
+
+        Paths are read lazily. Cached answers wait only for the files before
+        them that the model is still working on.
+        """
+        it = iter(paths)
+        pending: deque[tuple[str, str | None, TrackResult | None]] = deque()  # read, not yet yielded
+        queued: deque[str] = deque()  # misses read by this loop, not yet handed to the model
+
+        def read_one() -> bool:
+            p = next(it, None)
+            if p is None:
+                return False
+            fp, hit = self.lookup(p)
+            pending.append((p, fp, hit))
+            if hit is None:
+                queued.append(p)
+            return True
+
+        def misses() -> Iterator[str]:  # what the model stream pulls: reads ahead as far as it wants
+            while queued or read_one():
+                if queued:
+                    yield queued.popleft()
+
+        fresh = classify(misses(), self.model, vote=self.vote, segments=self.segments, jobs=self.jobs,
+                         batch_segments=self.batch_segments)
+        try:
+            while pending or read_one():
+                _, fp, hit = pending[0]
+                if hit is not None:
+                    pending.popleft()
+                    self.stats.cached += 1
+                    yield hit
+                    continue
+                r = next(fresh)  # the oldest miss's result: the model keeps input order
+                pending.popleft()
+                self.stats.classified += 1
+                self._record(fp, r)
+                yield r
+        finally:
+            fresh.close()  # stopped early: cancel the decoding in flight
+            self.flush()
+
+    # ----------------------------------------------------------------- the cache
+
+    def _record(self, fp: str | None, r: TrackResult) -> None:
+        if fp and self.cache is not None:
+            self._unstored.append((fp, self.model_id, self.vote, self.n_segments, r))
+            if len(self._unstored) >= self.STORE_EVERY:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the results not yet stored to the cache."""
+        if self.cache is not None and self._unstored:
+            rows, self._unstored = self._unstored, []
+            self.cache.put_many(rows)
+
+
 def classify_cached(paths: Iterable[str], net, vote: str = "soft", segments: int | None = None,
                     jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
-                    chunk: int = 128) -> Iterator[TrackResult]:
-    """Like `genretag.pipeline.inference.classify`, but only files not in the cache reach the model.
-
-    Streams in input order, a chunk of inputs at a time, so memory stays flat
-    on huge libraries. With `cache=None` everything is classified.
-    """
-    stats = stats if stats is not None else CacheStats()
-    n_seg = int(segments or net.card.audio.max_segments)
-    mid = model_id(net)
-    batch: list[str] = []
-    for p in paths:
-        batch.append(p)
-        if len(batch) >= chunk:
-            yield from _chunk(batch, net, vote, segments, n_seg, jobs, cache, stats, mid)
-            batch = []
-    if batch:
-        yield from _chunk(batch, net, vote, segments, n_seg, jobs, cache, stats, mid)
-
-
-def _chunk(batch: list[str], net, vote: str, segments: int | None, n_seg: int, jobs: int,
-           cache: ResultCache | None, stats: CacheStats, mid: str) -> Iterator[TrackResult]:
-    items: list[tuple[str, str | None, TrackResult | None]] = []
-    for p in batch:
-        fp = hit = None
-        if cache is not None:
-            try:
-                fp = fingerprint(p)
-            except (FingerprintError, OSError):
-                fp = None
-            hit = cache.get(fp, mid, vote, n_seg) if fp else None
-            if hit is not None:
-                hit.path = p
-        items.append((p, fp, hit))
-    misses = [p for p, _, hit in items if hit is None]
-    fresh = classify(misses, net, vote=vote, segments=segments, jobs=jobs) if misses else iter(())
-    to_store = []
-    try:
-        for p, fp, hit in items:
-            if hit is not None:
-                stats.cached += 1
-                yield hit
-                continue
-            r = next(fresh)
-            stats.classified += 1
-            if fp and cache is not None:
-                to_store.append((fp, mid, vote, n_seg, r))
-                if len(to_store) >= 16:
-                    cache.put_many(to_store)
-                    to_store = []
-            yield r
-    finally:
-        if cache is not None and to_store:
-            cache.put_many(to_store)
+                    ) -> Iterator[TrackResult]:
+    """`Classifier(net, ...).classify(paths)`, counting into `stats` (the function form of 0.1)."""
+    clf = Classifier(net, vote=vote, segments=segments, jobs=jobs, cache=cache)
+    if stats is not None:
+        clf.stats = stats
+    return clf.classify(paths)

@@ -14,13 +14,16 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_waveform
 from genretag.pipeline.segments import vote as combine
 from genretag.store.card import AudioParams
-from genretag.store.load import LoadedNet, load_net
+
+if TYPE_CHECKING:  # genretag.store.load builds on this module, not the other way round
+    from genretag.store.load import Model
 
 
 @dataclass
@@ -61,7 +64,7 @@ def error_result(path: str, error: str) -> TrackResult:
     return TrackResult(path, None, None, {}, 0, error)
 
 
-def run_model(prepared: Iterable[Prepared], net: LoadedNet, vote: str = "soft",
+def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
               batch_segments: int = 64) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
     `batch_segments` (a file may straddle two batches); yield results in input order as
@@ -117,9 +120,8 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     return_as="generator")` dispatches a new task whenever a worker finishes,
     not when the consumer takes a result, so with a model slower than
     decoding it decodes the whole library ahead and memory grows with the
-    library (measured: +417 MB after 200 clips with a 0.1 s/file consumer;
-    2.6 MB per decoded clip). The window defaults to 4 files per worker, at
-    least 16, i.e. several model batches.
+    library. The window defaults to 4 files per worker, at least 16, i.e.
+    several model batches.
 
     * ``overlap=True`` (a model on a GPU, or no model): a new file is
       submitted whenever the consumer takes one, so decoding never stops.
@@ -127,9 +129,7 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
       decoding goes in rounds. A whole window is decoded while the consumer
       waits, then the consumer runs the model on it while the pool waits, so
       decoders and the network's threads never fight over the same cores
-      (300 clips, 2 cores, exact musicnn, 3 runs each: 22.3 tracks/s in
-      rounds of 16 vs 17.5 streaming and 18.6 decoding in-process; ResNet
-      17.6 vs 15.0).
+      (faster than streaming on a shared CPU; measured in docs/performance.md).
 
     A worker that dies (a decoder segfault, the OOM killer) takes the pool
     and the files in flight with it: the file at the head is then retried on
@@ -211,20 +211,20 @@ def default_jobs() -> int:
 
 def classify(
     inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
-    model: LoadedNet | str | None = None,
+    model: Model,
     vote: str = "soft",
     segments: int | None = None,
     jobs: int = 1,
-    device: str = "auto",
     batch_segments: int | None = None,
 ) -> Iterator[TrackResult]:
-    """Classify files (paths) or waveforms (mono arrays at the model's sample rate).
+    """Classify files (paths) or waveforms (mono arrays at the model's sample rate) with a loaded model.
 
     Yields one TrackResult per input, in input order; a bad file yields a
     result with `error` set instead of raising. `batch_segments` (default:
-    16 on CPU, 64 on a GPU) is how many sub-tracks go through the network at once.
+    8-16 on CPU, 64 on a GPU) is how many sub-tracks go through the network at
+    once. (`genretag.classify` also takes a model name.)
     """
-    net = model if isinstance(model, LoadedNet) else load_net(model, device)
+    net = model
     tune_for_inference(net)
     if batch_segments is None:
         batch_segments = default_batch_segments(net)
@@ -241,7 +241,7 @@ def classify(
     yield from run_model(prepared, net, vote, batch_segments)
 
 
-def default_batch_segments(net: LoadedNet) -> int:
+def default_batch_segments(net: Model) -> int:
     """Sub-tracks per forward pass.
 
     On CPU, small batches are faster per sub-track as long as a layer's
@@ -262,47 +262,6 @@ def default_batch_segments(net: LoadedNet) -> int:
     return 8 if lead.card.architecture.get("name", "resnet").startswith("musicnn") else 16
 
 
-def tune_for_inference(net: LoadedNet) -> None:
-    """Make a CPU ResNet faster for inference, once per loaded model.
-
-    * Weights channels-last (NHWC): oneDNN's convolutions run ~5 % faster here
-      (musicnn's are ~4 % slower, so it is left alone).
-    * fp32: the body (log-mel -> logits) is traced and frozen with TorchScript's
-      ``optimize_for_inference`` (batch norm folded into the convolutions, ReLU
-      fused, oneDNN weights pre-packed): 5.5 -> 3.8 ms per sub-track on 2 cores,
-      outputs equal to float rounding (max |diff| ~1e-6 in the logits; tested).
-      If tracing is unavailable (a future torch without TorchScript) the eager
-      network is kept.
-    * bf16: stays eager under autocast, which is faster than the traced fp32 graph.
-
-    Only the in-memory module changes: the state dict, the card and the weights'
-    sha256 are untouched.
-    """
-    import torch
-
-    for m in (net, *net.members):
-        if (m.device.type != "cpu" or m.card.architecture.get("name", "resnet") != "resnet"
-                or getattr(m, "_tuned", False)):
-            continue
-        m.net.to(memory_format=torch.channels_last)
-        m._tuned = True
-        if m.precision == "fp32":
-            m.net.body = _frozen_body(m.net, m.card.audio.segment_samples)
-
-
-def _frozen_body(net, n_samples: int):
-    """The net's body as a frozen, inference-optimised TorchScript module (or as it was)."""
-    import warnings
-
-    import torch
-
-    body = net.body
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            example = net.features(torch.zeros(2, n_samples)).contiguous(memory_format=torch.channels_last)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(body.eval(), example)))
-            frozen(example)  # the first call compiles; keep it out of the timed loop
-        return frozen
-    except Exception:  # noqa: BLE001 - any failure means: keep the eager module
-        return body
+def tune_for_inference(net: Model) -> None:
+    """Let the model build its inference-optimised copy once (`Model.tune`); its own network is untouched."""
+    net.tune()

@@ -1,4 +1,4 @@
-"""Loading a model: name or path -> card + network with verified weights.
+"""Loading a model: name or path -> `Model` (card + network with verified weights), the API object.
 
 Only JSON cards and safetensors weights are ever read (never a pickle), and
 the weights' sha256 is checked against the card before they are used.
@@ -6,7 +6,9 @@ the weights' sha256 is checked against the card before they are used.
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from genretag.errors import ModelError, one_line
 from genretag.nets.cnn import GenreNet, build_net
+from genretag.pipeline import inference
+from genretag.pipeline.inference import TrackResult
 from genretag.store.card import ModelCard, load_card, save_card, sha256_file
 from genretag.store.resolve import find_card
 
@@ -33,19 +37,45 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @dataclass
-class LoadedNet:
-    """A card and the network it describes, on a device, in eval mode."""
+class Model:
+    """A loaded model: its card (labels, audio and mel parameters, metrics) and network, on a device.
+
+    This is the API: `genretag.load_model()` returns one, `classify()` labels
+    files or waveforms with it, and the pipeline, evaluation and training take it.
+    ``net`` is the network exactly as loaded; the first classification on a CPU
+    builds a separate inference-optimised copy of it (see `tune`), so the
+    caller's module is never rewritten.
+    """
 
     card: ModelCard
     net: GenreNet
     device: torch.device
     path: Path | None = None
-    members: list["LoadedNet"] = field(default_factory=list)
+    members: list[Model] = field(default_factory=list)
     precision: str = "fp32"
+    _runner: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
 
     @property
     def labels(self) -> list[str]:
         return self.card.labels
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.audio.sample_rate
+
+    @property
+    def loaded(self) -> Model:
+        """The model itself (genretag 0.1's `Model` wrapped a separate `LoadedNet` here)."""
+        return self
+
+    def classify(self, inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+                 vote: str = "soft", segments: int | None = None, jobs: int = 1) -> list[TrackResult]:
+        """Classify paths or mono waveforms at `self.sample_rate`; one result per input, in order."""
+        return list(inference.classify(inputs, self, vote=vote, segments=segments, jobs=jobs))
 
     @torch.inference_mode()
     def predict(self, waves: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -53,13 +83,56 @@ class LoadedNet:
         if self.members:
             return np.mean([m.predict(_adapt(waves, self.card, m.card)) for m in self.members], axis=0)
         x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
+        net = self._runner if self._runner is not None else self.net
         # bf16: convolutions and matmuls in bfloat16 (the mel front-ends opt out and stay
         # float32); the temperature and softmax below run in float32 either way.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.net(x).float() / float(self.card.temperature or 1.0)
+            logits = net(x).float() / float(self.card.temperature or 1.0)
         if self.card.extra.get("multilabel"):
             return torch.sigmoid(logits).cpu().numpy()
         return torch.softmax(logits, dim=-1).cpu().numpy()
+
+    predict_segments = predict  # the name genretag 0.1's Model used
+
+    def tune(self) -> None:
+        """Build the inference-optimised copy `predict` runs, once (a no-op where it does not pay).
+
+        Only a CPU ResNet has one: its weights channels-last (NHWC), where
+        oneDNN's convolutions are faster (musicnn's are slower, so it is left
+        alone), and in fp32 its body (log-mel -> logits) traced and frozen with
+        TorchScript's ``optimize_for_inference`` (batch norm folded into the
+        convolutions, ReLU fused, weights pre-packed); outputs equal to float
+        rounding (tested). bf16 stays eager under autocast. `self.net`, the
+        card and the weights are untouched. Figures: docs/performance.md.
+        """
+        for m in (self, *self.members):
+            if (m.device.type != "cpu" or m.card.architecture.get("name", "resnet") != "resnet"
+                    or m._runner is not None):
+                continue
+            runner = copy.deepcopy(m.net).to(memory_format=torch.channels_last)
+            if m.precision == "fp32":
+                runner.body = _frozen_body(runner, m.card.audio.segment_samples)
+            m._runner = runner
+
+
+#: The name this class had while the API wrapped it (kept for code written against 0.1).
+LoadedNet = Model
+
+
+def _frozen_body(net: GenreNet, n_samples: int) -> torch.nn.Module:
+    """The net's body as a frozen, inference-optimised TorchScript module (or as it was)."""
+    import warnings
+
+    body = net.body
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            example = net.features(torch.zeros(2, n_samples)).contiguous(memory_format=torch.channels_last)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(body.eval(), example)))
+            frozen(example)  # the first call compiles; keep it out of the timed loop
+        return frozen
+    except Exception:  # noqa: BLE001 - any failure means: keep the eager module (a torch without TorchScript)
+        return body
 
 
 def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
@@ -91,11 +164,11 @@ def check_precision(precision: str, dev: torch.device) -> None:
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",
-             verify: bool = True, precision: str = "fp32") -> LoadedNet:
+             verify: bool = True, precision: str = "fp32") -> Model:
     """Load a card and its safetensors weights (sha256-verified) onto a device.
 
-    ``precision="bf16"`` runs the network in bfloat16: 1.4-2x faster on a CPU with AMX,
-    probabilities move by up to a few hundredths, the genre almost never (bench/README.md).
+    ``precision="bf16"`` runs the network in bfloat16: faster on a CPU with AMX or on CUDA;
+    probabilities move by up to a few hundredths, the genre almost never (docs/performance.md).
     The default, fp32, is exact.
     """
     dev = resolve_device(device)
@@ -109,7 +182,7 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
         members = [load_net(card_path.parent / m, device, verify, precision) for m in card.members]
         if any(m.labels != card.labels for m in members):
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
-        return LoadedNet(card, members[0].net, dev, card_path, members, precision)
+        return Model(card, members[0].net, dev, card_path, members, precision)
     wpath = card_path.parent / (card.weights or card_path.with_suffix(".safetensors").name)
     if not wpath.exists():
         raise ModelError(f"{card_path.name}: weights file {wpath.name} is missing")
@@ -124,7 +197,26 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelError(f"{wpath.name}: weights do not fit the card's architecture ({one_line(e)})") from None
     net.eval().to(dev)
-    return LoadedNet(card, net, dev, card_path, precision=precision)
+    return Model(card, net, dev, card_path, precision=precision)
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
+               precision: str = "fp32") -> Model:
+    """Load a model by name (bundled, cached or downloaded) or card path; None means the bundled default.
+
+    ``precision="bf16"`` trades up to a few hundredths in the probabilities for speed on
+    CUDA or AMX CPUs (see `load_net`).
+    """
+    return load_net(name_or_path, device, precision=precision)
+
+
+def classify(inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+             model: Model | str | os.PathLike | None = None, vote: str = "soft", segments: int | None = None,
+             jobs: int = 1, device: str = "auto", batch_segments: int | None = None) -> Iterator[TrackResult]:
+    """`genretag.classify`: `genretag.pipeline.inference.classify` with a model given by name as well."""
+    if not isinstance(model, Model):
+        model = load_net(model, device)
+    return inference.classify(inputs, model, vote=vote, segments=segments, jobs=jobs, batch_segments=batch_segments)
 
 
 def save_model(net: torch.nn.Module, card: ModelCard, out_dir: str | os.PathLike,

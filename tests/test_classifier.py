@@ -1,0 +1,100 @@
+"""`Classifier`: the model and its settings held once, the result cache, one model stream, input order."""
+
+from __future__ import annotations
+
+import pytest
+
+from audio_factory import make_file
+from genretag.pipeline import cache as cache_mod
+from genretag.pipeline import inference
+from genretag.pipeline.cache import Classifier, ResultCache
+from genretag.store.load import Model, load_model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir) -> Model:
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture()
+def files(tmp_path):
+    return [str(make_file(tmp_path / f"t{i}.flac", seconds=1.0 + 0.3 * i, freq=220.0 * (i + 1))) for i in range(5)]
+
+
+def _same(a, b):
+    assert (a.path, a.genre, a.segments, a.error) == (b.path, b.genre, b.segments, b.error)
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
+def test_classify_streams_in_input_order_and_answers_again_from_the_cache(model, files, tmp_path):
+    want = list(inference.classify(files, model))
+    cache = ResultCache(tmp_path / "results.sqlite")
+    first = Classifier(model, cache=cache, jobs=1)
+    got = list(first.classify(iter(files)))
+    for a, b in zip(got, want, strict=True):
+        _same(a, b)
+    assert (first.stats.cached, first.stats.classified) == (0, 5)
+    assert len(cache) == 5
+
+    missing = str(tmp_path / "gone.flac")
+    mixed = [files[0], missing, *files[1:]]
+    again = Classifier(model, cache=cache, jobs=1)
+    out = list(again.classify(mixed))
+    assert [r.path for r in out] == mixed
+    assert out[1].error and not out[1].ok
+    for a, b in zip([out[0], *out[2:]], want, strict=True):
+        _same(a, b)
+    assert (again.stats.cached, again.stats.classified) == (5, 1)
+
+
+def test_a_long_stream_with_cache_hits_is_one_model_stream(model, files, tmp_path, monkeypatch):
+    cache = ResultCache(tmp_path / "results.sqlite")
+    list(Classifier(model, cache=cache).classify(files[:2]))  # files 0 and 1 are now cached
+    streams = []
+
+    def counting_classify(paths, net, **kw):  # the real model stream, counted
+        streams.append(kw)
+        return inference.classify(paths, net, **kw)
+
+    monkeypatch.setattr(cache_mod, "classify", counting_classify)
+    gone = [str(tmp_path / f"missing-{i}.wav") for i in range(300)]  # misses that fail fast
+    paths = [files[0], *gone[:150], files[1], *gone[150:], files[2]]
+    clf = Classifier(model, cache=cache, vote="soft", jobs=1)
+    out = list(clf.classify(paths))
+    assert len(streams) == 1  # not restarted every N files
+    assert [r.path for r in out] == paths
+    assert [r.ok for r in out] == [True, *[False] * 150, True, *[False] * 150, True]
+    assert (clf.stats.cached, clf.stats.classified) == (2, 301)
+
+
+def test_per_file_steps_match_the_stream(model, files, tmp_path):
+    cache = ResultCache(tmp_path / "results.sqlite")
+    clf = Classifier(model, cache=cache, segments=2)
+    stream = list(Classifier(model, segments=2).classify(files))
+    one_by_one = [clf.classify_file(p) for p in files]
+    split = [clf.finish(clf.prepare(p)) for p in files]  # decoding and the network apart, as an executor would
+    for a, b, c in zip(stream, one_by_one, split, strict=True):
+        _same(a, b)
+        _same(a, c)
+    assert max(r.segments for r in stream) == 2  # the settings held by the object are the ones used
+    assert len(cache) == 5 and clf.stats.classified == 5
+    assert clf.classify_file(files[0]).genre == stream[0].genre and clf.stats.cached == 1
+
+
+def test_classify_leaves_the_callers_network_alone(model, files):
+    body = model.net.body
+    state = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.classify(files[:1])
+    assert model.net.body is body
+    for k, v in model.net.state_dict().items():
+        assert v.equal(state[k]) and v.is_contiguous(), k
+
+
+def test_the_loaded_model_is_the_api(tiny_model_dir):
+    import genretag
+    from genretag import api
+    from genretag.store.load import LoadedNet
+
+    m = genretag.load_model(tiny_model_dir)
+    assert isinstance(m, genretag.Model) and genretag.Model is api.Model is LoadedNet is Model
+    assert m.name == "tiny-test" and m.sample_rate == 16000 and m.loaded is m
