@@ -91,43 +91,44 @@ class GenretagPlugin(BeetsPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.config.add(DEFAULTS)
-        self._net = None  # (model, device) -> loaded network, kept across import tasks
-        self._net_key: tuple[str | None, str] | None = None
+        self._model = None  # loaded once per (model, device), kept across import tasks
+        self._model_key: tuple[str | None, str] | None = None
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
 
     # --- classifying ---------------------------------------------------------------
 
     def _load(self, s: Settings):
-        """The network the settings name, loaded once per (model, device)."""
-        if self._net is None or self._net_key != (s.model, s.device):
-            from genretag.store.load import load_net
+        """The model the settings name, loaded once per (model, device)."""
+        if self._model is None or self._model_key != (s.model, s.device):
+            from genretag.store.load import load_model
 
             try:
-                self._net = load_net(s.model, s.device)
+                self._model = load_model(s.model, s.device)
             except GenretagError as e:
                 raise ui.UserError(f"genretag: {e}") from None
-            self._net_key = (s.model, s.device)
-            self._log.debug("model: {} ({})", self._net.card.name, self._net.device.type)
-        return self._net
+            self._model_key = (s.model, s.device)
+            self._log.debug("model: {} ({})", self._model.card.name, self._model.device.type)
+        return self._model
 
     def classify(self, items: Sequence, s: Settings) -> Iterator[tuple[object, object]]:
         """(item, TrackResult) for each item, in order: batched, and through genretag's result cache."""
-        from genretag.pipeline.cache import ResultCache, classify_cached
+        from genretag.pipeline.cache import Classifier, ResultCache
         from genretag.pipeline.inference import default_jobs
 
-        net = self._load(s)
+        model = self._load(s)
         try:
             cache = ResultCache()
         except Exception as e:  # a broken cache must not stop tagging
             self._log.warning("result cache unavailable ({}); classifying everything", e)
             cache = None
-        paths = [os.fsdecode(item.path) for item in items]
+        classifier = Classifier(model, jobs=s.jobs or default_jobs(), cache=cache)
         try:
-            yield from zip(items, classify_cached(paths, net, jobs=s.jobs or default_jobs(), cache=cache))
+            yield from zip(items, classifier.classify(os.fsdecode(item.path) for item in items))
         finally:
             if cache is not None:
                 cache.close()
+            self._log.debug("{0.classified} classified, {0.cached} from the result cache", classifier.stats)
 
     def apply(self, item, result, s: Settings):
         """Set the flexible attributes and, by policy, `genres` on the item (in memory); return the plan.
@@ -141,7 +142,7 @@ class GenretagPlugin(BeetsPlugin):
             return plan
         item[GENRE] = genre_name(result.genre, s.names)
         item[CONFIDENCE] = float(result.confidence)
-        item[MODEL] = self._net.card.name
+        item[MODEL] = self._model.card.name
         if plan.action == WRITE:
             item.genres = plan.new_values
         return plan
