@@ -9,6 +9,7 @@ ten 3 s sub-tracks from a 2-hour file costs about what a 30 s clip costs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from genretag.audio.mpeg import mpeg_length
 from genretag.errors import AudioError, one_line  # AudioError: its historical home
 
 AUDIO_EXTENSIONS = frozenset({
@@ -38,6 +40,7 @@ class AudioInfo:
     channels: int
     duration: float  # seconds
     backend: str  # "soundfile" or "pyav"
+    codec: str = ""  # PyAV's codec name, when PyAV reads the file
 
 
 def is_audio_path(path: str | os.PathLike) -> bool:
@@ -64,10 +67,24 @@ def info(path: str | os.PathLike) -> AudioInfo:
         try:
             i = sf.info(str(path))
             if i.frames > 0 and i.samplerate > 0:
+                if i.format == "MP3":
+                    return _exact_mp3(path, AudioInfo(i.samplerate, i.channels, 0.0, "soundfile"))
                 return AudioInfo(i.samplerate, i.channels, i.frames / i.samplerate, "soundfile")
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
             pass
-    return _pyav_info(path)
+    ai = _pyav_info(path)
+    return _exact_mp3(path, ai) if ai.codec in ("mp3", "mp3float", "mp2", "mp1") else ai
+
+
+def _exact_mp3(path: Path, ai: AudioInfo) -> AudioInfo:
+    """`ai` with the duration counted from the frame headers (decoders only estimate it)."""
+    try:
+        samples, rate = mpeg_length(path)
+    except OSError as e:
+        raise AudioError(f"cannot read: {e.strerror or e}") from None
+    if samples <= 0 or rate <= 0:
+        raise AudioError("no audio could be decoded (no MPEG frames)")
+    return dataclasses.replace(ai, duration=samples / rate)
 
 
 def _pyav_info(path: Path) -> AudioInfo:
@@ -80,6 +97,7 @@ def _pyav_info(path: Path) -> AudioInfo:
                 raise AudioError("no audio stream")
             s = streams[0]
             sr = s.codec_context.sample_rate or s.rate
+            codec = s.codec_context.name
             channels = s.codec_context.channels if hasattr(s.codec_context, "channels") else s.channels
             if s.duration is not None and s.time_base is not None:
                 duration = float(s.duration * s.time_base)
@@ -93,7 +111,7 @@ def _pyav_info(path: Path) -> AudioInfo:
         raise AudioError(f"cannot decode: {one_line(e)}") from None
     if not sr or duration <= 0:
         raise AudioError("no audio (zero length)")
-    return AudioInfo(int(sr), int(channels or 1), float(duration), "pyav")
+    return AudioInfo(int(sr), int(channels or 1), float(duration), "pyav", codec)
 
 
 def _pyav_decoded_length(container, stream) -> int:
