@@ -65,7 +65,8 @@ def info(path: str | os.PathLike) -> AudioInfo:
     _check_readable(path)
     if path.suffix.lower() not in _FFMPEG_ONLY:
         try:
-            i = sf.info(str(path))
+            with _quiet_stderr():
+                i = sf.info(str(path))
             if i.frames > 0 and i.samplerate > 0:
                 if i.format == "MP3":
                     return _exact_mp3(path, AudioInfo(i.samplerate, i.channels, 0.0, "soundfile"))
@@ -108,7 +109,7 @@ def _pyav_info(path: Path) -> AudioInfo:
     except AudioError:
         raise
     except Exception as e:  # PyAV raises many error types for bad input
-        raise AudioError(f"cannot decode: {one_line(e)}") from None
+        raise AudioError(f"cannot decode: {_reason(e)}") from None
     if not sr or duration <= 0:
         raise AudioError("no audio (zero length)")
     return AudioInfo(int(sr), int(channels or 1), float(duration), "pyav", codec)
@@ -120,6 +121,11 @@ def _pyav_decoded_length(container, stream) -> int:
         n += frame.samples
     return n
 
+
+def _reason(e: BaseException) -> str:
+    """One line from a decoder's error; PyAV's put errno and the file name around the reason."""
+    strerror = getattr(e, "strerror", None)
+    return one_line(e) if not isinstance(strerror, str) or not strerror.strip() else one_line(Exception(strerror))
 
 
 def _to_mono(x: np.ndarray) -> np.ndarray:
@@ -170,7 +176,7 @@ def read_segments(
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(f"cannot decode: {one_line(e)}") from None
+        raise AudioError(f"cannot decode: {_reason(e)}") from None
     for i, chunk in enumerate(chunks):
         y = _resample(_to_mono(chunk), audio_info.sample_rate, sample_rate)
         if not np.all(np.isfinite(y)):
@@ -181,17 +187,17 @@ def read_segments(
 
 
 @contextlib.contextmanager
-def _quiet_stderr(enabled: bool = True):
-    """Silence C-level writes to fd 2 (libmpg123 prints a harmless line per seek).
+def _quiet_stderr():
+    """Silence C-level writes to fd 2 while libsndfile opens or reads a file.
 
-    After a seek into an mp3, the first frame's bit reservoir is missing and
-    libmpg123 says so on stderr, although libsndfile's output is exact (checked
-    against a full decode). Nothing in the library lets us turn that off, so the
-    file descriptor is pointed at /dev/null for the few milliseconds of the read.
+    libmpg123 (inside libsndfile) prints to stderr: a harmless line per seek
+    into an mp3 (the first frame's bit reservoir is missing; libsndfile's
+    output is exact, checked against a full decode), and "Illegal
+    Audio-MPEG-Header" / "Xing stream size off" notes for damaged files, which
+    genretag reports as one line itself. Nothing in libsndfile turns that off,
+    so the file descriptor is pointed at /dev/null for the few milliseconds of
+    the call.
     """
-    if not enabled:
-        yield
-        return
     with _STDERR_LOCK:
         try:
             sys.stderr.flush()
@@ -213,7 +219,7 @@ def _sf_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) ->
     sr = ai.sample_rate
     frames = int(round(seconds * sr))
     chunks = []
-    with sf.SoundFile(str(path)) as f, _quiet_stderr(f.format in ("MP3", "MPEG")):
+    with _quiet_stderr(), sf.SoundFile(str(path)) as f:
         for off in offsets:
             start = int(round(off * sr))
             if f.seekable():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,7 @@ from genretag.cli.common import (
     VoteOpt,
     classify_options,
     classify_stream,
+    load,
 )
 
 
@@ -50,23 +52,37 @@ def classify_cmd(
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
     from genretag.pipeline.output import ResultWriter
 
+    net = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
     try:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as e:
         fail(f"cannot write {output}: {e.strerror}", 2)
     failed = total = 0
+    skipped: list[str] = []
     writer = ResultWriter(stream, fmt.value, top_k)
     try:
-        for r in classify_stream(paths, opts):
-            total += 1
-            failed += 0 if r.ok else 1
-            writer.write(r)
+        try:
+            for r in classify_stream(paths, opts, net, skipped):
+                total += 1
+                failed += 0 if r.ok else 1
+                writer.write(r)
+        finally:  # a table of what was done, even on Ctrl-C
+            if fmt is Format.table and total:
+                writer.close(out_console() if stream is sys.stdout else None)
+    except BrokenPipeError:  # `classify ... | head`: the reader stopped reading, which is no failure
+        _drop_stdout()
+        raise typer.Exit(0) from None
     finally:
-        if fmt is Format.table and total:
-            writer.close(out_console() if stream is sys.stdout else None)
         if output:
             stream.close()
-    if total == 0:
+    if total == 0 and not skipped:
         fail("no audio files found", 1)
-    if failed:
+    if failed or skipped:
         raise typer.Exit(1)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not hit the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

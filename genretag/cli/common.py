@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -37,7 +38,10 @@ class Format(str, Enum):
     csv = "csv"
 
 
-PathsArg = Annotated[list[Path], typer.Argument(help="Audio files and/or folders.", show_default=False)]
+# Paths stay the strings given (pathlib would print ./-dash.mp3 as -dash.mp3), and an unreadable
+# one is that path's one-line error (exit 1), not a usage error: no readable check here.
+PathsArg = Annotated[list[str], typer.Argument(help="Audio files and/or folders.", show_default=False,
+                                               shell_complete=click.Path().shell_complete)]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many genres to show per file.")]
 VoteOpt = Annotated[Vote, typer.Option("--vote", help="soft: mean of sub-track probabilities; hard: majority.")]
@@ -75,22 +79,29 @@ def load(opts: ClassifyOptions):
     return net
 
 
-def iter_inputs(paths: list[Path], recursive: bool) -> Iterator[str]:
+def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = None) -> Iterator[str]:
+    """Audio files under `paths`; each folder that cannot be read gets a one-line error and goes
+    into `skipped` (the caller exits 1 then, as for a file that failed)."""
     from genretag.audio.walk import iter_audio_files
 
     def on_error(path: str, reason: str) -> None:
-        err_console().print(f"genretag: warning: skipped folder {path}: {reason}", markup=False)
+        err_console().print(f"genretag: error: cannot read folder {path}: {reason}", markup=False)
+        if skipped is not None:
+            skipped.append(path)
 
     return iter_audio_files(paths, recursive=recursive, on_error=on_error)
 
 
-def classify_stream(paths: list[Path], opts: ClassifyOptions, net=None) -> Iterator:
-    """Yield TrackResults for everything under `paths`, with a progress bar on a terminal."""
+def classify_stream(paths: list[str], opts: ClassifyOptions, net=None,
+                    skipped: list[str] | None = None) -> Iterator:
+    """Yield TrackResults for everything under `paths`, with a progress bar on a terminal.
+
+    Folders that could not be read are appended to `skipped`."""
     from genretag.pipeline.inference import classify, default_jobs
 
     net = net or load(opts)
     jobs = opts.jobs or default_jobs()
-    results = classify(iter_inputs(paths, opts.recursive), net, vote=opts.vote,
+    results = classify(iter_inputs(paths, opts.recursive, skipped), net, vote=opts.vote,
                        segments=opts.segments, jobs=jobs)
     if state.quiet or not sys.stderr.isatty():
         yield from results
