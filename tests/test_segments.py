@@ -71,3 +71,17 @@ def test_hard_vote_ties_are_broken_by_mean_probability():
 def test_unknown_vote():
     with pytest.raises(ValueError):
         vote(P, "median")
+
+
+def test_audible_tracks_keep_the_even_plan_with_one_read():
+    from genretag.pipeline.segments import pick_audible
+
+    reads = []
+
+    def read(offsets):
+        reads.append(list(offsets))
+        return np.full((len(offsets), 100), 0.1, dtype=np.float32)
+
+    offsets, waves = pick_audible(30.0, 3.0, 10, read)
+    assert offsets == plan_segments(30.0, 3.0, 10) and waves.shape == (10, 100)
+    assert reads == [offsets]

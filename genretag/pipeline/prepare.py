@@ -16,7 +16,7 @@ import numpy as np
 
 from genretag.audio import decode as audio
 from genretag.errors import one_line
-from genretag.pipeline.segments import plan_segments
+from genretag.pipeline.segments import SilentError, cut_segments, pick_audible
 from genretag.store.card import AudioParams
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ def prepare_file(path: str | os.PathLike, params: AudioParams, max_segments: int
         ai = audio.info(p)
         if ai.duration <= 0:
             raise audio.AudioError("no audio (zero length)")
-        offsets = plan_segments(ai.duration, params.segment_seconds, n)
-        waves = audio.read_segments(p, offsets, params.segment_seconds, params.sample_rate, ai)
+        offsets, waves = pick_audible(ai.duration, params.segment_seconds, n, lambda offs: audio.read_segments(
+            p, offs, params.segment_seconds, params.sample_rate, ai))
         return Prepared(p, waves, offsets, ai.duration)
-    except audio.AudioError as e:
+    except audio.AudioError as e:  # SilentError included
         return Prepared(p, None, [], 0.0, str(e))
     except MemoryError:
         return Prepared(p, None, [], 0.0, "out of memory while decoding")
@@ -64,11 +64,9 @@ def prepare_waveform(name: str, wave: np.ndarray, params: AudioParams,
     duration = wave.shape[0] / sr
     if wave.size == 0:
         return Prepared(name, None, [], 0.0, "no audio (zero length)")
-    offsets = plan_segments(duration, params.segment_seconds, n)
-    seg = params.segment_samples
-    out = np.zeros((len(offsets), seg), dtype=np.float32)
-    for i, off in enumerate(offsets):
-        start = int(round(off * sr))
-        chunk = wave[start:start + seg]
-        out[i, :chunk.shape[0]] = chunk
+    try:
+        offsets, out = pick_audible(duration, params.segment_seconds, n,
+                                    lambda offs: cut_segments(wave, sr, offs, params.segment_samples))
+    except SilentError as e:
+        return Prepared(name, None, [], duration, str(e))
     return Prepared(name, out, offsets, duration)

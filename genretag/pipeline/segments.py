@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+
+from genretag.errors import AudioError
 
 
 def plan_segments(duration: float, segment_seconds: float, max_segments: int) -> list[float]:
@@ -25,6 +28,70 @@ def plan_segments(duration: float, segment_seconds: float, max_segments: int) ->
         return [round((duration - segment_seconds) / 2.0, 6)]
     last = duration - segment_seconds
     return [round(last * i / (n - 1), 6) for i in range(n)]
+
+
+def cut_segments(wave: np.ndarray, sample_rate: int, offsets: list[float], samples: int) -> np.ndarray:
+    """(len(offsets), samples) float32 stretches of an in-memory mono wave, zero-padded past its end."""
+    out = np.zeros((len(offsets), samples), dtype=np.float32)
+    for i, off in enumerate(offsets):
+        start = int(round(off * sample_rate))
+        chunk = wave[start:start + samples]
+        out[i, :chunk.shape[0]] = chunk
+    return out
+
+
+#: A sub-track whose RMS is below this (-60 dBFS) is silence: a gap, a fade, an intro of
+#: room noise. Quiet music (a pianissimo passage) stays 20 dB or more above it.
+SILENCE_RMS = 10 ** (-60 / 20)
+
+
+def audible(waves: np.ndarray) -> np.ndarray:
+    """Per sub-track (rows of `waves`): True when its RMS is at or above SILENCE_RMS."""
+    w = np.asarray(waves, dtype=np.float32)
+    return np.sqrt(np.mean(np.square(w, dtype=np.float64), axis=1)) >= SILENCE_RMS
+
+
+#: Less audio than this is a click or a cut-off stub, not a track: nothing to classify.
+MIN_SECONDS = 0.25
+
+
+class SilentError(AudioError):
+    """Nothing to classify: every sub-track tried is silence, or the track is a stub."""
+
+
+def pick_audible(duration: float, segment_seconds: float, max_segments: int,
+                 read: Callable[[list[float]], np.ndarray]) -> tuple[list[float], np.ndarray]:
+    """The evenly spread sub-tracks of `plan_segments`, with silent ones replaced by audible ones.
+
+    `read(offsets)` decodes sub-tracks. When every planned sub-track is audible
+    (music, the common case) that is the only read, and the result is exactly
+    the plan. Otherwise up to 4x as many evenly spread candidates are read, and
+    the silent sub-tracks are replaced by audible candidates spread over the
+    track (fewer sub-tracks vote when fewer are audible), so long intros,
+    outros and hidden-track gaps do not vote as "classical". Raises SilentError
+    when nothing audible is found, or the track is shorter than MIN_SECONDS.
+    """
+    if duration < MIN_SECONDS:
+        raise SilentError(f"too short: under {MIN_SECONDS} s of audio")
+    offsets = plan_segments(duration, segment_seconds, max_segments)
+    waves = read(offsets)
+    loud = audible(waves)
+    if loud.all():
+        return offsets, waves
+    keep = [(o, w) for o, w, ok in zip(offsets, waves, loud) if ok]
+    tried = set(offsets)
+    extra = [o for o in plan_segments(duration, segment_seconds, 4 * max_segments) if o not in tried]
+    if extra and len(keep) < max_segments:
+        extra_waves = read(extra)
+        spare = [(o, w) for o, w, ok in zip(extra, extra_waves, audible(extra_waves)) if ok]
+        want = min(max_segments - len(keep), len(spare))
+        if want:
+            picks = np.unique(np.round(np.linspace(0, len(spare) - 1, want)).astype(int))
+            keep += [spare[i] for i in picks]
+    if not keep:
+        raise SilentError("silent: no sub-track above -60 dBFS")
+    keep.sort(key=lambda ow: ow[0])
+    return [o for o, _ in keep], np.stack([w for _, w in keep])
 
 
 def soft_vote(probs: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genretag.pipeline.segments import hard_vote, plan_segments, soft_vote
+from genretag.pipeline.segments import SilentError, cut_segments, hard_vote, pick_audible, plan_segments, soft_vote
 from genretag.store.load import LoadedNet
 from genretag.training import metrics
 from genretag.training.dataset import Track, WaveCache, wave_cache
@@ -29,16 +29,17 @@ class Predictions:
 
 
 def track_segments(cache: WaveCache, i: int, seg_samples: int, max_segments: int) -> np.ndarray:
-    """The evenly spread sub-tracks of cached track i, as classify would cut them."""
+    """The sub-tracks of cached track i, as classify cuts them (silent stretches avoided)."""
     y = cache.wave(i)
     sr = cache.sample_rate
-    offs = plan_segments(len(y) / sr, seg_samples / sr, max_segments)
-    out = np.zeros((len(offs), seg_samples), dtype=np.float32)
-    for k, o in enumerate(offs):
-        s = int(round(o * sr))
-        chunk = y[s:s + seg_samples]
-        out[k, :len(chunk)] = chunk
-    return out
+
+    def read(offsets: list[float]) -> np.ndarray:
+        return cut_segments(y, sr, offsets, seg_samples)
+
+    try:
+        return pick_audible(len(y) / sr, seg_samples / sr, max_segments, read)[1]
+    except SilentError:  # classify would answer "silent"; a measurement still scores the track
+        return read(plan_segments(len(y) / sr, seg_samples / sr, max_segments))
 
 
 def predict_tracks(nets: list[LoadedNet], tracks: list[Track], cache: WaveCache | None = None,

@@ -6,7 +6,8 @@ import json
 import shutil
 
 import pytest
-from hostile import add_cover, assert_clean_stderr, cbr_mp3_without_xing, run_cli
+from audio_factory import make_file
+from hostile import add_cover, assert_clean_stderr, cbr_mp3_without_xing, run_cli, varied_tone
 
 from genretag.audio import decode as audio
 
@@ -43,3 +44,122 @@ def test_mp3_length_is_the_decoded_length(tmp_path):
         decoded = sf.read(str(f))[0].shape[0]
         ai = audio.info(f)
         assert round(ai.duration * ai.sample_rate) == decoded, f.name
+
+
+def test_silence_and_near_empty_audio_get_no_genre(tmp_path, tiny_model_dir):
+    import numpy as np
+    import soundfile as sf
+
+    one = tmp_path / "one-sample.wav"
+    sf.write(str(one), np.array([0.5], dtype=np.float32), 16000)
+    quiet = tmp_path / "twenty-minutes-of-silence.flac"
+    with sf.SoundFile(str(quiet), "w", 8000, 1, format="FLAC") as f:
+        for _ in range(20):
+            f.write(np.zeros(8000 * 60, dtype=np.float32))
+    music = tmp_path / "music.flac"
+    sf.write(str(music), varied_tone(16000, 4.0), 16000)
+    r = run_cli("classify", str(one), str(quiet), str(music), "--model", str(tiny_model_dir), "-f", "jsonl")
+    assert r.returncode == 1, r.stderr
+    assert_clean_stderr(r.stderr)
+    rows = {row["path"]: row for row in jsonl(r.stdout)}
+    for f, why in ((one, "too short: under 0.25 s of audio"), (quiet, "silent: no sub-track above -60 dBFS")):
+        row = rows[str(f)]
+        assert row["genre"] is None and row["confidence"] is None and row["segments"] == 0
+        assert row["error"] == why
+    assert rows[str(music)]["genre"] is not None and rows[str(music)]["error"] is None
+
+
+def test_sub_tracks_avoid_a_long_silent_intro_and_outro(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from genretag.pipeline.prepare import prepare_file
+    from genretag.store.card import AudioParams
+
+    sr = 16000
+    x = np.concatenate([np.zeros(sr * 30, np.float32), varied_tone(sr, 20.0), np.zeros(sr * 40, np.float32)])
+    path = tmp_path / "hidden-track-gaps.flac"
+    sf.write(str(path), x, sr)
+    p = prepare_file(path, AudioParams(sample_rate=sr, segment_seconds=3.0, max_segments=10))
+    assert p.error is None
+    assert len(p.offsets) == 10 and p.offsets == sorted(p.offsets)
+    assert all(30.0 - 3.0 < o < 50.0 for o in p.offsets), p.offsets  # each sub-track overlaps the music
+    assert all(np.sqrt(np.mean(w ** 2)) > 0.1 for w in p.waves)
+
+
+def _without_dac_override() -> list[str]:
+    """A command prefix that runs a child without root's power to ignore file modes, or skips."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("setpriv is not available to drop CAP_DAC_OVERRIDE")
+    if probe.returncode != 0:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here")
+    return prefix
+
+
+def test_unreadable_file_and_folder_on_the_command_line(tmp_path, tiny_model_dir):
+    import os
+
+    prefix = _without_dac_override()
+    good = make_file(tmp_path / "good.wav", seconds=2.0)
+    locked_file = make_file(tmp_path / "locked.wav", seconds=2.0)
+    locked_dir = tmp_path / "locked-folder"
+    locked_dir.mkdir()
+    make_file(locked_dir / "inside.wav", seconds=2.0)
+    os.chmod(locked_file, 0)
+    os.chmod(locked_dir, 0)
+    try:
+        r = run_cli("classify", str(locked_file), str(locked_dir), str(good), "--model", str(tiny_model_dir),
+                    "-f", "jsonl", "-j", "1", preexec=prefix)
+    finally:
+        os.chmod(locked_dir, 0o755)
+    assert r.returncode == 1, r.stderr
+    lines = assert_clean_stderr(r.stderr)
+    assert f"genretag: error: cannot read folder {locked_dir}: Permission denied" in lines
+    rows = {row["path"]: row for row in jsonl(r.stdout)}
+    assert set(rows) == {str(locked_file), str(good)}
+    assert rows[str(locked_file)]["error"] == "permission denied"
+    assert rows[str(good)]["genre"] is not None
+
+
+def test_output_cut_short_by_head_is_no_failure(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    files = [str(make_file(tmp_path / f"t{i}.wav", seconds=2.0, freq=300.0 + 50 * i)) for i in range(6)]
+    for fmt in ("csv", "jsonl"):
+        p = subprocess.Popen([sys.executable, "-m", "genretag", "classify", *files, "--model", str(tiny_model_dir),
+                              "-f", fmt, "-j", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.readline()  # what `| head -1` does: one line, then the pipe is closed
+        p.stdout.close()
+        err = p.stderr.read()
+        assert p.wait(timeout=300) == 0, err
+        assert_clean_stderr(err)
+
+
+def test_names_are_printed_as_given_and_no_decoder_chatter(tmp_path, tiny_model_dir):
+    from hostile import truncated
+
+    make_file(tmp_path / "-dash.wav", seconds=2.0)
+    vbr = make_file(tmp_path / "vbr.mp3", seconds=3.0)
+    truncated(vbr, tmp_path / "cut.mp3", 0.3)
+    r = run_cli("classify", "./-dash.wav", "./cut.mp3", "--model", str(tiny_model_dir), "-f", "csv", "-j", "1",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert_clean_stderr(r.stderr)  # libmpg123's "Xing stream size off" / resync notes stay out
+    assert [line.split(",")[0] for line in r.stdout.decode().splitlines()] == ["path", "./-dash.wav", "./cut.mp3"]
+
+
+def test_model_failure_prints_no_csv_header(tmp_path):
+    card = tmp_path / "broken.json"
+    card.write_text("{not json")
+    r = run_cli("classify", str(make_file(tmp_path / "a.wav")), "--model", str(card), "-f", "csv")
+    assert r.returncode == 2 and r.stdout == b""
+    assert len(assert_clean_stderr(r.stderr)) == 1
