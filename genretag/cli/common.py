@@ -45,7 +45,9 @@ PathsArg = Annotated[list[str], typer.Argument(help="Audio files and/or folders.
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many genres to show per file.")]
 VoteOpt = Annotated[Vote, typer.Option("--vote", help="soft: mean of sub-track probabilities; hard: majority.")]
-SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, help="Most sub-tracks per file (default: the model card's, 10).")]
+#: --segments beyond this only costs memory: 1000 sub-tracks of 3 s already cover 50 minutes end to end.
+MAX_SEGMENTS = 1000
+SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, max=MAX_SEGMENTS, help=f"Most sub-tracks per file, 1-{MAX_SEGMENTS} (default: the model card's, 10).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]

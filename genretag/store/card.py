@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from genretag.errors import ModelError, one_line
 
 GTZAN_GENRES: tuple[str, ...] = (
     "blues", "classical", "country", "disco", "hiphop",
@@ -93,20 +96,62 @@ class ModelCard:
             d["extra"] = extra
         if "name" not in d or "labels" not in d:
             raise ValueError("model card needs at least 'name' and 'labels'")
-        d["audio"] = AudioParams(**d.get("audio", {}))
-        d["mel"] = MelParams(**d.get("mel", {}))
+        for key, kind in (("audio", AudioParams), ("mel", MelParams)):
+            if not isinstance(d.get(key, {}), dict):
+                raise ValueError(f"'{key}' must be an object")
+            d[key] = kind(**d.get(key, {}))
         d.setdefault("architecture", {})
-        return cls(**d)
+        card = cls(**d)
+        card.validate()
+        return card
+
+    def validate(self) -> None:
+        """Refuse values that would make every file fail later, or reach outside the card's folder.
+
+        Raises ValueError naming the field. A negative or infinite
+        `segment_seconds` would otherwise surface as "cannot decode" on every
+        file, and a `weights` path with `..` could make genretag read any file.
+        """
+        a, m = self.audio, self.mel
+        if not (isinstance(self.labels, list) and self.labels and all(isinstance(x, str) for x in self.labels)
+                and len(set(self.labels)) == len(self.labels)):
+            raise ValueError("'labels' must be a non-empty list of distinct strings")
+        _number("audio.sample_rate", a.sample_rate, 1000, 768000, integer=True)
+        _number("audio.segment_seconds", a.segment_seconds, 0.05, 600)
+        _number("audio.max_segments", a.max_segments, 1, 100000, integer=True)
+        _number("temperature", self.temperature, 1e-6, 1e6)
+        for name in ("n_fft", "hop_length", "n_mels"):
+            _number(f"mel.{name}", getattr(m, name), 1, 1 << 16, integer=True)
+        _number("mel.fmin", m.fmin, 0, a.sample_rate / 2)
+        if m.fmax is not None:
+            _number("mel.fmax", m.fmax, m.fmin, a.sample_rate)
+        for what, rel in [("weights", self.weights), *(("members", x) for x in self.members)]:
+            if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+                raise ValueError(f"'{what}' must name a file beside the card, not {rel!r}")
+
+
+def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"'{name}' must be {kind} from {lo:g} to {hi:g}, not {value!r}")
 
 
 def load_card(path: str | Path) -> ModelCard:
-    """Read a model card JSON file."""
+    """Read and check a model card JSON file; ModelError (one line, naming the file once) if it is not one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a valid model card ({e.msg})") from None
-    return ModelCard.from_dict(data)
+        raise ModelError(f"{path}: not a valid model card ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the model card ({getattr(e, 'strerror', None) or e.reason})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a valid model card (not a JSON object)")
+    try:
+        return ModelCard.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{path}: not a valid model card: {one_line(e)}") from None
 
 
 def save_card(card: ModelCard, path: str | Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import logging
 import os
 import re
@@ -173,6 +174,16 @@ def index_source(source: str | os.PathLike | None = None) -> str:
     return os.environ.get(INDEX_ENV) or str(shipped_index_path())
 
 
+def _size(value: Any, where: str) -> int | None:
+    """An index entry's byte count: a whole number of bytes, or absent (1e400 and Infinity are neither)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or not 0 < value <= 1 << 50:
+        raise HubError(f"{where}: 'size' must be a whole number of bytes, not {value!r}")
+    return int(value)
+
+
 def load_index(source: str | os.PathLike | None = None) -> dict[str, IndexEntry]:
     """Read a model index (URL or file) into {name: entry}; relative URLs resolve against it."""
     src = index_source(source)
@@ -205,7 +216,7 @@ def load_index(source: str | os.PathLike | None = None) -> dict[str, IndexEntry]
             card_url=urllib.parse.urljoin(base, m["card_url"]) if m.get("card_url") else None,
             card=card,
             sha256=_check_sha(m["sha256"], f"model index: {m['name']}: sha256") if m.get("sha256") else None,
-            size=int(m["size"]) if m.get("size") is not None else None,
+            size=_size(m.get("size"), f"model index {src}: {m['name']}"),
             description=str(m.get("description") or ""),
         )
         if e.url and not e.card_url and e.card is None:

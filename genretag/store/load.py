@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genretag.errors import ModelError, one_line
@@ -190,8 +191,11 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
         if sha256_file(wpath) != card.weights_sha256:
             raise ModelError(f"{wpath}: sha256 does not match the model card (corrupt or tampered)")
     try:
-        net = build_net(card)
         state = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:  # a pickle renamed .safetensors, a bad header length: never unpickled
+        raise ModelError(f"{wpath}: not a readable safetensors file ({one_line(e)})") from None
+    try:
+        net = build_net(card)
         state = {k: v.float() for k, v in state.items()}
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as e:
