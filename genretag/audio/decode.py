@@ -66,7 +66,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
     if path.suffix.lower() not in _FFMPEG_ONLY:
         try:
             with _quiet_stderr():
-                i = sf.info(str(path))
+                i = sf.info(os.fsencode(path))
             if i.frames > 0 and i.samplerate > 0:
                 if i.format == "MP3":
                     return _exact_mp3(path, AudioInfo(i.samplerate, i.channels, 0.0, "soundfile"))
@@ -88,11 +88,23 @@ def _exact_mp3(path: Path, ai: AudioInfo) -> AudioInfo:
     return dataclasses.replace(ai, duration=samples / rate)
 
 
+def _av_open(path: Path):
+    """PyAV's container for `path`; a file name that is not UTF-8 is opened as a file object
+    (FFmpeg takes names as UTF-8 text, while libsndfile above is given the bytes)."""
+    import av
+
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return av.open(open(path, "rb"))
+    return av.open(str(path))
+
+
 def _pyav_info(path: Path) -> AudioInfo:
     import av
 
     try:
-        with av.open(str(path)) as c:
+        with _av_open(path) as c:
             streams = c.streams.audio
             if not streams:
                 raise AudioError("no audio stream")
@@ -187,7 +199,7 @@ def read_segments(
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def _quiet_stderr(enabled: bool = True):
     """Silence C-level writes to fd 2 while libsndfile opens or reads a file.
 
     libmpg123 (inside libsndfile) prints to stderr: a harmless line per seek
@@ -198,6 +210,9 @@ def _quiet_stderr():
     so the file descriptor is pointed at /dev/null for the few milliseconds of
     the call.
     """
+    if not enabled:
+        yield
+        return
     with _STDERR_LOCK:
         try:
             sys.stderr.flush()
@@ -219,7 +234,7 @@ def _sf_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) ->
     sr = ai.sample_rate
     frames = int(round(seconds * sr))
     chunks = []
-    with _quiet_stderr(), sf.SoundFile(str(path)) as f:
+    with _quiet_stderr(), sf.SoundFile(os.fsencode(path)) as f:
         for off in offsets:
             start = int(round(off * sr))
             if f.seekable():
@@ -235,7 +250,7 @@ def _pyav_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) 
     import av
 
     chunks = []
-    with av.open(str(path)) as c:
+    with _av_open(path) as c:
         stream = c.streams.audio[0]
         for off in offsets:
             chunks.append(_pyav_read_one(c, stream, off, seconds, ai.sample_rate))

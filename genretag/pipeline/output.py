@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import os
 from collections.abc import Iterable
 from typing import IO
 
@@ -12,6 +14,34 @@ from rich.table import Table
 from genretag.pipeline.inference import TrackResult
 
 FORMATS = ("table", "jsonl", "csv")
+
+
+def printable_path(path: str) -> str:
+    """`path` as valid UTF-8 text: bytes of the file name that are not UTF-8 become `\\xNN`.
+
+    File names are bytes; Python hands undecodable ones over as lone
+    surrogates (surrogateescape), which would make the output invalid UTF-8.
+    JSON lines also carry such a name exactly, as `path_bytes` (see `path_bytes`).
+    """
+    return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_bytes(path: str) -> str | None:
+    """The file name's exact bytes in base64, when they are not valid UTF-8 (else None).
+
+    `os.fsdecode(base64.b64decode(row["path_bytes"]))` is the path to open again.
+    """
+    if _is_utf8(path):
+        return None
+    return base64.b64encode(os.fsencode(path)).decode("ascii")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ResultWriter:
@@ -30,11 +60,15 @@ class ResultWriter:
 
     def write(self, r: TrackResult) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            row = r.to_json()
+            raw = path_bytes(r.path)
+            if raw is not None:
+                row["path"], row["path_bytes"] = printable_path(r.path), raw
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.stream.flush()
         elif self.fmt == "csv":
             conf = "" if r.confidence is None else f"{r.confidence:.4f}"
-            self._csv.writerow([r.path, r.genre or "", conf, r.error or ""])
+            self._csv.writerow([printable_path(r.path), r.genre or "", conf, r.error or ""])
             self.stream.flush()
         else:
             self.rows.append(r)
@@ -61,7 +95,7 @@ def results_table(rows: Iterable[TrackResult], top_k: int = 1) -> Table:
         t.add_column(f"top {top_k}")
     t.add_column("error", overflow="fold")
     for r in rows:
-        cells = [r.path, r.genre or "-", "" if r.confidence is None else f"{r.confidence:.1%}"]
+        cells = [printable_path(r.path), r.genre or "-", "" if r.confidence is None else f"{r.confidence:.1%}"]
         if top_k > 1:
             cells.append(", ".join(f"{g} {p:.0%}" for g, p in r.top(top_k)) if r.ok else "")
         cells.append(r.error or "")

@@ -161,5 +161,25 @@ def test_model_failure_prints_no_csv_header(tmp_path):
     card = tmp_path / "broken.json"
     card.write_text("{not json")
     r = run_cli("classify", str(make_file(tmp_path / "a.wav")), "--model", str(card), "-f", "csv")
-    assert r.returncode == 2 and r.stdout == b""
-    assert len(assert_clean_stderr(r.stderr)) == 1
+    assert r.returncode != 0 and r.stdout == b""
+    lines = assert_clean_stderr(r.stderr)
+    assert len(lines) == 1 and lines[0].count("broken.json") == 1, lines
+
+
+def test_non_utf8_file_names_keep_the_output_valid_utf8(tmp_path, tiny_model_dir):
+    import base64
+    import os
+
+    folder = os.fsencode(tmp_path)
+    name = folder + b"/caf\xe9-latin1.wav"  # Latin-1 bytes: not UTF-8
+    os.rename(make_file(tmp_path / "cafe.wav", seconds=2.0), name)  # soundfile writes UTF-8 names only
+    for fmt in ("jsonl", "csv"):
+        r = run_cli("classify", name, "--model", str(tiny_model_dir), "-f", fmt, "-j", "1")
+        assert r.returncode == 0, r.stderr
+        text = r.stdout.decode("utf-8")  # strict: raises on invalid UTF-8
+        if fmt == "jsonl":
+            (row,) = jsonl(r.stdout)
+            assert base64.b64decode(row["path_bytes"]) == name and row["genre"] is not None
+            assert row["path"].endswith("/caf\\xe9-latin1.wav")
+        else:
+            assert text.splitlines()[1].startswith(f"{tmp_path}/caf\\xe9-latin1.wav,")
