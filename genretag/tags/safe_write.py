@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
-from genretag.tags.fields import TagError, read_tags, set_genres, stored_form
+from genretag.tags.errors import ChangedSinceClassified, TagError
+from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
 TMP_RE = re.compile(r"^\..+\.genretag-tmp-[0-9a-f]{16}$")
@@ -65,13 +66,16 @@ def write_genres_safely(
     before_replace: Callable[[WriteOutcome], None] | None = None,
     expect_fingerprint: str | None = None,
     times: tuple[int, int] | None = None,
+    expect_audio: str | None = None,
 ) -> WriteOutcome:
     """Set the genre of `path` through a verified temporary copy and an atomic rename.
 
     `before_replace` (e.g. a journal append) runs once the new file is ready
     and fsynced, just before it replaces the original. When
     `expect_fingerprint` is given, the write is refused unless the file's
-    whole-file fingerprint still matches it (undo uses this). With
+    whole-file fingerprint still matches it (undo uses this); when
+    `expect_audio` is given, it is refused with ChangedSinceClassified unless
+    the audio-payload fingerprint matches it (the one classified). With
     `keep_mtime`, the new file gets `times` (atime_ns, mtime_ns) -- taken by
     the caller before it read the file -- or else the file's times now.
     Raises TagError (one line); the original is untouched on any failure.
@@ -94,13 +98,17 @@ def write_genres_safely(
         if expect_fingerprint is not None and fp_before != expect_fingerprint:
             raise TagError("file changed since it was last written by genretag")
         _checkpoint("after_tmp_write")
-        audio_before = fingerprint(path)
+        audio_before = fingerprint(tmp)
+        if expect_audio is not None and audio_before != expect_audio:
+            raise ChangedSinceClassified("changed since classified")
         before = set_genres(tmp, values, separator)
         _checkpoint("after_modify")
         after = read_tags(tmp)
         want = stored_form(before, values, separator)
         if after.values != want:
             raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
+        if after.others != before.others:
+            raise TagError("verification failed: other tag fields would change; file left as it is")
         audio_after = fingerprint(tmp)
         if audio_after != audio_before:
             raise TagError("verification failed: the audio payload changed")
