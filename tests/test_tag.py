@@ -584,3 +584,151 @@ def test_mp4_items_keep_their_bytes(tmp_path):
     write_genres_safely(p, ["Jazz"])
     assert af.genre_values(p) == ["Jazz"]
     assert item in p.read_bytes()
+
+
+# --- what changed since classification, names, concurrency, hard links ---------------
+
+def test_file_replaced_after_classification_is_skipped(tmp_path, monkeypatch, tiny):
+    """The classified file is swapped for other audio before its write: no genre from the old audio."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    moved = af.make_file(lib / "a.flac", freq=300.0)
+    kept = af.make_file(lib / "b.flac", freq=500.0)
+    other = af.make_file(tmp_path / "other.flac", freq=900.0, seconds=2.0)
+
+    def classify_then_swap(paths, net, vote="soft", segments=None, jobs=1, **_):
+        for p in paths:
+            r = result(p, metal=0.9)
+            if Path(p).name == "a.flac":
+                os.replace(other, moved)  # classified as metal, then replaced by another clip
+            yield r
+
+    monkeypatch.setattr(cache_mod, "classify", classify_then_swap)
+    res = run("tag", lib, "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert res.exit_code == 0, res.output
+    out = rows(res)
+    assert out["a.flac"]["action"] == "skip: changed since classified"
+    assert af.genre_values(moved) == []
+    assert out["b.flac"]["action"] == "written" and af.genre_values(kept) == ["Metal"]
+
+
+def test_tagger_api_checks_the_classified_fingerprint(tmp_path):
+    from genretag.tags import Tagger
+
+    p = af.make_file(tmp_path / "a.ogg")
+    r = result(str(p), jazz=0.8)
+    r.fingerprint = fingerprint(p)
+    tagger = Tagger(write=True, journal=tmp_path / "j.jsonl")
+    plan = tagger.plan(r)
+    assert plan.action == WRITE and plan.new_values == ["Jazz"]
+    af.make_file(p, freq=1000.0)  # new audio between plan and apply
+    assert tagger.apply(plan).action == "skip: changed since classified"
+    assert af.genre_values(p) == [] and not (tmp_path / "j.jsonl").exists()
+    r.fingerprint = fingerprint(p)
+    assert tagger.apply(tagger.plan(r)).action == "written" and af.genre_values(p) == ["Jazz"]
+    dry = Tagger(policy="overwrite", top_k=2, min_confidence=0.0)
+    assert dry.apply(dry.plan(r)).action == WRITE and af.genre_values(p) == ["Jazz"]
+
+
+def test_non_utf8_file_name_is_journalled_and_undone(tmp_path, fake_model, tiny):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(lib), b"caf\xe9-\xff.flac")))
+    os.rename(af.make_file(lib / "plain.flac", genre="Rock"), odd)  # soundfile cannot open such names
+    af.make_file(lib / "zz.mp3", genre="Rock")
+    journal = tmp_path / "j.jsonl"
+    res = run("tag", lib, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--journal", journal,
+              "--model", tiny)
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout_bytes.decode("utf-8").splitlines()]  # valid UTF-8
+    assert {os.fsencode(d["path"]) for d in lines} == {os.fsencode(odd), os.fsencode(lib / "zz.mp3")}
+    assert all(d["action"] == "written" for d in lines)
+    raw = journal.read_bytes()
+    raw.decode("utf-8")  # the journal stays valid UTF-8
+    assert {os.fsencode(e["path"]) for e in read_entries(journal)} == {os.fsencode(odd.resolve()),
+                                                                       os.fsencode((lib / "zz.mp3").resolve())}
+    res = run("undo", journal)
+    assert res.exit_code == 0, res.output
+    assert af.genre_values(odd) == ["Rock"] and af.genre_values(lib / "zz.mp3") == ["Rock"]
+
+
+_PAUSED_WRITE = """
+import sys
+from genretag.tags.safe_write import write_genres_safely
+write_genres_safely(sys.argv[1], ["Jazz"])
+"""
+
+
+def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny):
+    """Run A is paused inside a write (its temporary copy exists); run B works on the same folder."""
+    p = af.make_file(tmp_path / "a.flac", genre="Rock")
+    af.make_file(tmp_path / "b.flac", genre="Rock")
+    a = subprocess.Popen([sys.executable, "-c", _PAUSED_WRITE, str(p)], stderr=subprocess.PIPE,
+                         env=dict(os.environ, GENRETAG_TEST_CRASH_AT="after_modify", GENRETAG_TEST_CRASH_PAUSE="1"))
+    try:
+        assert "GENRETAG-PAUSED" in a.stderr.readline().decode()
+        temps = [q for q in tmp_path.iterdir() if TMP_MARK in q.name]
+        assert len(temps) == 1
+        res = run("tag", tmp_path, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
+        assert res.exit_code == 0, res.output
+        assert temps[0].exists() and "removed stray" not in res.stderr
+    finally:
+        a.kill()
+        a.wait(10)
+        a.stderr.close()
+    res = run("tag", tmp_path, "--write", "--overwrite", "-j", "1", "--model", tiny)
+    assert "removed stray temporary file" in res.stderr and not temps[0].exists()
+
+
+def test_hard_links_are_skipped_unless_asked(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.flac", genre="Rock")
+    other = tmp_path / "other-name.flac"
+    os.link(p, other)
+    res = run("tag", p, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
+    assert rows(res)["a.flac"]["action"] == "skip: hard link" and af.genre_values(p) == ["Rock"]
+    res = run("tag", p, "--write", "--overwrite", "--split-hard-links", "-j", "1", "--format", "jsonl",
+              "--model", tiny)
+    assert rows(res)["a.flac"]["action"] == "written"
+    assert af.genre_values(p) == ["Jazz"] and af.genre_values(other) == ["Rock"]
+
+
+def test_an_edit_during_the_journal_append_is_not_lost(tmp_path):
+    """The last check runs after the (slow) journal fsync, right before the rename."""
+    p = af.make_file(tmp_path / "a.mp3", genre="Rock")
+
+    def user_edits(_outcome):
+        with open(p, "ab") as f:
+            f.write(b"TAG" + b"\0" * 125)
+
+    with pytest.raises(TagError, match="changed while"):
+        write_genres_safely(p, ["Jazz"], before_replace=user_edits)
+    assert af.genre_values(p) == ["Rock"] and p.read_bytes().endswith(b"TAG" + b"\0" * 125)
+    assert not [q for q in tmp_path.iterdir() if TMP_MARK in q.name]
+
+
+def test_undo_reports_malformed_entries_and_goes_on(tmp_path, fake_model, tiny):
+    lib = library(tmp_path / "lib", genre="Rock", exts=[".flac", ".mp3"])
+    journal = tmp_path / "j.jsonl"
+    assert run("tag", lib, "--write", "--overwrite", "--journal", journal, "-j", "1", "--model", tiny).exit_code == 0
+    good = journal.read_text().splitlines()
+    base = json.loads(good[0])
+    bad = []
+    for change in ({"old": None}, {"old": "Rock"}, {"path": 5}, {"old": [1]}):
+        bad.append(json.dumps({**base, **change, "id": "x" * 32}))
+    for drop in ("old", "fingerprint_before"):
+        bad.append(json.dumps({k: v for k, v in base.items() if k != drop}))
+    journal.write_text("\n".join([good[0], *bad, "{not json at all", "[1, 2]", good[1]]) + "\n")
+    res = run("undo", journal)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 8 and all("j.jsonl:" in w and "skipped" in w for w in warnings)
+    assert "'old' is not a list of strings" in res.stderr and "'path' is not a non-empty string" in res.stderr
+    assert "'fingerprint_before' is missing" in res.stderr and "not valid JSON" in res.stderr
+    assert "8 bad journal line" in res.stderr and "2 restored" in res.stderr
+    assert af.genre_values(lib / "song.flac") == ["Rock"] and af.genre_values(lib / "song.mp3") == ["Rock"]
+    # a line torn by a crash at the very end is a warning, not a failure
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(good[0] + "\n" + good[1][:40])
+    res = run("undo", torn)
+    assert res.exit_code == 0 and "unterminated last line" in res.stderr

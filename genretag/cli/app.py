@@ -151,4 +151,6 @@ def main() -> None:
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
+    if rc == 130:  # typer turns a Ctrl-C inside a command into Exit(130), silently
+        err_console().print("genretag: interrupted", markup=False)
     sys.exit(rc if isinstance(rc, int) else 0)

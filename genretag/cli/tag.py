@@ -1,11 +1,10 @@
-"""`genretag tag` (write genres into files' tags) and `genretag undo`."""
+"""`genretag tag` (write genres into files' tags) and `genretag undo`: thin loops over `genretag.tags`."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -28,9 +27,7 @@ from genretag.cli.common import (
     iter_inputs,
     load,
 )
-from genretag.tags.fields import TagError, read_tags, readable_values
-from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, load_genre_names, plan_tag
-from genretag.tags.safe_write import cleanup_stray_temps, is_read_only, write_genres_safely
+from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan, load_genre_names
 
 
 class TagFormat(str, Enum):
@@ -38,26 +35,79 @@ class TagFormat(str, Enum):
     jsonl = "jsonl"
 
 
+def shown(path: str) -> str:
+    """A path for the terminal: bytes that are not UTF-8 appear as \\udcXX escapes (as in the JSON output)."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def write_json_line(obj: dict) -> None:
+    """One JSON line on stdout, valid UTF-8 whatever the file names (see `shown`)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
+    sys.stdout.buffer.flush()
+
+
 @dataclass
-class Counts:
+class _Report:
+    """Counts, the progress line and the rows of one `tag` run."""
+
+    write: bool
+    fmt: TagFormat
     written: int = 0
     skipped: int = 0
     failed: int = 0
 
+    def __post_init__(self) -> None:
+        self.rows: list[TagPlan] = []
+        self.progress = None
+        if not state.quiet and sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-@dataclass
-class Row:
-    path: str
-    current: list[str] = field(default_factory=list)
-    proposed: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    confidence: float | None = None
-    action: str = ""
-    error: str | None = None
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} files"),
+                TextColumn("[green]{task.fields[w]} {task.fields[verb]}[/] · {task.fields[s]} skipped · "
+                           "[red]{task.fields[f]} failed"), TimeElapsedColumn(), console=err_console(), transient=True)
+            self.task = self.progress.add_task("tagging" if self.write else "dry run", total=None, w=0, s=0, f=0,
+                                               verb="written" if self.write else "to write")
+            self.progress.start()
 
-    def to_json(self) -> dict:
-        return {"path": self.path, "current": self.current, "proposed": self.proposed, "new": self.new,
-                "confidence": self.confidence, "action": self.action, "error": self.error}
+    @property
+    def total(self) -> int:
+        return self.written + self.skipped + self.failed
+
+    def add(self, plan: TagPlan) -> None:
+        if plan.action == ERROR:
+            self.failed += 1
+        elif plan.action in (WRITE, WRITTEN):
+            self.written += 1
+        else:
+            self.skipped += 1
+        if self.fmt is TagFormat.jsonl:
+            write_json_line(plan.to_json())
+        else:
+            self.rows.append(plan)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, w=self.written, s=self.skipped, f=self.failed)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(show_header=True, header_style="bold")
+        t.add_column("file", overflow="fold")
+        t.add_column("current genre")
+        t.add_column("proposed")
+        t.add_column("confidence", justify="right")
+        t.add_column("action", overflow="fold")
+        for p in self.rows:
+            action = f"error: {p.error}" if p.action == ERROR else p.action
+            conf = "" if p.confidence is None else f"{p.confidence:.3f}"
+            t.add_row(shown(p.path), "; ".join(p.current), "; ".join(p.new_values or p.proposed), conf, action)
+        return t
 
 
 @app.command("tag")
@@ -74,6 +124,7 @@ def tag_cmd(
     genre_names: Annotated[Path | None, typer.Option("--genre-names", help="Label -> name overrides: a JSON object or label=Name lines.")] = None,
     journal: Annotated[Path | None, typer.Option("--journal", help="Journal file (default: journal.jsonl in the user data dir).")] = None,
     keep_mtime: Annotated[bool, typer.Option("--keep-mtime", help="Keep each file's modification (and access) time.")] = False,
+    split_hard_links: Annotated[bool, typer.Option("--split-hard-links", help="Write files that have several names (hard links) too: the written name gets a new file, the other names keep the old one (default: skip them).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Classify every file, ignoring the result cache.")] = False,
     fmt: Annotated[TagFormat, typer.Option("--format", "-f", help="Output format.")] = TagFormat.table,
     recursive: RecursiveOpt = True,
@@ -89,20 +140,21 @@ def tag_cmd(
     mp3/wav/aiff: ID3v2 TCON; flac/ogg/opus: Vorbis GENRE; m4a: the ©gen atom.
     Several genres (--top-k) are stored as separate values where the format
     allows. Each write goes through a verified temporary copy and an atomic
-    rename, and is journalled, so `genretag undo` can take it back.
+    rename (every other tag field and the audio kept byte for byte), and is
+    journalled, so `genretag undo` can take it back. A file whose audio
+    changed since it was classified is skipped.
     Files whose top genre scores below --min-confidence (default 0.5) are left alone.
 
     Example: genretag tag ~/Music --write --top-k 2 --min-confidence 0.3
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
     """
-    from genretag.pipeline.cache import CacheStats, ResultCache, classify_cached
+    from genretag.pipeline.cache import CacheStats, classify_cached
     from genretag.pipeline.inference import default_jobs
-    from genretag.tags.journal import JournalWriter
+    from genretag.tags.tagger import Tagger
 
     if sum((overwrite, keep_existing, append)) > 1:
         fail("use only one of --overwrite, --keep-existing, --append", 2)
-    policy = "overwrite" if overwrite else "append" if append else "keep-existing"
     if separator == "":
         fail("--separator must not be empty", 2)
     names: dict[str, str] = {}
@@ -111,140 +163,55 @@ def tag_cmd(
             names = load_genre_names(genre_names)
         except ValueError as e:
             fail(str(e), 2)
-    writer = JournalWriter(journal) if write else None
-    if writer is not None:
+    tagger = Tagger("overwrite" if overwrite else "append" if append else "keep-existing", min_confidence, top_k,
+                    names, separator, keep_mtime, journal, write, split_hard_links)
+    if write:
         try:
-            writer.path.parent.mkdir(parents=True, exist_ok=True)
+            tagger.journal.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            fail(f"cannot create the journal folder {writer.path.parent}: {e.strerror}", 2)
+            fail(f"cannot create the journal folder {tagger.journal.path.parent}: {e.strerror}", 2)
 
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
     net = load(opts)
-    cache = None
-    if not no_cache:
-        try:
-            cache = ResultCache()
-        except Exception as e:  # a broken cache must not stop tagging
-            info(f"genretag: warning: result cache unavailable ({e}); classifying everything")
+    cache = None if no_cache else _open_cache()
     stats = CacheStats()
-    counts = Counts()
-    cleaned: set[str] = set()
-    times: dict[str, tuple[int, int]] = {}  # --keep-mtime: times before genretag read the file
 
     def inputs():
         for p in iter_inputs(paths, opts.recursive):
-            if keep_mtime and write:
-                try:
-                    st = os.stat(p)
-                    times[p] = (st.st_atime_ns, st.st_mtime_ns)
-                except OSError:
-                    pass
-            folder = os.path.dirname(os.path.abspath(p))
-            if write and folder not in cleaned:
-                cleaned.add(folder)
-                for stray in cleanup_stray_temps(folder):
-                    info(f"removed stray temporary file {stray}")
+            for stray in tagger.prepare(p):
+                info(f"removed stray temporary file {shown(str(stray))}")
             yield p
 
     results = classify_cached(inputs(), net, vote=opts.vote, segments=opts.segments,
                               jobs=opts.jobs or default_jobs(), cache=cache, stats=stats)
-    rows: list[Row] = []
-    total = 0
-    progress = None
-    if not state.quiet and sys.stderr.isatty():
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} files"),
-                            TextColumn("[green]{task.fields[w]} {task.fields[verb]}[/] · {task.fields[s]} skipped · "
-                                       "[red]{task.fields[f]} failed"), TimeElapsedColumn(),
-                            console=err_console(), transient=True)
-        task = progress.add_task("tagging" if write else "dry run", total=None, w=0, s=0, f=0,
-                                 verb="written" if write else "to write")
-        progress.start()
+    report = _Report(write, fmt)
     try:
-        for r in results:
-            total += 1
-            row = _handle(r, write, policy, min_confidence, top_k, names, separator, keep_mtime, writer,
-                          times.pop(r.path, None))
-            if row.action == ERROR:
-                counts.failed += 1
-            elif row.action in ("write", "written"):
-                counts.written += 1
-            else:
-                counts.skipped += 1
-            if fmt is TagFormat.jsonl:
-                sys.stdout.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-            else:
-                rows.append(row)
-            if progress is not None:
-                progress.update(task, advance=1, w=counts.written, s=counts.skipped, f=counts.failed)
+        for plan in tagger.run(results):
+            report.add(plan)
     finally:
-        if progress is not None:
-            progress.stop()
+        report.close()
         if cache is not None:
             cache.close()
-    if fmt is TagFormat.table and rows:
-        out_console().print(_table(rows, write))
-    if total == 0:
+    if report.rows:
+        out_console().print(report.table())
+    if report.total == 0:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
-    info(f"{total} files: {counts.written} {verb}, {counts.skipped} skipped, {counts.failed} failed "
+    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed "
          f"({stats.classified} classified, {stats.cached} from cache)"
          + ("" if write else "; dry run, nothing changed (use --write)"))
-    if counts.failed:
+    if report.failed:
         raise typer.Exit(1)
 
 
-def _handle(r, write: bool, policy: str, min_confidence: float, top_k: int, names: dict[str, str],
-            separator: str | None, keep_mtime: bool, writer, times: tuple[int, int] | None = None) -> Row:
-    """Plan (and with --write, do) one file; never raises for a bad file."""
+def _open_cache():
+    from genretag.pipeline.cache import ResultCache
 
-    row = Row(r.path, confidence=r.confidence)
-    if not r.ok:
-        row.action, row.error = ERROR, r.error
-        return row
     try:
-        current = read_tags(r.path)
-    except TagError as e:
-        row.action, row.error = ERROR, str(e)
-        return row
-    row.current = readable_values(current, separator)
-    plan = plan_tag(r, row.current, policy, min_confidence, top_k, names)
-    row.proposed, row.new, row.action = plan.proposed, plan.new_values, plan.action
-    if plan.action != WRITE:
-        row.new = []
-        return row
-    if not write:  # say now what --write would run into
-        try:
-            if is_read_only(os.stat(r.path), r.path):
-                row.action, row.error = ERROR, "read-only file (permission denied)"
-        except OSError as e:
-            row.action, row.error = ERROR, e.strerror or str(e)
-        return row
-    try:
-        write_genres_safely(r.path, plan.new_values, separator=separator, keep_mtime=keep_mtime,
-                                    before_replace=writer, times=times)
-        row.action = "written"
-    except TagError as e:
-        row.action, row.error = ERROR, str(e)
-    return row
-
-
-def _table(rows: list[Row], write: bool):
-    from rich.table import Table
-
-    t = Table(show_header=True, header_style="bold")
-    t.add_column("file", overflow="fold")
-    t.add_column("current genre")
-    t.add_column("proposed")
-    t.add_column("confidence", justify="right")
-    t.add_column("action", overflow="fold")
-    for row in rows:
-        action = f"error: {row.error}" if row.action == "error" else row.action
-        conf = "" if row.confidence is None else f"{row.confidence:.3f}"
-        t.add_row(row.path, "; ".join(row.current), "; ".join(row.new or row.proposed), conf, action)
-    return t
+        return ResultCache()
+    except Exception as e:  # a broken cache must not stop tagging
+        info(f"genretag: warning: result cache unavailable ({e}); classifying everything")
+        return None
 
 
 @app.command("undo")
@@ -258,10 +225,13 @@ def undo_cmd(
 
     A file changed since genretag wrote it is refused (and left alone);
     files already restored are skipped, so running undo twice is harmless.
+    A journal line that is not a well-formed entry is reported and counted;
+    the other entries are still undone.
 
     Example: genretag undo --dry-run
 
-    Exit code 0 when nothing was refused or failed, 1 otherwise.
+    Exit code 0 when nothing was refused or failed and every journal line
+    was readable, 1 otherwise.
     """
     from genretag.tags.journal import default_journal_path, undo
 
@@ -278,10 +248,14 @@ def undo_cmd(
                 detail = f": {'; '.join(item.new or []) or '(none)'} -> {'; '.join(item.old or []) or '(none)'}"
             elif item.message:
                 detail = f": {item.message}"
-            out.print(f"{item.status} {item.path}{detail}", markup=False)
+            line = f"{item.status} {shown(item.path)}{detail}"
+            if item.status in ("bad journal line", "warning"):
+                err_console().print(f"genretag: warning: {shown(item.path)}: {item.message}", markup=False)
+            else:
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
     except OSError as e:
         fail(f"cannot read journal {jpath}: {e.strerror}", 1)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing to undo"
     info(summary + (" (dry run)" if dry_run else ""))
-    if counts.get("refused") or counts.get("error"):
+    if counts.get("refused") or counts.get("error") or counts.get("bad journal line"):
         raise typer.Exit(1)

@@ -144,16 +144,19 @@ class Classifier:
     # ----------------------------------------------------------------- one file
 
     def lookup(self, path: str) -> tuple[str | None, TrackResult | None]:
-        """(audio fingerprint, cached result) for `path`; (None, None) without a cache or a readable file."""
-        if self.cache is None:
-            return None, None
+        """(audio fingerprint, cached result) for `path`; (None, None) for an unreadable file.
+
+        The fingerprint is taken without a cache too: results carry it, so the
+        tagger writes only a file that still has the audio that was classified.
+        """
         try:
             fp = fingerprint(path)
         except (FingerprintError, OSError):
             return None, None
-        hit = self.cache.get(fp, self.model_id, self.vote, self.n_segments)
+        hit = self.cache.get(fp, self.model_id, self.vote, self.n_segments) if self.cache is not None else None
         if hit is not None:
             hit.path = path
+            hit.fingerprint = fp
         return fp, hit
 
     def prepare(self, path: str) -> Prepared:
@@ -164,6 +167,7 @@ class Classifier:
         """The network and the vote over one decoded file; stored in the cache under `fp` when given."""
         self.model.tune()
         (r,) = run_model([prepared], self.model, self.vote, self.batch_segments or default_batch_segments(self.model))
+        r.fingerprint = fp
         self._record(fp, r)
         self.flush()
         return r
@@ -215,6 +219,7 @@ class Classifier:
                     yield hit
                     continue
                 r = next(fresh)  # the oldest miss's result: the model keeps input order
+                r.fingerprint = fp
                 pending.popleft()
                 self.stats.classified += 1
                 self._record(fp, r)

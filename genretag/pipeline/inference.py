@@ -36,6 +36,9 @@ class TrackResult:
     probabilities: dict[str, float] = field(default_factory=dict)
     segments: int = 0
     error: str | None = None
+    #: Audio-payload fingerprint of the file when it was read for classifying (not in the
+    #: JSONL output): `genretag.tags.Tagger` writes only if the file still has it.
+    fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

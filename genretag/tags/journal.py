@@ -7,6 +7,12 @@ never a write without a line. Undo walks the journal backwards and writes
 the old values back through the same safe path, refusing any file that was
 changed since genretag wrote it. Each undo is journalled too (`op: undo`),
 so running undo twice does nothing the second time.
+
+Paths are stored bytes-safe: a file name that is not valid UTF-8 has its
+undecodable bytes written as JSON `\\udcXX` escapes (Python's surrogateescape
+form), which read back to the very same bytes. A journal line that is not a
+well-formed entry (corrupt, or edited by hand with wrong types) is reported
+and counted by undo, and the other entries are still undone.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ def append_entry(journal: str | os.PathLike, entry: dict) -> None:
     """Append one line and fsync; a file lock keeps lines of concurrent runs whole."""
     journal = Path(journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+    # backslashreplace turns a lone surrogate (an undecodable byte of a file name) into
+    # its JSON escape, \udcXX, which json.loads reads back as the same surrogate.
+    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         try:
@@ -61,18 +69,70 @@ def append_entry(journal: str | os.PathLike, entry: dict) -> None:
         os.close(fd)
 
 
+_STR_FIELDS = ("path", "fingerprint_before", "fingerprint_after")
+
+
+def entry_problem(e) -> str | None:
+    """Why a parsed journal line is not an entry undo can act on, or None."""
+    if not isinstance(e, dict):
+        return "not a JSON object"
+    for key in _STR_FIELDS:
+        if key not in e or e[key] is None:
+            return f"'{key}' is missing"
+        if not isinstance(e[key], str) or not e[key]:
+            return f"'{key}' is not a non-empty string"
+    if e.get("op", "tag") not in ("tag", "undo"):
+        return f"unknown op {e.get('op')!r}"
+    for key in ("old", "new"):
+        if key not in e or e[key] is None:
+            return f"'{key}' is missing"
+        if not isinstance(e[key], list) or not all(isinstance(v, str) for v in e[key]):
+            return f"'{key}' is not a list of strings"
+    for key in ("id", "undoes"):
+        if e.get(key) is not None and not isinstance(e[key], str):
+            return f"'{key}' is not a string"
+    return None
+
+
+@dataclass
+class JournalProblem:
+    """A journal line undo cannot use: where, and why."""
+
+    line: int
+    message: str
+    path: str | None = None
+    torn: bool = False  # the unterminated last line a crash mid-append leaves: not an error
+
+
+def read_journal(journal: str | os.PathLike) -> tuple[list[dict], list[JournalProblem]]:
+    """Well-formed entries (oldest first) and the lines that are not."""
+    entries, problems = [], []
+    with open(journal, "rb") as f:
+        lines = f.read().split(b"\n")
+    last = len(lines) - 1  # after the final newline: b"" (or the torn line of a crash)
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            e = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            torn = n == last + 1
+            problems.append(JournalProblem(n, "unterminated last line (a crash while appending); skipped" if torn
+                                           else "not valid JSON; skipped", torn=torn))
+            continue
+        why = entry_problem(e)
+        if why:
+            path = e.get("path") if isinstance(e, dict) and isinstance(e.get("path"), str) else None
+            problems.append(JournalProblem(n, f"malformed entry: {why}; skipped", path))
+            continue
+        e["_line"] = n
+        entries.append(e)
+    return entries, problems
+
+
 def read_entries(journal: str | os.PathLike) -> list[dict]:
-    """All well-formed entries, oldest first (a line torn by a crash is ignored)."""
-    entries = []
-    with open(journal, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(e, dict) and "path" in e and "fingerprint_after" in e:
-                entries.append(e)
-    return entries
+    """All well-formed entries, oldest first (see `read_journal` for the others)."""
+    return read_journal(journal)[0]
 
 
 class JournalWriter:
@@ -86,7 +146,10 @@ class JournalWriter:
 
     def __call__(self, outcome: WriteOutcome) -> None:
         self.last = make_entry(outcome, self.op, self.undoes)
-        append_entry(self.path, self.last)
+        try:
+            append_entry(self.path, self.last)
+        except OSError as e:
+            raise TagError(f"cannot write the journal {self.path}: {e.strerror or e}") from None
 
 
 @dataclass
@@ -94,7 +157,7 @@ class UndoItem:
     """What undo did (or would do) for one journal entry."""
 
     path: str
-    status: str  # restored, would restore, skipped, refused, error
+    status: str  # restored, would restore, skipped, refused, error, warning
     message: str = ""
     old: list[str] | None = None
     new: list[str] | None = None
@@ -109,7 +172,10 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
     refused, unless its genre already is the old one (then it is skipped).
     """
     jpath = Path(journal) if journal else default_journal_path()
-    entries = read_entries(jpath)
+    entries, problems = read_journal(jpath)
+    for p in problems:
+        where = f"{jpath}:{p.line}" + (f" ({p.path})" if p.path else "")
+        yield UndoItem(where, "warning" if p.torn else "bad journal line", p.message)
     undone = {e.get("undoes") for e in entries if e.get("op") == "undo"}
     by_id = {e.get("id"): e for e in entries if e.get("id")}
     # fingerprint an undo produced -> the fingerprint it stands for (the state before the write)

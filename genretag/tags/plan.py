@@ -18,13 +18,14 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 POLICIES = ("keep-existing", "overwrite", "append")
 
 # Actions of a TagPlan (and rows of `genretag tag`).
-WRITE = "write"
+WRITE = "write"  # planned (a dry run stops here)
+WRITTEN = "written"
 SKIP_HAS_GENRE = "skip: has genre"
 SKIP_BELOW = "skip: below confidence"
 SKIP_UNCHANGED = "skip: unchanged"
+SKIP_CHANGED = "skip: changed since classified"  # the audio is not the audio that was classified
+SKIP_HARD_LINK = "skip: hard link"  # several names share the file; a write would split them
 ERROR = "error"
-
-
 
 
 # --- genre names ----------------------------------------------------------------
@@ -66,13 +67,25 @@ def load_genre_names(path: str | os.PathLike) -> dict[str, str]:
 
 @dataclass
 class TagPlan:
-    """What to do with one file, and why."""
+    """What to do with one file, and why (after `Tagger.apply`: what was done)."""
 
-    action: str  # WRITE, SKIP_*, ERROR
+    action: str  # WRITE, WRITTEN, SKIP_*, ERROR
     new_values: list[str] = field(default_factory=list)
     proposed: list[str] = field(default_factory=list)
     confidence: float | None = None
     error: str | None = None
+    path: str = ""
+    current: list[str] = field(default_factory=list)  # readable genres now
+    fingerprint: str | None = None  # audio fingerprint of what was classified (None: not checked)
+
+    def failed(self, error: str) -> TagPlan:
+        self.action, self.error = ERROR, error
+        return self
+
+    def to_json(self) -> dict:
+        """One row of `genretag tag --format jsonl`."""
+        return {"path": self.path, "current": self.current, "proposed": self.proposed, "new": self.new_values,
+                "confidence": self.confidence, "action": self.action, "error": self.error}
 
 
 def proposed_genres(result, top_k: int = 1, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
@@ -96,20 +109,18 @@ def plan_tag(result, current: list[str], policy: str = "keep-existing",
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     if result.error:
-        return TagPlan(ERROR, error=result.error)
+        return TagPlan(ERROR, error=result.error, current=list(current))
     proposed = proposed_genres(result, top_k, min_confidence, names)
     conf = result.confidence
     if not proposed:
-        return TagPlan(SKIP_BELOW, proposed=[], confidence=conf)
+        return TagPlan(SKIP_BELOW, proposed=[], confidence=conf, current=list(current))
     if policy == "keep-existing" and current:
-        return TagPlan(SKIP_HAS_GENRE, proposed=proposed, confidence=conf)
+        return TagPlan(SKIP_HAS_GENRE, proposed=proposed, confidence=conf, current=list(current))
     if policy == "append":
         have = {c.lower() for c in current}
         new = list(current) + [p for p in proposed if p.lower() not in have]
     else:
         new = proposed
     if new == list(current):
-        return TagPlan(SKIP_UNCHANGED, new_values=new, proposed=proposed, confidence=conf)
-    return TagPlan(WRITE, new_values=new, proposed=proposed, confidence=conf)
-
-
+        return TagPlan(SKIP_UNCHANGED, new_values=new, proposed=proposed, confidence=conf, current=list(current))
+    return TagPlan(WRITE, new_values=new, proposed=proposed, confidence=conf, current=list(current))

@@ -1,8 +1,13 @@
 """A write never edits the user's file in place: it copies it to a hidden
 temporary file in the same folder, changes the copy, re-reads the copy to
-check the genre is what was intended and the audio payload is untouched,
-fsyncs it, and only then renames it over the original. A crash at any
-moment leaves either the old file or the new one.
+check the genre is what was intended, every other tag field and the audio
+payload are untouched, fsyncs it, and only then renames it over the
+original. A crash at any moment leaves either the old file or the new one.
+
+A temporary file is named after the process that owns it
+(`.<name>.genretag-tmp-<pid>-<16 hex>`) and is kept locked (flock) while it
+lives, so a run cleans up only the temporaries whose owner is gone, never
+those of a run working next to it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
-TMP_RE = re.compile(r"^\..+\.genretag-tmp-[0-9a-f]{16}$")
+TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
 
 
 @dataclass
@@ -54,8 +59,20 @@ def is_read_only(st: os.stat_result, path: str) -> bool:
     return not (st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
 
 
+def write_problem(path: str | os.PathLike, st: os.stat_result) -> str | None:
+    """Why a safe write of `path` would fail before it starts (the dry run reports the same), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if is_read_only(st, os.fspath(path)):
+        return "read-only file (permission denied)"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "read-only folder (the temporary copy cannot be created; permission denied)"
+    return None
+
+
 def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{secrets.token_hex(8)}")
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(8)}")
 
 
 def write_genres_safely(
@@ -88,13 +105,13 @@ def write_genres_safely(
         raise TagError("file not found") from None
     except OSError as e:
         raise TagError(e.strerror or str(e)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise TagError("not a regular file")
-    if is_read_only(st, str(path)):
-        raise TagError("read-only file (permission denied)")
+    problem = write_problem(path, st)
+    if problem:
+        raise TagError(problem)
     tmp = temp_name(path)
+    lock = -1
     try:
-        fp_before = _copy_hashing(path, tmp)
+        fp_before, lock = _copy_hashing(path, tmp)
         if expect_fingerprint is not None and fp_before != expect_fingerprint:
             raise TagError("file changed since it was last written by genretag")
         _checkpoint("after_tmp_write")
@@ -121,14 +138,13 @@ def write_genres_safely(
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
         _fsync_path(tmp)
-        now = os.stat(path)
-        if (now.st_size, now.st_mtime_ns, now.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
-            raise TagError("file changed while genretag was writing it; left as it is")
+        _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
                                audio_after)
         if before_replace is not None:
-            before_replace(outcome)
+            before_replace(outcome)  # the journal line, fsynced: the slow step, so it goes before the last check
         _checkpoint("before_replace")
+        _unchanged_since(path, st)  # from here to the rename: one stat and one rename(2)
         os.replace(tmp, path)
     except TagError:
         _unlink_quietly(tmp)
@@ -145,29 +161,72 @@ def write_genres_safely(
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    finally:
+        if lock != -1:
+            os.close(lock)
     _fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
 
 
-def _copy_hashing(src: Path, dst: Path) -> str:
-    """Copy src to a new file dst (created exclusively, owner-only); return src's file fingerprint."""
+def _unchanged_since(path: Path, st: os.stat_result) -> None:
+    """Refuse to replace a file that someone changed (or replaced) since genretag read it."""
+    now = os.stat(path)
+    if (now.st_size, now.st_mtime_ns, now.st_ctime_ns, now.st_ino) != \
+            (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+        raise TagError("file changed while genretag was writing it; left as it is")
+
+
+def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy src to a new file dst (created exclusively, owner-only, locked while the returned fd is open).
+
+    Returns src's file fingerprint and that fd.
+    """
     import hashlib
 
     h = hashlib.sha256()
     n = 0
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    lock = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            fd = -1
+        _flock(lock, blocking=True)
+        with open(src, "rb") as fin, open(dst, "r+b") as fout:
             while block := fin.read(1 << 20):
                 h.update(block)
                 n += len(block)
                 fout.write(block)
-    finally:
-        if fd != -1:
-            os.close(fd)
-    return f"{n}:{h.hexdigest()}"
+    except BaseException:
+        os.close(lock)
+        raise
+    return f"{n}:{h.hexdigest()}", lock
+
+
+def _flock(fd: int, blocking: bool) -> bool:
+    """An exclusive lock on fd; False when another process holds it (True where flock does not exist)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _owner_alive(pid: int | None) -> bool:
+    if pid is None:  # an old-style name, from before the pid was part of it
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_path(p: Path) -> None:
@@ -199,17 +258,33 @@ def _unlink_quietly(p: Path) -> None:
 
 
 def cleanup_stray_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove `.<name>.genretag-tmp-<16 hex>` files a killed run left in `folder`."""
+    """Remove the temporary files killed runs left in `folder`.
+
+    Only a temporary whose owner is gone: the process named in it is not
+    running (on this machine) and nothing holds its lock. A live run's
+    temporary files are never touched.
+    """
     removed = []
     try:
         with os.scandir(folder) as it:
             for e in it:
-                if TMP_RE.match(e.name) and e.is_file(follow_symlinks=False):
-                    try:
+                m = TMP_RE.match(e.name)
+                if not m or not e.is_file(follow_symlinks=False):
+                    continue
+                if _owner_alive(int(m.group(1)) if m.group(1) else None):
+                    continue
+                try:
+                    fd = os.open(e.path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    if _flock(fd, blocking=False):
                         os.unlink(e.path)
                         removed.append(Path(e.path))
-                    except OSError:
-                        pass
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
     except OSError:
         pass
     return removed
