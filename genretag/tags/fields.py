@@ -14,6 +14,7 @@ those bytes, so the safe write can check that nothing but the genre changed.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from genretag.tags.errors import ChangedSinceClassified, DamagedTagError, TagErr
 
 __all__ = ["ChangedSinceClassified", "DamagedTagError", "GENRE_FIELDS", "GenreTags", "TagError", "read_genres",
            "read_tags", "readable_values", "set_genres", "stored_form"]
+
+log = logging.getLogger(__name__)
 
 #: Joins several genres in formats with no multi-value field (ID3v2.3).
 DEFAULT_SEPARATOR = "; "
@@ -233,6 +236,9 @@ def _parse(path: str) -> tuple[str, Any]:
         raise TagError(e.strerror or str(e)) from None
     except (EOFError, struct.error, ValueError, IndexError) as e:
         raise DamagedTagError(f"cannot read tags: {one_line(e)}") from None
+    except Exception as e:  # a parser's own failure on a file it did not expect: refuse the file, keep the trace
+        log.debug("reading the tags of %r failed", path, exc_info=True)
+        raise DamagedTagError(f"cannot read tags: {one_line(e)}") from None
 
 
 def _state(fmt: str, parsed) -> GenreTags:
@@ -299,5 +305,8 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     except TagError:
         raise
     except (MutagenError, EOFError, struct.error, ValueError) as e:
+        raise TagError(f"cannot write tags: {one_line(e)}") from None
+    except Exception as e:  # mutagen's layout code on a file it did not expect (only the copy is touched)
+        log.debug("writing the tags of %r failed", path, exc_info=True)
         raise TagError(f"cannot write tags: {one_line(e)}") from None
     return before
