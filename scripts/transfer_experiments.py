@@ -43,7 +43,7 @@ def log(msg: str) -> None:
 
 def trunk_embeddings(data: T.Data, name: str, crops: int) -> dict[str, dict]:
     card = load_card(REPO / "models" / f"{name}.json")
-    net = M.load_musicnn(REPO / "models" / card.weights)
+    net = T.as_stored(M.load_musicnn(REPO / "models" / card.weights), half=True)
     out = {}
     for subset, dense in (("train", crops), ("train_excerpts", crops), ("valid", 0), ("valid_excerpts", 0)):
         out[subset] = T.cached_embeddings(data, subset, net, card, "cpu", dense=dense, note=log)
