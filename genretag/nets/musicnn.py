@@ -602,6 +602,17 @@ def zeroshot_logits(tag_logits: Tensor, mapping: Tensor, agg: str = "max", eps: 
     return torch.log(score + eps)
 
 
+def zeroshot_prior(tag_logits: Tensor, mapping: Tensor, agg: str = "max", eps: float = 1e-4) -> Tensor:
+    """:func:`zeroshot_logits` as a prior to add to a head's logits: a genre with no tag (reggae has
+    none among the MSD tags) gets the mean of the mapped genres' values, so the prior neither
+    favours nor rules it out."""
+    z = zeroshot_logits(tag_logits, mapping, agg, eps)
+    mapped = mapping.sum(dim=1) > 0
+    if bool(mapped.all()) or not bool(mapped.any()):
+        return z
+    return torch.where(mapped, z, z[:, mapped].mean(dim=1, keepdim=True))
+
+
 class GenreHead(nn.Module):
     """Standardise a pooled embedding, then logistic regression (hidden=0) or a 1-hidden-layer MLP."""
 
@@ -660,11 +671,11 @@ class MusicnnTransfer(nn.Module):
         return pool_embeddings(self.trunk.embed(x), self.pooling)
 
     def logits_from(self, tag_logits: Tensor, emb: dict[str, Tensor]) -> Tensor:
-        """Genre logits from the trunk's outputs: the head's, plus ``weight * log(zero-shot score)``
+        """Genre logits from the trunk's outputs: the head's, plus ``weight *`` :func:`zeroshot_prior`
         of the trunk's own tags when the card has a prior (the MSD tags mapped to genres)."""
         out = self.head(pool_embeddings(emb, self.pooling))
         if self.prior_weight:
-            out = out + self.prior_weight * zeroshot_logits(tag_logits, self.prior_mapping, self.prior_agg)
+            out = out + self.prior_weight * zeroshot_prior(tag_logits, self.prior_mapping, self.prior_agg)
         return out
 
     def forward_front(self, front: Tensor) -> Tensor:

@@ -626,7 +626,7 @@ def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: 
     weights = sorted({0.0, *cfg.prior_weights})
     grid, best = [], None
     for mname in cfg.zeroshot_mappings:
-        zl = M.zeroshot_logits(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
+        zl = M.zeroshot_prior(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
         for w in weights:
             seg = _split_rows(head_logits + w * zl, emb_va["track"], len(y_va))
             rep = track_metrics(seg, y_va, data.labels, tracks)
