@@ -35,9 +35,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "gtzan"
+# ../shared/data/gtzan next to the checkout (or next to the folder of worktrees holding it)
+DEFAULT_SOURCE = next((d / "shared" / "data" / "gtzan" for d in (REPO.parent, REPO.parent.parent)
+                       if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data" / "gtzan")
 LIB_FORMAT_VERSION = 2  # bump when the library recipe changes (invalidates cached libraries)
 
 # Share of 30 s clips per format. mp3 clips are hard links to the source files
@@ -259,18 +262,50 @@ def _mem_kb(pid: int, pss: bool = True) -> tuple[int, int]:
     return rss, pss_kb
 
 
+class BusyLoad:
+    """`n` busy processes (a plain CPU loop each) for the duration of a `with` block.
+
+    They stand in for whatever else a desktop or server is doing: each wants a whole core
+    and never sleeps, so on 2 cores with n=2 genretag gets about a third of the machine."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Self:
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        if self.n:
+            time.sleep(0.5)  # let them get going before the clock starts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+
 def machine_load() -> dict:
     la = os.getloadavg()
     try:
         out = subprocess.run(["pgrep", "-f", "genretag train"], capture_output=True, text=True).stdout.split()
     except FileNotFoundError:
         out = []
-    return {"loadavg_1m": round(la[0], 2), "training_running": bool(out)}
+    return {"loadavg_1m": round(la[0], 2), "loadavg": [round(x, 2) for x in la], "training_running": bool(out)}
 
 
 def run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None = None,
-              interval: float = 0.2) -> dict:
-    """Run cmd (which prints one line per track on stdout); time it and sample tree RSS."""
+              interval: float = 0.2, load: int = 0) -> dict:
+    """Run cmd (which prints one line per track on stdout) alongside `load` busy processes;
+    time it and sample tree RSS."""
+    with BusyLoad(load):
+        res = _run_stage(name, cmd, n_expected, env, interval)
+    res["load"] = load
+    return res
+
+
+def _run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None, interval: float) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     load_before = machine_load()
     t0 = time.perf_counter()
@@ -500,6 +535,65 @@ def _public(r: dict) -> dict:
     return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
+def mean_segments(lines: list[str]) -> float | None:
+    """Mean sub-tracks through the network per classified track (JSONL `segments`)."""
+    segs = []
+    for line in lines:
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if d.get("error") is None and d.get("segments"):
+            segs.append(d["segments"])
+    return round(sum(segs) / len(segs), 3) if segs else None
+
+
+def _variant(spec: str) -> tuple[str, dict, list[str]]:
+    """'label:NAME=VALUE --opt value' -> (label, env, classify options)."""
+    label, _, rest = spec.partition(":")
+    env, opts = {}, []
+    for item in rest.split():
+        if "=" in item and not item.startswith("-"):
+            k, v = item.split("=", 1)
+            env[k] = v
+        else:
+            opts.append(item)
+    return label or "default", env, opts
+
+
+def compare_variants(lib: Path, card: str | None, args) -> dict:
+    """(a), then (b) under every --variant, `--repeat` rounds, all under the same --load.
+
+    Interleaved, so that whatever else the machine is doing falls on every variant alike;
+    each (b) is compared with the (a) of its own round."""
+    files = library_files(lib)
+    listf = args.workdir.resolve() / "variants.txt"
+    listf.write_text("\n".join(files) + "\n")
+    variants = [_variant(v) for v in args.variant]
+    rounds = []
+    for i in range(args.repeat):
+        a = run_stage("decode", _self_cmd("decode", listf, card, args.jobs), len(files), load=args.load)
+        _show(f"[{i}] (a) decode only", a)
+        row = {"decode_only": _public(a), "variants": {}}
+        for label, env, opts in variants:
+            cmd = _classify_cmd(str(lib), card, args.jobs, args.precision) + opts
+            b = run_stage(label, cmd, len(files), env=env, load=args.load)
+            _show(f"[{i}] (b) {label}", b)
+            b = {**_public(b), "env": env, "options": opts, "mean_segments_run": mean_segments(b["_lines"]),
+                 "time_vs_decode": round(a["tracks_per_s"] / b["tracks_per_s"], 2) if b["tracks_per_s"] else None}
+            row["variants"][label] = b
+        rounds.append(row)
+    summary = {}
+    for label, _, _ in variants:
+        ratios = [r["variants"][label]["time_vs_decode"] for r in rounds]
+        summary[label] = {"time_vs_decode": ratios,
+                          "median_time_vs_decode": sorted(ratios)[len(ratios) // 2],
+                          "tracks_per_s": [r["variants"][label]["tracks_per_s"] for r in rounds],
+                          "mean_segments_run": rounds[0]["variants"][label]["mean_segments_run"]}
+        print(f"  {label:<24} (b)/(a) time: {ratios}  median {summary[label]['median_time_vs_decode']}")
+    return {"tracks": len(files), "rounds": rounds, "summary": summary}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -517,6 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="only (b): peak RSS at 1,000 vs 10,000 tracks")
     ap.add_argument("--memory-tracks", default="1000,10000")
     ap.add_argument("--no-extras", action="store_true", help="skip per-format and 5-minute-track runs")
+    ap.add_argument("--load", type=int, default=0,
+                    help="busy processes (a CPU loop each) running alongside every stage")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:SETTINGS",
+                    help="compare (b) under other settings instead of the full run: SETTINGS are "
+                         "space-separated NAME=VALUE environment variables and classify options, "
+                         "e.g. 'passive:OMP_WAIT_POLICY=PASSIVE' or 'j1:--jobs 1' (repeatable; "
+                         "'default:' is the CLI as shipped)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --variant: rounds of (a) then every variant, interleaved")
     ap.add_argument("--stage", choices=["decode", "naive"], help=argparse.SUPPRESS)
     ap.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -541,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     pools = Pools(args.source.resolve(), workdir)
     report: dict = {"model": model_desc, "cpus": os.cpu_count(), "jobs": args.jobs or "default", "precision": args.precision,
-                    "source": str(args.source), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    "source": str(args.source), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "load": args.load, "machine_load_start": machine_load()}
 
     def listfile(name: str, files: list[str]) -> Path:
         p = workdir / f"{name}.txt"
@@ -554,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             lib = build_library(pools, workdir / f"library-{n}", n, args.long_share)
             print(f"library {lib} ({n} tracks) ready in {time.perf_counter() - t:.0f} s", flush=True)
-            r = run_stage(f"genretag {n}", _classify_cmd(str(lib), card, args.jobs, args.precision), n)
+            r = run_stage(f"genretag {n}", _classify_cmd(str(lib), card, args.jobs, args.precision), n,
+                          load=args.load)
             _show(f"(b) genretag classify, {n} tracks", r)
             mem[str(n)] = _public(r)
         ns = sorted(mem, key=int)
@@ -562,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         report["rss_growth_mb"] = round(mem[ns[-1]]["peak_rss_mb"] - mem[ns[0]]["peak_rss_mb"], 1)
         print(f"peak RSS {ns[0]} -> {ns[-1]} tracks: {mem[ns[0]]['peak_rss_mb']:.0f} -> "
               f"{mem[ns[-1]]['peak_rss_mb']:.0f} MB ({report['rss_growth_mb']:+.0f} MB)")
+    elif args.variant:
+        lib = build_library(pools, workdir / f"library-{args.tracks}", args.tracks, args.long_share)
+        report.update(compare_variants(lib, card, args))
     else:
         t = time.perf_counter()
         lib = build_library(pools, workdir / f"library-{args.tracks}", args.tracks, args.long_share)
@@ -576,18 +684,21 @@ def main(argv: list[str] | None = None) -> int:
             fmt_counts[Path(f).suffix] = fmt_counts.get(Path(f).suffix, 0) + 1
         report["formats"] = fmt_counts
 
-        a = run_stage("decode", _self_cmd("decode", listfile("all", files), card, args.jobs), len(files))
+        a = run_stage("decode", _self_cmd("decode", listfile("all", files), card, args.jobs), len(files),
+                      load=args.load)
         _show("(a) decode only", a)
-        b = run_stage("genretag", _classify_cmd(str(lib), card, args.jobs, args.precision), len(files))
+        b = run_stage("genretag", _classify_cmd(str(lib), card, args.jobs, args.precision), len(files),
+                      load=args.load)
         _show("(b) genretag classify --format jsonl", b)
         sub = files[:: max(1, len(files) // args.naive_tracks)][: args.naive_tracks]
-        c = run_stage("naive", _self_cmd("naive", listfile("naive", sub), card, None), len(sub))
+        c = run_stage("naive", _self_cmd("naive", listfile("naive", sub), card, None), len(sub),
+                      load=args.load)
         _show(f"(c) naive librosa loop ({len(sub)} tracks)", c)
         # The same loop with numpy's BLAS single-threaded: as written, OpenBLAS's idle threads
         # spin after every librosa mel product and slow torch's threads down (~3.5x per chunk
         # measured); this variant shows how much of (b)'s lead is that pitfall alone.
         c1 = run_stage("naive BLAS 1", _self_cmd("naive", listfile("naive", sub), card, None), len(sub),
-                       env={"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                       env={"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, load=args.load)
         _show("(c') the same, BLAS 1 thread", c1)
 
         # Do (b) and (c) agree on the genre? (same weights; different decoding / chunking)
@@ -596,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update({"decode_only": _public(a), "genretag": _public(b), "naive": _public(c),
                        "naive_blas1": _public(c1)})
         report["naive_agreement"] = round(sum(agree) / max(1, len(agree)), 3)
+        report["mean_segments_run"] = mean_segments(b["_lines"])
         report["speedup_vs_naive"] = round(b["tracks_per_s"] / c["tracks_per_s"], 2) if c["tracks_per_s"] else None
         report["speedup_vs_naive_blas1"] = (round(b["tracks_per_s"] / c1["tracks_per_s"], 2)
                                             if c1["tracks_per_s"] else None)
@@ -612,16 +724,17 @@ def main(argv: list[str] | None = None) -> int:
             for ext in CLIP_SHARES:
                 sl = build_library(pools, workdir / f"sub-{ext[1:]}", 200, 0.0, kind=f"format:{ext}")
                 r = run_stage(f"decode {ext}", _self_cmd("decode", listfile(f"fmt{ext}", library_files(sl)),
-                                                         card, args.jobs), 200)
+                                                         card, args.jobs), 200, load=args.load)
                 _show(f"(a) decode only, 30 s {ext}", r)
                 extras["decode_per_format"][ext] = _public(r)
             clips = build_library(pools, workdir / "sub-clips", 300, 0.0, kind="clips")
             five = build_library(pools, workdir / "sub-five", 60, 0.0, kind="five")
             for label, sl, n in (("30s_clips", clips, 300), ("5min_tracks", five, 60)):
                 ra = run_stage(f"decode {label}", _self_cmd("decode", listfile(label, library_files(sl)),
-                                                            card, args.jobs), n)
+                                                            card, args.jobs), n, load=args.load)
                 _show(f"(a) decode only, {label}", ra)
-                rb = run_stage(f"genretag {label}", _classify_cmd(str(sl), card, args.jobs, args.precision), n)
+                rb = run_stage(f"genretag {label}", _classify_cmd(str(sl), card, args.jobs, args.precision), n,
+                               load=args.load)
                 _show(f"(b) genretag, {label}", rb)
                 extras[label] = {"decode_only": _public(ra), "genretag": _public(rb)}
             for k in ("decode_only", "genretag"):
@@ -637,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['speedup_vs_naive_blas1']}x than (c') with BLAS on 1 thread "
               f"(steady: {report.get('steady_speedup_vs_naive_blas1')}x)")
         print(f"(b) takes {report['time_vs_decode']}x the time of (a) decode only "
-              f"(steady: {report.get('steady_time_vs_decode')}x)")
+              f"(steady: {report.get('steady_time_vs_decode')}x), "
+              f"{report['mean_segments_run']} sub-tracks through the network per track, load {args.load}")
         if "extras" in report:
             e = report["extras"]
             print(f"30 s clips only: (b) takes {e['time_vs_decode_30s_clips']}x the time of (a) (steady rates)")

@@ -1,6 +1,7 @@
 """The result cache: a track already classified is not classified again.
 
-Keyed by (audio-payload fingerprint, model id, vote, segments), so renaming
+Keyed by (audio-payload fingerprint, model id, vote, segments; 0 for the
+default early-exit vote), so renaming
 or re-tagging a file keeps its entry, while a different model or setting
 does not reuse it. SQLite in WAL mode with a busy timeout, so two runs can
 share one cache; entries are committed per chunk, so an interrupted run
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, fingerprint
 from genretag.paths import cache_dir
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
 from genretag.pipeline.prepare import Prepared, prepare_file
 
@@ -138,7 +140,9 @@ class Classifier:
         self.batch_segments = batch_segments
         self.stats = CacheStats()
         self.model_id = model_id(model)
-        self.n_segments = int(segments or model.card.audio.max_segments)  # the cache key's segment count
+        # the cache key's segment count: 0 for the default, early-exit vote (not the same as --segments N)
+        self.n_segments = int(segments or 0)
+        self.early_exit = DEFAULT_EARLY_EXIT if segments is None else None
         self._unstored: list[tuple[str, str, str, int, TrackResult]] = []
 
     # ----------------------------------------------------------------- one file
@@ -166,7 +170,8 @@ class Classifier:
     def finish(self, prepared: Prepared, fp: str | None = None) -> TrackResult:
         """The network and the vote over one decoded file; stored in the cache under `fp` when given."""
         self.model.tune()
-        (r,) = run_model([prepared], self.model, self.vote, self.batch_segments or default_batch_segments(self.model))
+        (r,) = run_model([prepared], self.model, self.vote, self.batch_segments or default_batch_segments(self.model),
+                         self.early_exit)
         r.fingerprint = fp
         self._record(fp, r)
         self.flush()

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_waveform
 from genretag.pipeline.segments import vote as combine
+from genretag.pipeline.threads import network_threads, torch_threads
 from genretag.store.card import AudioParams
 
 if TYPE_CHECKING:  # genretag.store.load builds on this module, not the other way round
@@ -68,49 +70,75 @@ def error_result(path: str, error: str) -> TrackResult:
 
 
 def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
-              batch_segments: int = 64) -> Iterator[TrackResult]:
+              batch_segments: int = 64, early_exit: EarlyExit | None = None) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
     `batch_segments` (a file may straddle two batches); yield results in input order as
-    soon as all of a file's sub-tracks are done."""
-    waiting: deque[Prepared] = deque()  # files read but not yet yielded, in order
-    todo: list[np.ndarray] = []  # their sub-tracks not yet through the network
-    done: np.ndarray | None = None  # probabilities of the sub-tracks run so far, in order
+    soon as a file's vote is done.
+
+    With `early_exit` (soft vote only), a file's sub-tracks run in the rule's order and
+    the rest are queued only while its vote is not yet decided; its result then votes
+    over the sub-tracks that ran."""
+    rule = early_exit if vote == "soft" else None
+    waiting: deque[_Track] = deque()  # files read but not yet yielded, in order
+    todo: deque[tuple[_Track, int]] = deque()  # (file, sub-track) not yet through the network
 
     def compute(final: bool) -> None:
-        nonlocal todo, done
-        if not todo:
-            return
-        x = np.concatenate(todo) if len(todo) > 1 else todo[0]
-        cut = len(x) if final else len(x) - len(x) % batch_segments
-        outs = [net.predict(x[i:i + batch_segments]) for i in range(0, cut, batch_segments)]
-        if outs:
-            done = np.concatenate(([done] if done is not None else []) + outs)
-        todo = [x[cut:]] if cut < len(x) else []
+        while len(todo) >= batch_segments or (final and todo):
+            items = [todo.popleft() for _ in range(min(batch_segments, len(todo)))]
+            probs = net.predict(np.stack([t.waves[i] for t, i in items]))
+            for (t, i), row in zip(items, probs):
+                t.probs[i] = row
+                t.pending -= 1
+                if t.pending == 0:
+                    todo.extend(t.advance(rule))
 
     def emit() -> Iterator[TrackResult]:
-        nonlocal done
-        while waiting:
-            p = waiting[0]
-            if p.waves is None:
-                waiting.popleft()
-                yield error_result(p.path, p.error or "cannot decode")
-                continue
-            n = p.waves.shape[0]
-            if done is None or len(done) < n:
-                return
-            waiting.popleft()
-            yield result_from_probs(p.path, net.labels, done[:n], vote)
-            done = done[n:] if len(done) > n else None
+        while waiting and waiting[0].finished:
+            t = waiting.popleft()
+            if t.waves is None:
+                yield error_result(t.path, t.error or "cannot decode")
+            else:
+                yield result_from_probs(t.path, net.labels, t.probs[t.ran], vote)
 
     for p in prepared:
-        waiting.append(p)
-        if p.waves is not None:
-            todo.append(p.waves)
-        if sum(len(t) for t in todo) >= batch_segments:
-            compute(final=False)
+        t = _Track(p, len(net.labels), rule)
+        waiting.append(t)
+        todo.extend(t.advance(rule))
+        compute(final=False)
         yield from emit()
     compute(final=True)
     yield from emit()
+
+
+class _Track:
+    """One file in `run_model`: its sub-tracks, their probabilities so far, what is queued."""
+
+    def __init__(self, p: Prepared, n_labels: int, rule: EarlyExit | None) -> None:
+        self.path, self.waves, self.error = p.path, p.waves, p.error
+        n = 0 if p.waves is None else int(p.waves.shape[0])
+        self.n = n
+        self.order = rule.order(n) if rule and n else list(range(n))
+        self.probs = np.zeros((n, n_labels), dtype=np.float32)
+        self.queued = 0  # sub-tracks (a prefix of `order`) queued or done
+        self.pending = 0  # of those, not through the network yet
+        self.finished = n == 0
+
+    @property
+    def ran(self) -> list[int]:
+        return self.order[:self.queued]
+
+    def advance(self, rule: EarlyExit | None) -> list[tuple[_Track, int]]:
+        """The next sub-tracks to queue once the queued ones are done ([] and `finished` when
+        the vote is decided or everything has run)."""
+        if self.finished:
+            return []
+        if self.queued and (self.queued >= self.n or (rule is not None and rule.decided(self.probs[self.ran]))):
+            self.finished = True
+            return []
+        upto = rule.next_stop(self.queued, self.n) if rule is not None else self.n
+        new = self.order[self.queued:upto]
+        self.queued, self.pending = upto, len(new)
+        return [(self, i) for i in new]
 
 
 def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
@@ -219,6 +247,7 @@ def classify(
     segments: int | None = None,
     jobs: int = 1,
     batch_segments: int | None = None,
+    early_exit: EarlyExit | None = DEFAULT_EARLY_EXIT,
 ) -> Iterator[TrackResult]:
     """Classify files (paths) or waveforms (mono arrays at the model's sample rate) with a loaded model.
 
@@ -226,6 +255,9 @@ def classify(
     result with `error` set instead of raising. `batch_segments` (default:
     8-16 on CPU, 64 on a GPU) is how many sub-tracks go through the network at
     once. (`genretag.classify` also takes a model name.)
+    `early_exit` stops a track's soft vote once it is decided (see
+    `genretag.pipeline.early_exit`); with `segments` given, with the hard vote, or
+    with ``early_exit=None``, every sub-track runs.
     """
     net = model
     tune_for_inference(net)
@@ -239,9 +271,15 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:
+        overlap = net.device.type != "cpu" or os.environ.get("GENRETAG_SCHEDULE") == "streaming"
         prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
-                                  overlap=net.device.type != "cpu")
-    yield from run_model(prepared, net, vote, batch_segments)
+                                  overlap=overlap)
+    results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
+    if net.device.type != "cpu":
+        yield from results
+        return
+    with torch_threads(network_threads()):
+        yield from results
 
 
 def default_batch_segments(net: Model) -> int:

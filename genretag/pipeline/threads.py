@@ -1,0 +1,53 @@
+"""How many threads the network runs on (CPU), chosen per run.
+
+Kept apart from the model code because the answer depends on the machine, not on
+the model: how many cores this process may use (`os.sched_getaffinity`, which
+honours taskset, cgroup cpusets and container limits) and how busy they already are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+THREADS_ENV = "GENRETAG_THREADS"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def network_threads() -> int:
+    """Threads for the network: ``$GENRETAG_THREADS`` (a number, or ``load`` to leave out
+    the cores the 1-minute load average says are busy), else one per usable core."""
+    cores = usable_cores()
+    want = os.environ.get(THREADS_ENV, "").strip().lower()
+    if want.isdigit() and int(want) > 0:
+        return int(want)
+    if want == "load":
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+        return max(1, min(cores, round(cores - busy)))
+    return cores
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n for the block, and restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
