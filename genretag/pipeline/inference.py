@@ -257,7 +257,8 @@ def classify(
     once. (`genretag.classify` also takes a model name.)
     `early_exit` stops a track's soft vote once it is decided (see
     `genretag.pipeline.early_exit`); with `segments` given, with the hard vote, or
-    with ``early_exit=None``, every sub-track runs.
+    with ``early_exit=None``, every sub-track runs. On the CPU the network runs on
+    `genretag.pipeline.threads.network_threads()` threads for the duration.
     """
     net = model
     tune_for_inference(net)
@@ -271,9 +272,8 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:
-        overlap = net.device.type != "cpu" or os.environ.get("GENRETAG_SCHEDULE") == "streaming"
         prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
-                                  overlap=overlap)
+                                  overlap=net.device.type != "cpu")
     results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
     if net.device.type != "cpu":
         yield from results

@@ -14,6 +14,19 @@ from collections.abc import Iterator
 THREADS_ENV = "GENRETAG_THREADS"
 
 
+def prefer_passive_openmp() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait for work, unless the user chose.
+
+    libgomp's default keeps an idle thread spinning for a while after each parallel
+    region. On a machine with other work that spinning takes the cores the decoders and
+    the other programs need, and a team of spinning threads waits on a preempted member
+    (bench/README.md: 100 clips with two busy processes, 30.4 s by default, 18.8 s
+    passive). Takes effect only before torch first starts OpenMP, so the CLI calls it at
+    start-up; a library user sets ``OMP_WAIT_POLICY`` in the environment instead.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def usable_cores() -> int:
     """Cores this process may run on."""
     try:

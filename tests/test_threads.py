@@ -1,0 +1,46 @@
+"""Network threads per run and OpenMP's wait policy (genretag.pipeline.threads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from genretag.pipeline.threads import THREADS_ENV, network_threads, prefer_passive_openmp, torch_threads, usable_cores
+
+
+def test_default_is_one_thread_per_usable_core(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert network_threads() == usable_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("value", "want"), [("1", 1), ("3", 3), (" 2 ", 2), ("0", None), ("many", None)])
+def test_environment_overrides_with_a_positive_count(monkeypatch, value, want):
+    monkeypatch.setenv(THREADS_ENV, value)
+    assert network_threads() == (want if want is not None else usable_cores())
+
+
+def test_load_leaves_out_busy_cores(monkeypatch):
+    monkeypatch.setenv(THREADS_ENV, "load")
+    cores = usable_cores()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
+    assert network_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert network_threads() == cores
+
+
+def test_torch_threads_are_restored_after_the_block():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_passive_openmp_only_when_the_user_did_not_choose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    prefer_passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    prefer_passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
