@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from audio_factory import make_file
 
-import genretag
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-from genretag.pipeline.inference import run_model
+from genretag.pipeline.inference import classify, run_model
 from genretag.pipeline.prepare import prepare_file
 from genretag.store.load import load_net
 
@@ -114,10 +113,10 @@ def test_never_decided_is_the_full_vote_and_hard_vote_runs_everything(library):
 def test_classify_uses_the_default_rule_unless_segments_is_given(library):
     files, net = library
     long = [f for f in files if "bad" not in f]
-    forced = list(genretag.classify(long, net, segments=3, jobs=1))
+    forced = list(classify(long, net, segments=3, jobs=1))
     assert {r.segments for r in forced} <= {1, 2, 3} and max(r.segments for r in forced) == 3
-    default = list(genretag.classify(long, net, jobs=1))
-    explicit = list(genretag.classify(long, net, jobs=1, early_exit=DEFAULT_EARLY_EXIT))
+    default = list(classify(long, net, jobs=1))
+    explicit = list(classify(long, net, jobs=1, early_exit=DEFAULT_EARLY_EXIT))
     assert [(r.genre, r.segments) for r in default] == [(r.genre, r.segments) for r in explicit]
-    full = list(genretag.classify(long, net, jobs=1, early_exit=None))
+    full = list(classify(long, net, jobs=1, early_exit=None))
     assert all(f.segments >= d.segments for f, d in zip(full, default))
