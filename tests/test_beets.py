@@ -144,7 +144,8 @@ def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
     for i, ext in enumerate(af.FORMATS):
         item, ref = items[f"t{i}"], reference / f"t{i}{ext}"
         assert item["genres"] == want[ref.name] and len(item["genres"]) == 2
-        assert read_tags(item["path"]) == read_tags(ref), ext  # same field, same stored values, same ID3 version
+        got, exp = read_tags(item["path"]), read_tags(ref)  # beets also writes its own other fields
+        assert (got.format, got.values, got.id3_version) == (exp.format, exp.values, exp.id3_version), ext
     assert read_genres(beets.src / "t0.mp3") == ["Folk"]  # the imported originals are left alone
 
 

@@ -125,9 +125,14 @@ class ModelCard:
         _number("mel.fmin", m.fmin, 0, a.sample_rate / 2)
         if m.fmax is not None:
             _number("mel.fmax", m.fmax, m.fmin, a.sample_rate)
-        for what, rel in [("weights", self.weights), *(("members", x) for x in self.members)]:
-            if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
-                raise ValueError(f"'{what}' must name a file beside the card, not {rel!r}")
+        rel = self.weights
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+            raise ValueError(f"'weights' must name a file beside the card, not {rel!r}")
+        # Members are cards of their own (an ensemble made by `transfer --mode ensemble` names them
+        # relative to its folder); each is validated, weights included, when it is loaded.
+        for rel in self.members:
+            if not isinstance(rel, str) or not rel.endswith(".json"):
+                raise ValueError(f"'members' must name model cards (*.json), not {rel!r}")
 
 
 def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:

@@ -309,12 +309,21 @@ def test_ctrl_c_during_tag(tmp_path, tiny_model_dir):
     args = ["tag", lib, "--overwrite", "--min-confidence", "0", "-j", "1", "--format", "jsonl",
             "--model", tiny_model_dir]
     new = {n: d["new"] for n, d in jsonl(cli(*args).stdout).items()}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    # The write pauses mid-way (a temporary copy exists) so that Ctrl-C lands inside it on any machine.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+               GENRETAG_TEST_CRASH_AT="after_modify", GENRETAG_TEST_CRASH_PAUSE="1")
     proc = subprocess.Popen([sys.executable, "-m", "genretag", *map(str, args), "--write"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout.readline()
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if b"GENRETAG-PAUSED" in line:
+            break
+    assert seen and b"GENRETAG-PAUSED" in seen[-1], seen
+    assert temps(lib), "the paused write holds a temporary file"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
+    err = b"".join(seen[:-1]) + rest
     assert proc.returncode == 130
     assert no_traceback(err).strip().splitlines()[-1] == "genretag: interrupted"
     for p in files:
