@@ -313,8 +313,10 @@ def test_ctrl_c_during_tag(tmp_path, tiny_model_dir):
             "--model", tiny_model_dir]
     new = {n: d["new"] for n, d in jsonl(cli(*args).stdout).items()}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    # as from a shell: SIGINT at its default (a test run may have left it ignored, which a child inherits)
     proc = subprocess.Popen([sys.executable, "-m", "genretag", *map(str, args), "--write"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # stdout is a pipe (block-buffered), so wait for the first temporary copy: the run is then writing
     deadline = time.monotonic() + 120
     while not temps(lib) and proc.poll() is None and time.monotonic() < deadline:
