@@ -486,6 +486,29 @@ def test_symlink_target_is_written_and_link_kept(tmp_path):
     assert af.genre_values(real) == ["Jazz"]
 
 
+def test_second_writer_waits_for_the_first_then_writes_the_new_file(tmp_path):
+    """A write waits while another writer holds the file, then reads the file that writer renamed in place."""
+    import fcntl
+    import threading
+
+    p = af.make_file(tmp_path / "a.flac", genre="Rock", title="T")
+    holder = os.open(p, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # what a concurrent genretag run holds from its first read to its rename
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.update(out=write_genres_safely(p, ["Jazz"])))
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), "the second writer did not wait"
+    other = tmp_path / "other.flac"
+    other.write_bytes(p.read_bytes())
+    write_genres_safely(other, ["Metal"])
+    os.replace(other, p)  # the first writer's rename: a new inode at the same path
+    os.close(holder)
+    t.join(30)
+    assert not t.is_alive()
+    assert done["out"].old == ["Metal"] and af.genre_values(p) == ["Jazz"]
+
+
 # --- the whole tag -----------------------------------------------------------------
 
 def _corrupt_frame(p: Path, how: str) -> bytes:

@@ -108,9 +108,11 @@ def write_genres_safely(
     problem = write_problem(path, st)
     if problem:
         raise TagError(problem)
+    writer = _lock_target(path)  # one writer per file at a time: a second run waits, then reads the new file
     tmp = temp_name(path)
     lock = -1
     try:
+        st = os.fstat(writer)
         fp_before, lock = _copy_hashing(path, tmp)
         if expect_fingerprint is not None and fp_before != expect_fingerprint:
             raise TagError("file changed since it was last written by genretag")
@@ -164,9 +166,36 @@ def write_genres_safely(
     finally:
         if lock != -1:
             os.close(lock)
+        os.close(writer)
     _fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
+
+
+def _lock_target(path: Path) -> int:
+    """Open `path` and hold an exclusive advisory lock on the file it names now.
+
+    Two genretag runs (or a run and an undo) writing the same file would each
+    see the other's rename as a change and refuse; holding this lock from the
+    first read to the rename serialises them instead. A rename by the holder
+    swaps the inode, so after waiting the lock is re-taken on the new file.
+    Raises TagError when the file cannot be opened.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise TagError("file not found") from None
+        except OSError as e:
+            raise TagError(e.strerror or str(e)) from None
+        _flock(fd, blocking=True)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _unchanged_since(path: Path, st: os.stat_result) -> None:
