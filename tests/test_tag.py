@@ -32,6 +32,7 @@ from genretag.tags.plan import (
     load_genre_names,
     plan_tag,
 )
+from genretag.tags import safe_write
 from genretag.tags.safe_write import TMP_MARK, write_genres_safely
 
 EXTS = list(af.FORMATS)  # mp3 flac ogg opus m4a wav aiff
@@ -682,8 +683,9 @@ write_genres_safely(sys.argv[1], ["Jazz"])
 """
 
 
-def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny):
-    """Run A is paused inside a write (its temporary copy exists); run B works on the same folder."""
+def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny, monkeypatch):
+    """Run A is paused inside a write (its temporary copy exists, it holds the file's lock); run B works on
+    the same folder: it leaves A's temporary file alone, writes the other file and gives up on A's."""
     p = af.make_file(tmp_path / "a.flac", genre="Rock")
     af.make_file(tmp_path / "b.flac", genre="Rock")
     a = subprocess.Popen([sys.executable, "-c", _PAUSED_WRITE, str(p)], stderr=subprocess.PIPE,
@@ -692,9 +694,13 @@ def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny):
         assert "GENRETAG-PAUSED" in a.stderr.readline().decode()
         temps = [q for q in tmp_path.iterdir() if TMP_MARK in q.name]
         assert len(temps) == 1
+        monkeypatch.setattr(safe_write, "LOCK_WAIT_SECONDS", 0.5)
         res = run("tag", tmp_path, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
-        assert res.exit_code == 0, res.output
+        assert res.exit_code == 1, res.output
         assert temps[0].exists() and "removed stray" not in res.stderr
+        got = rows(res)
+        assert got["a.flac"]["action"] == "error" and "another process has been writing" in got["a.flac"]["error"]
+        assert got["b.flac"]["action"] == "written" and af.genre_values(p) == ["Rock"]
     finally:
         a.kill()
         a.wait(10)

@@ -27,6 +27,8 @@ from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
 TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
+#: Longest a write waits for another process's write of the same file to finish.
+LOCK_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -179,8 +181,12 @@ def _lock_target(path: Path) -> int:
     see the other's rename as a change and refuse; holding this lock from the
     first read to the rename serialises them instead. A rename by the holder
     swaps the inode, so after waiting the lock is re-taken on the new file.
-    Raises TagError when the file cannot be opened.
+    A write takes milliseconds to seconds, so a lock held for longer than
+    LOCK_WAIT_SECONDS belongs to a stuck or stopped process: the file is left
+    alone with a TagError rather than the run hanging on it. Raises TagError
+    when the file cannot be opened.
     """
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -188,7 +194,14 @@ def _lock_target(path: Path) -> int:
             raise TagError("file not found") from None
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
-        _flock(fd, blocking=True)
+        delay = 0.005
+        while not _flock(fd, blocking=False):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TagError(f"another process has been writing this file for over {LOCK_WAIT_SECONDS:g} s; "
+                               "left as it is")
+            time.sleep(delay)
+            delay = min(2 * delay, 0.2)
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except OSError:
