@@ -222,8 +222,7 @@ def _executor(jobs: int):
     """joblib's reusable loky pool, with single-threaded math libraries in the workers."""
     from joblib.externals.loky import get_reusable_executor
 
-    cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genretag-numba")
-    env = {"NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    env = {"NUMBA_CACHE_DIR": str(numba_cache_dir()), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
