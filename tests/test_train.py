@@ -185,3 +185,42 @@ def test_cli_train_evaluate_and_tune(tiny_gtzan, tmp_path):
     assert "lr" in best and "weight_decay" in best
     r = cli("evaluate", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
+    """With valid trained on there is nothing held out: no valid accuracy or loss anywhere (not the epoch)."""
+    import csv
+
+    from genretag.cli.train import epoch_line
+    from genretag.training.train import EpochLog
+
+    run = tmp_path / "tv"
+    card = json.loads(train(tiny_config(tiny_gtzan, run, epochs=2, train_subsets=["train", "valid"])).read_text())
+    hist = json.loads((run / "log.json").read_text())
+    assert [h["valid_acc"] for h in hist] == [None, None] and [h["valid_loss"] for h in hist] == [None, None]
+    with open(run / "log.csv", newline="") as f:
+        assert [(r["valid_acc"], r["valid_loss"]) for r in csv.DictReader(f)] == [("", ""), ("", "")]
+    assert card["training"]["best_valid_accuracy"] is None and "valid" not in card["metrics"]
+    assert card["training"]["epochs_run"] == 2 and (run / "curves.png").exists()
+    line = epoch_line(EpochLog(**hist[-1]))
+    assert "trained on" in line and "valid acc" not in line and "valid nll" not in line
+
+
+def test_card_records_the_command_line_with_a_global_option_first(tiny_gtzan, tmp_path):
+    """`genretag -v train ...`: the card records the whole command line (the library never reads sys.argv)."""
+    import shlex
+
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"steps_per_epoch": 2, "layers": [1, 1], "widths": [8, 16], "stem_stride": 1,
+                                  "sample_rate": SR, "segment_seconds": 1.0, "max_segments": 2, "n_fft": 256,
+                                  "hop_length": 128, "n_mels": 32, "batch_size": 8, "jobs": 1,
+                                  "half_weights": False}))
+    args = ["-v", "train", str(tiny_gtzan), "--params", str(params), "--epochs", "1", "--split", "kfold:3",
+            "--train-on", "train+valid", "--out", str(tmp_path / "run"), "--name", "it's"]
+    r = subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert card["training"]["command"] == shlex.join(["genretag", *args])
+    assert shlex.split(card["training"]["command"])[1:] == args
+    epoch = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch) == 1 and "trained on" in epoch[0] and "valid acc" not in epoch[0]

@@ -7,6 +7,9 @@ A card's ``metrics`` object holds two kinds of entries:
 - a single *figure* or a *note* stated by whoever made the model (a ported tagger's ``"roc_auc"``,
   ``"pr_auc"`` and ``"metrics_source"``; a card that only states an ``"accuracy"``).
 
+Anything else a card made elsewhere states (an object of other figures, a list) is kept as written,
+and never taken for a headline: a model is not refused for what its card says was measured.
+
 The JSON stays what it always was (a subset is an object of its six numbers), and a `SubsetMetrics`
 reads like that object too (``card.metrics["test"]["accuracy_soft"]``).
 """
@@ -36,14 +39,14 @@ class SubsetMetrics(Mapping):
     ece: float  # expected calibration error of the soft vote's confidence
 
     @classmethod
-    def from_report(cls, rep: dict[str, Any]) -> "SubsetMetrics":
+    def from_report(cls, rep: dict[str, Any]) -> SubsetMetrics:
         """The card's figures out of a `genretag.training.evaluate.report`."""
         a = rep["accuracy"]
         return cls(int(rep["n_tracks"]), float(a["soft"]), float(a["hard"]), float(a["segment"]),
                    float(rep["macro_f1"]), float(rep["ece"]))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SubsetMetrics":
+    def from_dict(cls, d: Mapping[str, Any]) -> SubsetMetrics:
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:
@@ -74,30 +77,23 @@ class SubsetMetrics(Mapping):
         return tuple(f.name for f in dataclasses.fields(cls))
 
 
-Entry = SubsetMetrics | float | str
-
-
-class CardMetrics(dict[str, Entry]):
-    """A card's ``metrics``: subset name -> `SubsetMetrics`, or a stated figure (number) or note (text)."""
+class CardMetrics(dict[str, Any]):
+    """A card's ``metrics``: subset name -> `SubsetMetrics`, or a stated figure (number) or note (text);
+    anything else as written."""
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "CardMetrics":
-        """Parse the JSON object; ValueError naming the entry when one is neither a subset, a number nor text."""
+    def from_dict(cls, d: Mapping[str, Any] | None) -> CardMetrics:
+        """Parse the JSON object: an object with a subset's six figures becomes a `SubsetMetrics`."""
         if d is None:
             return cls()
         if not isinstance(d, Mapping):
             raise ValueError("'metrics' must be an object")
         out = cls()
         for key, v in d.items():
-            if isinstance(v, SubsetMetrics) or (isinstance(v, (int, float, str)) and not isinstance(v, bool)):
-                out[key] = v
-            elif isinstance(v, Mapping):
-                try:
-                    out[key] = SubsetMetrics.from_dict(v)
-                except ValueError as e:
-                    raise ValueError(f"'metrics.{key}' {e}") from None
-            else:
-                raise ValueError(f"'metrics.{key}' must be a subset's figures, a number or text, not {v!r}")
+            try:
+                out[key] = SubsetMetrics.from_dict(v) if isinstance(v, Mapping) else v
+            except ValueError:
+                out[key] = v  # not a subset's figures: kept as written
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +109,7 @@ class CardMetrics(dict[str, Entry]):
         if test is not None:
             return test.accuracy_soft
         v = self.get("accuracy")
-        return float(v) if isinstance(v, (int, float)) else None
+        return float(v) if _number(v) else None
 
     def headline(self) -> tuple[str, float] | None:
         """(what, value) to show for the card: ``("accuracy", a)``, else its first stated figure."""
@@ -122,6 +118,10 @@ class CardMetrics(dict[str, Entry]):
             return "accuracy", a
         for k in HEADLINE_FIGURES:
             v = self.get(k)
-            if isinstance(v, (int, float)):
+            if _number(v):
                 return k, float(v)
         return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

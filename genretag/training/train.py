@@ -29,16 +29,8 @@ from genretag.nets.cnn import build_net, count_parameters
 from genretag.store.card import AudioParams, MelParams, ModelCard
 from genretag.store.load import resolve_device, save_model
 from genretag.store.metrics import SubsetMetrics
+from genretag.training import common
 from genretag.training import evaluate as ev
-from genretag.training.common import (
-    CropSampler,
-    augment_waves,
-    better,
-    calibrate_temperature,
-    mixup,
-    net_logits,
-    softmax,
-)
 from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, wave_cache
 from genretag.training.excerpts import Excerpts, load_excerpts
 
@@ -197,8 +189,8 @@ def train(cfg: TrainConfig, resume: bool = False,
     card = make_card(cfg, data.labels)
     net = build_net(card).to(device)
     note(f"{cfg.arch} with {count_parameters(net):,} parameters on {device.type}")
-    sampler = CropSampler(data.train, data.labels, _train_caches(cfg, data.train, note), card.audio.segment_samples,
-                          cfg.balance, cfg.aug_offline_p, rng)
+    sampler = common.CropSampler(data.train, data.labels, _train_caches(cfg, data.train, note),
+                                 card.audio.segment_samples, cfg.balance, cfg.aug_offline_p, rng)
     valid_cache = wave_cache(data.valid, cfg.sample_rate, jobs=cfg.jobs) if data.valid else None
     steps = cfg.steps_per_epoch or max(1, math.ceil(8 * len(data.train) / cfg.batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -221,7 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False,
         log = EpochLog(epoch + 1, loss, acc, v_loss, v_acc, float(opt.param_groups[0]["lr"]), time.time() - t0)
         run.epoch = epoch + 1
         run.history.append(asdict(log))
-        if v_acc is None or better(v_acc, v_loss, run.best):  # nothing held out: keep the last epoch
+        if v_acc is None or common.better(v_acc, v_loss, run.best):  # nothing held out: keep the last epoch
             run.best = None if v_acc is None else (v_acc, v_loss)
             run.bad_epochs = 0
             _save_state(net, best_path)
@@ -272,7 +264,7 @@ def _train_caches(cfg: TrainConfig, tracks: list[Track], note: Callable[[str], N
     return caches
 
 
-def _train_epoch(net, sampler: CropSampler, opt, sched, cfg: TrainConfig, rng: np.random.Generator,
+def _train_epoch(net, sampler: common.CropSampler, opt, sched, cfg: TrainConfig, rng: np.random.Generator,
                  gen: torch.Generator, device, steps: int, n_classes: int,
                  on_step: Callable[[int, int, float], None] | None) -> tuple[float, float]:
     """One epoch of `steps` batches; returns the mean loss and crop accuracy."""
@@ -281,9 +273,9 @@ def _train_epoch(net, sampler: CropSampler, opt, sched, cfg: TrainConfig, rng: n
     sa = (lambda s: spec_augment(s, gen)) if cfg.aug_specaugment and cfg.arch != "cnn1d" else None
     for step in range(steps):
         xb, yb = sampler.batch(cfg.batch_size)
-        x = torch.from_numpy(augment_waves(xb, cfg.aug_gain_db, cfg.aug_noise_snr_db, rng)).to(device)
+        x = torch.from_numpy(common.augment_waves(xb, cfg.aug_gain_db, cfg.aug_noise_snr_db, rng)).to(device)
         y = torch.from_numpy(yb).long().to(device)
-        x, target = mixup(x, F.one_hot(y, n_classes).float(), cfg.aug_mixup, rng, gen)
+        x, target = common.mixup(x, F.one_hot(y, n_classes).float(), cfg.aug_mixup, rng, gen)
         logits = net(x, spec_transform=sa)
         loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
@@ -331,7 +323,8 @@ def _measure(net, card: ModelCard, cfg: TrainConfig, data: _Data, valid_cache: W
     """Calibrate on valid (when held out), then measure valid, test and the test excerpts into the card."""
     if valid_cache is not None:
         logits = _net_logits(net, card, data.valid, valid_cache, device)
-        card.temperature = calibrate_temperature(logits, np.array([data.labels.index(t.genre) for t in data.valid]))
+        y_valid = np.array([data.labels.index(t.genre) for t in data.valid])
+        card.temperature = common.calibrate_temperature(logits, y_valid)
         note(f"temperature {card.temperature:.3f} (calibrated on valid)")
         k = data.n_valid
         card.metrics["valid"] = SubsetMetrics.from_report(_report(logits[:k], card, data.valid[:k]))
@@ -368,7 +361,7 @@ def _net_logits(net, card: ModelCard, tracks: list[Track], cache: WaveCache, dev
     idx = cache.index_of()
     segs = [ev.track_segments(cache, idx[t.id], card.audio.segment_samples, card.audio.max_segments)
             for t in tracks]
-    out = net_logits(net, segs, device, batch)
+    out = common.net_logits(net, segs, device, batch)
     if was_training:
         net.train()
     return out
@@ -376,7 +369,7 @@ def _net_logits(net, card: ModelCard, tracks: list[Track], cache: WaveCache, dev
 
 def _report(logits: list[np.ndarray], card: ModelCard, tracks: list[Track]) -> dict:
     """Track-level metrics from sub-track logits, with the card's temperature (as Model.predict)."""
-    probs = [softmax(lg / float(card.temperature or 1.0)) for lg in logits]
+    probs = [common.softmax(lg / float(card.temperature or 1.0)) for lg in logits]
     return ev.report(ev.Predictions(tracks, card.labels, probs))
 
 

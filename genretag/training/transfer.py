@@ -313,6 +313,13 @@ def _split_rows(values: np.ndarray, track: np.ndarray, n_tracks: int) -> list[np
     return [values[track == i] for i in range(n_tracks)]
 
 
+def _valid_row(settings: dict[str, Any], seg_logits: list[np.ndarray], y: np.ndarray, labels: list[str],
+               tracks: list[Track]) -> dict[str, Any]:
+    """A grid row: the settings tried, with the valid tracks' soft-vote accuracy and NLL under them."""
+    rep = track_metrics(seg_logits, y, labels, tracks)
+    return {**settings, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+
+
 def _score(row: dict) -> tuple[float, float]:
     """A grid row's valid (accuracy, NLL), as `better` compares them."""
     return row["valid_acc"], row["valid_nll"]
@@ -596,8 +603,7 @@ def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: 
         zl = M.zeroshot_prior(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
         for w in weights:
             seg = _split_rows(head_logits + w * zl, emb_va["track"], len(y_va))
-            rep = track_metrics(seg, y_va, data.labels, tracks)
-            row = {"mapping": mname, "weight": w, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            row = _valid_row({"mapping": mname, "weight": w}, seg, y_va, data.labels, tracks)
             grid.append(row)
             note(f"  prior mapping={mname:<6} weight={w:<5g} valid acc {row['valid_acc']:.1%} nll {row['valid_nll']:.3f}")
             if better(row["valid_acc"], row["valid_nll"], None if best is None else _score(best[0])):
@@ -799,16 +805,13 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     valid_tracks = [t for s in data.with_excerpts("valid") for t in data.parts[s]]
     best = None
     grid = []
+    tag_logits = torch.from_numpy(emb_va["tag_logits"])
     for mname in cfg.zeroshot_mappings:
+        mapping = M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], tuple(base.labels))
         for agg in cfg.zeroshot_aggs:
-            zs = M.MusicnnZeroShot(data.labels, ZEROSHOT_MAPPINGS[mname], agg, tuple(base.labels))
-            p = torch.sigmoid(torch.from_numpy(emb_va["tag_logits"]))
-            m = zs.mapping
-            score = (p[:, None, :] * m[None]).amax(2) if agg == "max" else (p @ m.T) / m.sum(1).clamp(min=1)
-            lg = torch.log(score + zs.EPS).numpy()
+            lg = M.zeroshot_logits(tag_logits, mapping, agg, M.MusicnnZeroShot.EPS).numpy()  # as the card's network
             seg_lg = _split_rows(lg, emb_va["track"], len(y_va))
-            rep = track_metrics(seg_lg, y_va, data.labels, valid_tracks)
-            row = {"mapping": mname, "agg": agg, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            row = _valid_row({"mapping": mname, "agg": agg}, seg_lg, y_va, data.labels, valid_tracks)
             grid.append(row)
             note(f"  zero-shot mapping={mname:<6} agg={agg:<4} valid acc {row['valid_acc']:.1%}")
             if better(row["valid_acc"], row["valid_nll"], None if best is None else _score(best[0])):
