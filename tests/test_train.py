@@ -7,11 +7,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
+import typer
 from audio_factory import write_audio
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from genretag.training import metrics
 from genretag.training.dataset import scan, split
@@ -224,3 +227,31 @@ def test_card_records_the_command_line_with_a_global_option_first(tiny_gtzan, tm
     assert shlex.split(card["training"]["command"])[1:] == args
     epoch = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
     assert len(epoch) == 1 and "trained on" in epoch[0] and "valid acc" not in epoch[0]
+
+
+def test_options_named_after_config_fields_fill_them():
+    """cli.train.config_from_flags: an option sets the field of its name when given, or when the base
+    (--params) does not set it; lists are parsed from text; a left-out option (None) keeps the field."""
+    from genretag.cli.train import config_from_flags
+
+    seen = {}
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(ctx: typer.Context,
+            aug_mixup: Annotated[float, typer.Option("--mixup")] = 0.2,
+            aug_specaugment: Annotated[bool, typer.Option(" /--no-specaugment")] = True,
+            aug_pitch: Annotated[str | None, typer.Option("--pitch")] = None,
+            train_subsets: Annotated[str, typer.Option("--train-on")] = "train",
+            lr: float = 2e-3, seed: int = 0, out: Path = Path("runs/x"), unrelated: int = 7) -> None:
+        seen["cfg"] = config_from_flags(TrainConfig, ctx, {"lr": 0.5, "aug_mixup": 0.3, "widths": [4, 8]})
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["--mixup", "0.1", "--no-specaugment", "--pitch=-2,2", "--train-on", "train+valid"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.aug_mixup, cfg.aug_specaugment, cfg.aug_pitch, cfg.train_subsets) == (0.1, False, [-2.0, 2.0],
+                                                                                      ["train", "valid"])
+    assert cfg.lr == 0.5 and cfg.widths == [4, 8]  # the base wins over a default
+    assert cfg.seed == 0 and cfg.out == "runs/x" and cfg.aug_stretch == []  # defaults fill the rest
+    assert runner.invoke(app, ["--pitch", "x"]).exit_code != 0  # a bad number is an error, not a field
