@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from genretag.nets import musicnn as M
 from genretag.paths import cache_dir
 from genretag.pipeline.segments import cut_at
-from genretag.store.card import ModelCard, load_card, save_card, sha256_file
+from genretag.store.card import ModelCard, load_card, save_card
 from genretag.store.load import LoadedNet, find_card, load_net, resolve_device, save_model
 from genretag.store.metrics import CardMetrics, SubsetMetrics
 from genretag.training import evaluate as ev
@@ -457,25 +457,6 @@ def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts
     return out
 
 
-def load_model(card_path: str | os.PathLike, device: str = "auto") -> LoadedNet:
-    """load_net, plus musicnn-zeroshot cards while genretag.nets.cnn does not route them to genretag.nets.musicnn."""
-    try:
-        return load_net(card_path, device)
-    except Exception:
-        card = load_card(card_path)
-        if card.architecture.get("name") != "musicnn-zeroshot":
-            raise
-    from safetensors.torch import load_file
-
-    wpath = Path(card_path).parent / card.weights
-    if card.weights_sha256 and sha256_file(wpath) != card.weights_sha256:
-        raise ValueError(f"{wpath}: sha256 does not match the model card")
-    net = M.build_net(card)
-    net.load_state_dict({k: v.float() for k, v in load_file(str(wpath)).items()})
-    dev = resolve_device(device)
-    return LoadedNet(card, net.eval().to(dev), dev, Path(card_path))
-
-
 def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Data, valid_seg_logits,
             extra_training: dict, note: Callable[[str], None], half: bool | None = None) -> Path:
     """Calibrate on valid, save, reload from disk and measure valid/test; write metrics to the card."""
@@ -844,7 +825,7 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     card.weights, card.weights_sha256 = bw.name, base.weights_sha256
     cpath = out / f"{card.name}.json"
     save_card(card, cpath)
-    card.metrics = measure(load_model(cpath, cfg.device), data)
+    card.metrics = measure(load_net(cpath, cfg.device), data)
     save_card(card, cpath)
     return cpath
 
