@@ -371,8 +371,24 @@ def test_undo_of_a_file_without_genre_removes_it(tmp_path):
 
 # --- crash safety ------------------------------------------------------------------
 
-_CRASH_SCRIPT = """
-import sys
+# The crash point, installed in the child before it writes: at the step named by
+# GENRETAG_TEST_CRASH_AT the process pauses (GENRETAG_TEST_CRASH_PAUSE, waiting for the kill) or exits.
+_CRASH_HOOK = """
+import os, sys, time
+from genretag.tags import safe_write
+
+def _crash_at(step):
+    if os.environ.get("GENRETAG_TEST_CRASH_AT") != step:
+        return
+    if os.environ.get("GENRETAG_TEST_CRASH_PAUSE"):
+        print(f"GENRETAG-PAUSED {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    os._exit(70)
+
+safe_write._checkpoint = _crash_at
+"""
+
+_CRASH_SCRIPT = _CRASH_HOOK + """
 from genretag.tags.journal import JournalWriter
 from genretag.tags.safe_write import write_genres_safely
 write_genres_safely(sys.argv[1], ["Jazz"], before_replace=JournalWriter(sys.argv[2]))
@@ -676,8 +692,7 @@ def test_non_utf8_file_name_is_journalled_and_undone(tmp_path, fake_model, tiny)
     assert af.genre_values(odd) == ["Rock"] and af.genre_values(lib / "zz.mp3") == ["Rock"]
 
 
-_PAUSED_WRITE = """
-import sys
+_PAUSED_WRITE = _CRASH_HOOK + """
 from genretag.tags.safe_write import write_genres_safely
 write_genres_safely(sys.argv[1], ["Jazz"])
 """
