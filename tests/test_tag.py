@@ -477,6 +477,60 @@ def test_cache_keys(tmp_path):
     c2.close()
 
 
+def _fill_cache(path: Path, n: int = 3000) -> None:
+    c = cache_mod.ResultCache(path)
+    c.put_many([(f"fp{i:05d}", "m@1", "soft", 0, result(f"/x/{i}.mp3", rock=0.9)) for i in range(n)])
+    c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path, tiny, damage):
+    """A cache file that is not a database, or a real one cut short: moved aside, one warning, a normal run."""
+    db = Path(os.environ["GENRETAG_CACHE_DIR"]) / "results.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database " * 400)
+    else:
+        _fill_cache(db)
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    damaged = db.read_bytes()
+    lib = library(tmp_path / "lib", genre=None, exts=[".flac", ".mp3"], seconds=1.5)
+    args = ["tag", lib, "--min-confidence", "0", "-j", "1", "--model", tiny, "--format", "jsonl"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    warnings = [line for line in first.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "corrupt" in warnings[0] and "moved aside" in warnings[0], first.stderr
+    assert {d["action"] for d in rows(first).values()} == {"write"}
+    assert _counts(first.stderr) == (2, 0)
+    (aside,) = db.parent.glob("results.sqlite.corrupt-*")
+    assert aside.read_bytes() == damaged
+    second = run(*args)  # the rebuilt cache works: no warning, every answer from it
+    assert second.exit_code == 0 and "warning" not in second.stderr, second.output
+    assert _counts(second.stderr) == (0, 2)
+    assert rows(second) == rows(first)
+
+
+def test_cache_damaged_inside_is_rebuilt_on_first_use(tmp_path, caplog):
+    """Page 1 intact (the file opens), table pages overwritten: the first lookup finds it, rebuilds, warns once."""
+    path = tmp_path / "c.sqlite"
+    _fill_cache(path)
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
+    path.write_bytes(bytes(data))
+    c = cache_mod.ResultCache(path)
+    assert c.moved_aside is None  # nothing wrong is visible on open
+    with caplog.at_level("WARNING", logger="genretag"):
+        assert c.get("fp00001", "m@1", "soft", 0) is None
+        c.put_many([("fp1", "m@1", "soft", 0, result("/x/a.mp3", jazz=0.8))])
+        assert c.get("fp1", "m@1", "soft", 0).genre == "jazz" and len(c) == 1
+    assert c.moved_aside is not None and c.moved_aside.read_bytes() == bytes(data)
+    assert len([r for r in caplog.records if "corrupt" in r.getMessage()]) == 1
+    c.close()
+
+
 def test_symlink_target_is_written_and_link_kept(tmp_path):
     real = af.make_file(tmp_path / "real.flac", genre="Rock")
     link = tmp_path / "link.flac"

@@ -219,6 +219,38 @@ def test_read_only_folder_and_file(tmp_path, tiny_model_dir):
         os.chmod(ro_dir, 0o755)
 
 
+def test_unreadable_folder_is_a_failure(tmp_path, tiny_model_dir):
+    """A folder that cannot be listed, inside the walked folder and named on the command line: one
+    line each, the other files written, exit 1 (as `classify` does), in the dry run and with --write."""
+    prefix = _without_dac_override()
+    if prefix is None:
+        pytest.skip("cannot make a folder unreadable for this user")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    ok = af.make_file(lib / "ok.flac", genre="Rock")
+    inner, named = lib / "locked-inside", tmp_path / "locked-named"
+    for d in (inner, named):
+        d.mkdir()
+        af.make_file(d / "hidden.mp3", genre="Rock")
+        os.chmod(d, 0)
+    try:
+        for extra in ([], ["--write", "--journal", tmp_path / "j.jsonl"]):
+            res = cli("tag", lib, named, "--overwrite", "--min-confidence", "0", "-j", "1", "--format", "jsonl",
+                      "--model", tiny_model_dir, *extra, preexec=prefix)
+            lines = no_traceback(res.stderr).splitlines()
+            assert res.returncode == 1, lines
+            for d in (inner, named):
+                assert lines.count(f"genretag: error: cannot read folder {d}: Permission denied") == 1, lines
+            assert "2 unreadable folders" in lines[-1], lines
+            (row,) = jsonl(res.stdout).values()
+            assert row["path"] == str(ok) and row["action"] == ("written" if extra else "write"), row
+    finally:
+        for d in (inner, named):
+            os.chmod(d, 0o755)
+    assert af.genre_values(ok) != ["Rock"]
+    assert af.genre_values(inner / "hidden.mp3") == ["Rock"] == af.genre_values(named / "hidden.mp3")
+
+
 def test_concurrent_runs(tmp_path, tiny_model_dir):
     """Two `tag --write` runs on one folder at once: no spurious errors, no journal line without its write."""
     lib = tmp_path / "lib"
