@@ -20,7 +20,8 @@ from genretag.audio.containers import file_fingerprint, fingerprint
 from genretag.cli import app
 from genretag.pipeline import cache as cache_mod
 from genretag.pipeline.inference import TrackResult
-from genretag.tags.fields import TagError
+from genretag.tags.errors import DamagedTagError
+from genretag.tags.fields import TagError, read_tags
 from genretag.tags.journal import read_entries, undo
 from genretag.tags.plan import (
     ERROR,
@@ -563,6 +564,44 @@ def test_second_writer_waits_for_the_first_then_writes_the_new_file(tmp_path):
     assert done["out"].old == ["Metal"] and af.genre_values(p) == ["Jazz"]
 
 
+def test_a_stalled_writer_makes_the_file_an_error_not_a_hang(tmp_path, monkeypatch):
+    """A writer that holds the lock and never finishes (stopped with Ctrl-Z, say): after LOCK_WAIT the
+    file is a one-line error, left as it is, and the next file can be written."""
+    import fcntl
+
+    from genretag.tags import safe_write
+
+    monkeypatch.setattr(safe_write, "LOCK_WAIT", 0.3)
+    p = af.make_file(tmp_path / "a.flac", genre="Rock")
+    before = p.read_bytes()
+    holder = os.open(p, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(TagError, match=r"^locked by another process for 0.3 s") as e:
+            write_genres_safely(p, ["Jazz"])
+        assert "\n" not in str(e.value) and p.read_bytes() == before
+    finally:
+        os.close(holder)
+    assert write_genres_safely(p, ["Jazz"]).new == ["Jazz"]
+
+
+@pytest.mark.parametrize("ext", [".wav", ".aiff"])
+@pytest.mark.parametrize("damage", ["shifted", "cut"])
+def test_iff_chunks_that_do_not_fill_the_file_are_refused(tmp_path, ext, damage):
+    """Bytes lost or added inside the audio chunk hide the ID3 chunk behind it (mutagen stops at the first
+    chunk header it cannot read): the tag is refused as damaged, not read as "no genre" and given a second one."""
+    p = af.make_file(tmp_path / f"a{ext}", genre="Rock")
+    data = p.read_bytes()
+    mid = len(data) // 2  # inside the audio chunk; the ID3 chunk comes after it
+    data = data[:mid] + b"\0" * 10 + data[mid:] if damage == "shifted" else data[:mid]
+    p.write_bytes(data)
+    with pytest.raises(DamagedTagError, match=r"^damaged (wav|aiff) chunks: they cover"):
+        read_tags(p)
+    with pytest.raises(TagError, match="damaged"):
+        write_genres_safely(p, ["Jazz"])
+    assert p.read_bytes() == data
+
+
 # --- the whole tag -----------------------------------------------------------------
 
 def _corrupt_frame(p: Path, how: str) -> bytes:
@@ -746,8 +785,11 @@ def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny):
         assert "GENRETAG-PAUSED" in a.stderr.readline().decode()
         temps = [q for q in tmp_path.iterdir() if TMP_MARK in q.name]
         assert len(temps) == 1
-        res = run("tag", tmp_path, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
+        # b.flac only: a.flac is locked by A (see the next test); the folder's strays are still cleaned
+        res = run("tag", tmp_path / "b.flac", "--write", "--overwrite", "-j", "1", "--format", "jsonl",
+                  "--model", tiny)
         assert res.exit_code == 0, res.output
+        assert af.genre_values(tmp_path / "b.flac") == ["Jazz"]
         assert temps[0].exists() and "removed stray" not in res.stderr
     finally:
         a.kill()

@@ -26,6 +26,8 @@ from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
+#: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
+LOCK_WAIT = 120.0
 TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
 
 
@@ -179,7 +181,9 @@ def _lock_target(path: Path) -> int:
     see the other's rename as a change and refuse; holding this lock from the
     first read to the rename serialises them instead. A rename by the holder
     swaps the inode, so after waiting the lock is re-taken on the new file.
-    Raises TagError when the file cannot be opened.
+    The wait is bounded (LOCK_WAIT): a run stopped with Ctrl-Z, or stalled,
+    while holding the lock makes this file an error, not a run that never ends.
+    Raises TagError when the file cannot be opened or stays locked.
     """
     while True:
         try:
@@ -188,7 +192,13 @@ def _lock_target(path: Path) -> int:
             raise TagError("file not found") from None
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
-        _flock(fd, blocking=True)
+        deadline = time.monotonic() + LOCK_WAIT
+        while not _flock(fd, blocking=False):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TagError(f"locked by another process for {LOCK_WAIT:g} s (a stopped or stalled genretag "
+                               "run?); left as it is")
+            time.sleep(0.05)
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except OSError:
