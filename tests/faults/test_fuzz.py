@@ -23,7 +23,7 @@ import pytest
 from fuzzing import SEEDS, make_seed, mutation_strategy, run_case
 from hypothesis import HealthCheck, given, settings
 
-EXAMPLES = int(os.environ.get("GENRETAG_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("GENRETAG_FUZZ_EXAMPLES", "200"))
 
 
 @pytest.mark.parametrize("name", SEEDS)
