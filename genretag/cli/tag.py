@@ -175,9 +175,10 @@ def tag_cmd(
     net = load(opts)
     cache = None if no_cache else _open_cache()
     stats = CacheStats()
+    unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
-        for p in iter_inputs(paths, opts.recursive):
+        for p in iter_inputs(paths, opts.recursive, unreadable):
             for stray in tagger.prepare(p):
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
@@ -194,13 +195,14 @@ def tag_cmd(
             cache.close()
     if report.rows:
         out_console().print(report.table())
-    if report.total == 0:
+    if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
-    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed "
+    folders = f", {len(unreadable)} unreadable folder{'s' * (len(unreadable) != 1)}" if unreadable else ""
+    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed{folders} "
          f"({stats.classified} classified, {stats.cached} from cache)"
          + ("" if write else "; dry run, nothing changed (use --write)"))
-    if report.failed:
+    if report.failed or unreadable:
         raise typer.Exit(1)
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,9 @@ from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
+#: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
+LOCK_WAIT = 120.0
 TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
-#: Longest a write waits for another process's write of the same file to finish.
-LOCK_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -178,12 +179,10 @@ def _lock_target(path: Path) -> int:
     see the other's rename as a change and refuse; holding this lock from the
     first read to the rename serialises them instead. A rename by the holder
     swaps the inode, so after waiting the lock is re-taken on the new file.
-    A write takes milliseconds to seconds, so a lock held for longer than
-    LOCK_WAIT_SECONDS belongs to a stuck or stopped process: the file is left
-    alone with a TagError rather than the run hanging on it. Raises TagError
-    when the file cannot be opened.
+    The wait is bounded (LOCK_WAIT): a run stopped with Ctrl-Z, or stalled,
+    while holding the lock makes this file an error, not a run that never ends.
+    Raises TagError when the file cannot be opened or stays locked.
     """
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -191,14 +190,13 @@ def _lock_target(path: Path) -> int:
             raise TagError("file not found") from None
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
-        delay = 0.005
+        deadline = time.monotonic() + LOCK_WAIT
         while not _flock(fd, blocking=False):
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise TagError(f"another process has been writing this file for over {LOCK_WAIT_SECONDS:g} s; "
-                               "left as it is")
-            time.sleep(delay)
-            delay = min(2 * delay, 0.2)
+                raise TagError(f"locked by another process for {LOCK_WAIT:g} s (a stopped or stalled genretag "
+                               "run?); left as it is")
+            time.sleep(0.05)
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except OSError:
