@@ -546,27 +546,34 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
     extra: dict[str, Any] = {}
     if cfg.refit:
-        # Same recipe and epoch count, fitted on train + valid (valid's dense crops, as train's).
-        # The temperature stays the one the train-only head got on valid: nothing held out is left.
-        emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
-                                           base, device, dense=cfg.train_crops, note=note,
-                                           repeat_excerpts=best.extra_repeat)
-        x = M.pool_embeddings(emb_fit, pooling).astype(np.float32)
-        y = y_fit[emb_fit["track"]]
-        head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
-                              stop_epoch=best.epoch)
-        net.head.load_state_dict(head.state_dict())
-        note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+        extra = {"refit": _refit_head(net, best, data, tagger, base, device, cfg, note)}
         card.description += " Refitted on train + valid after selection on valid."
-        extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
-                           "temperature_from": "the train-only head, calibrated on valid",
-                           "note": "valid was used for training: its metrics are not held-out"}}
     if prior_grid:
         selected["prior_grid"] = prior_grid
     cpath = _finish(net, card, cfg, data, valid_logits,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
+
+
+def _refit_head(net: M.MusicnnTransfer, best: HeadResult, data: Data, tagger: M.MusicnnTagger, base: ModelCard,
+                device, cfg: TransferConfig, note: Callable[[str], None]) -> dict[str, Any]:
+    """Train the selected head again on train + valid (valid's dense crops, as train's), with the same
+    recipe and epoch count, into `net`; returns the card's record of it.
+
+    The temperature stays the one the train-only head got on valid: nothing held out is left."""
+    emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
+                                       base, device, dense=cfg.train_crops, note=note,
+                                       repeat_excerpts=best.extra_repeat)
+    x = M.pool_embeddings(emb_fit, POOLING_CHOICES[best.pooling]).astype(np.float32)
+    y = y_fit[emb_fit["track"]]
+    head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
+                          stop_epoch=best.epoch)
+    net.head.load_state_dict(head.state_dict())
+    note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+    return {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
+            "temperature_from": "the train-only head, calibrated on valid",
+            "note": "valid was used for training: its metrics are not held-out"}
 
 
 def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
