@@ -126,8 +126,8 @@ def test_fills_empty_genres_keeps_existing_and_reports_a_bad_item(beets):
     assert snapshot(beets.library) == files  # import.write: no, and no -w: no file is touched
     assert "4 items: 2 set, 1 kept" in done.stderr
 
-    query = beets.run("ls", "-f", "$title", "genretag_confidence:0.0..1.0")
-    assert sorted(query.stdout.split()) == ["a", "b", "c"]
+    query = beets.run("ls", "-f", "$title $genretag_confidence", "genretag_confidence:0.0..1.0")
+    assert sorted(query.stdout.splitlines()) == [f"{t} {float(after[t]['genretag_confidence']):.3f}" for t in "abc"]
 
 
 def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
@@ -149,15 +149,26 @@ def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
     assert read_genres(beets.src / "t0.mp3") == ["Folk"]  # the imported originals are left alone
 
 
-def test_append_is_written_when_import_write_is_on(tmp_path):
+def test_import_write_writes_the_changed_items_and_w_upper_none(tmp_path):
     beets = Beets(tmp_path, write=True, model=default_model_name(), min_confidence=0.0)
     af.make_file(beets.src / "a.flac", seconds=2, freq=330, title="a", genre="Folk")
+    af.make_file(beets.src / "b.flac", seconds=2, freq=550, title="b")
+    want = proposed(beets.src)
+    af.make_file(beets.src / "b.flac", seconds=2, freq=550, title="b", genre=want["b.flac"][0])  # has its genre
     beets.run("import", "-A", str(beets.src))
-    want = proposed(beets.src)["a.flac"]
-    beets.run("genretag", "--append")
-    item = beets.items()["a"]
-    assert item["genres"] == ["Folk", *want]
-    assert read_genres(item["path"]) == ["Folk", *want]
+    paths = {t: it["path"] for t, it in beets.items().items()}
+    files, mtime = snapshot(beets.library), paths["b"].stat().st_mtime_ns
+
+    beets.run("genretag", "--append", "-W")  # -W: the database only, whatever import.write says
+    items = beets.items()
+    assert items["a"]["genres"] == ["Folk", *want["a.flac"]] and items["b"]["genres"] == want["b.flac"]
+    assert snapshot(beets.library) == files
+
+    beets.run("genretag", "--force")  # import.write: yes writes a, whose genres change; b keeps its genres
+    items = beets.items()
+    assert items["a"]["genres"] == want["a.flac"] == read_genres(paths["a"])
+    assert paths["b"].stat().st_mtime_ns == mtime  # not rewritten
+    assert paths["b"].read_bytes() == files[str(paths["b"].relative_to(beets.library))]
 
 
 def test_import_hook_stores_in_the_database(tmp_path):
