@@ -234,3 +234,17 @@ def test_the_docs_beet_genretag_commands_and_options_match_the_plugin():
     documented = set(re.findall(r"`(--?[\w-]+)", " ".join(table)))
     options = {o for opt in cmd.parser.option_list for o in (*opt._short_opts, *opt._long_opts)} - {"-h", "--help"}
     assert documented == options
+
+
+def test_the_docs_config_snippet_shows_the_plugins_defaults():
+    import yaml
+
+    from beetsplug.genretag import DEFAULTS
+
+    text = (REPO / "docs" / "beets.md").read_text()
+    snippet = yaml.safe_load(re.search(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL).group(1))
+    assert snippet["plugins"] == "genretag" and snippet["genretag"] == DEFAULTS
+    table = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]+?)`? \|", text, re.MULTILINE))
+    assert set(table) == set(DEFAULTS)
+    assert {k: yaml.safe_load(v) for k, v in table.items() if k != "names"} == {
+        k: v for k, v in DEFAULTS.items() if k != "names"}
