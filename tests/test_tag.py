@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -773,15 +774,42 @@ def test_non_utf8_file_name_is_journalled_and_undone(tmp_path, fake_model, tiny)
               "--model", tiny)
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout_bytes.decode("utf-8").splitlines()]  # valid UTF-8
-    assert {os.fsencode(d["path"]) for d in lines} == {os.fsencode(odd), os.fsencode(lib / "zz.mp3")}
-    assert all(d["action"] == "written" for d in lines)
-    raw = journal.read_bytes()
-    raw.decode("utf-8")  # the journal stays valid UTF-8
+    by_name = {os.path.basename(d["path"]): d for d in lines}
+    assert set(by_name) == {"caf\\xe9-\\xff.flac", "zz.mp3"} and all(d["action"] == "written" for d in lines)
+    # the one reversible form, as in classify's JSON lines: path_bytes, the exact name in base64
+    assert base64.b64decode(by_name["caf\\xe9-\\xff.flac"]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in by_name["zz.mp3"]
+    text = journal.read_bytes().decode("utf-8")  # the journal stays valid UTF-8, with no \\udcXX escapes
+    assert "\\udc" not in text
+    (entry,) = [e for e in map(json.loads, text.splitlines()) if "path_bytes" in e]
+    assert base64.b64decode(entry["path_bytes"]) == os.fsencode(odd.resolve())
+    assert entry["path"] == os.fsencode(odd.resolve()).decode("utf-8", "backslashreplace")
     assert {os.fsencode(e["path"]) for e in read_entries(journal)} == {os.fsencode(odd.resolve()),
                                                                        os.fsencode((lib / "zz.mp3").resolve())}
-    res = run("undo", journal)
+    res = run("undo", journal)  # undo finds the file by its journal entry's path_bytes
     assert res.exit_code == 0, res.output
+    assert "restored " + entry["path"] in res.stdout
     assert af.genre_values(odd) == ["Rock"] and af.genre_values(lib / "zz.mp3") == ["Rock"]
+
+
+def test_undo_reads_a_journal_line_with_surrogate_escapes(tmp_path):
+    """A journal line whose `path` holds the JSON escapes \\udcXX (no path_bytes) names the same bytes."""
+    from genretag.tags.journal import JournalWriter
+
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.flac")))
+    os.rename(af.make_file(tmp_path / "plain.flac", genre="Rock"), odd)
+    journal = tmp_path / "j.jsonl"
+    write_genres_safely(odd, ["Jazz"], before_replace=JournalWriter(journal))
+    entry = json.loads(journal.read_text())
+    entry["path"] = os.fsdecode(base64.b64decode(entry.pop("path_bytes")))
+    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+    assert b"\\udce9" in line
+    journal.write_bytes(line)
+    assert [i.status for i in undo(journal)] == ["restored"] and af.genre_values(odd) == ["Rock"]
+    bad = dict(entry, path_bytes="not base64!")
+    journal.write_text(json.dumps(bad, ensure_ascii=True) + "\n")
+    (item,) = undo(journal)
+    assert item.status == "bad journal line" and "'path_bytes' is not base64" in item.message
 
 
 _PAUSED_WRITE = _CRASH_HOOK + """

@@ -36,12 +36,20 @@ class TagFormat(str, Enum):
 
 
 def shown(path: str) -> str:
-    """A path for the terminal: bytes that are not UTF-8 appear as \\udcXX escapes (as in the JSON output)."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s output)."""
+    from genretag.tags.journal import printable_path
+
+    return printable_path(path)
 
 
 def write_json_line(obj: dict) -> None:
-    """One JSON line on stdout, valid UTF-8 whatever the file names (see `shown`)."""
+    """One JSON line on stdout, valid UTF-8 whatever the file names: a name that is not UTF-8 is shown
+    with \\xNN escapes in `path` and given exactly, in base64, in `path_bytes` (as `classify` does)."""
+    from genretag.tags.journal import path_bytes
+
+    raw = path_bytes(obj.get("path", ""))
+    if raw is not None:
+        obj = {**obj, "path": shown(obj["path"]), "path_bytes": raw}
     sys.stdout.flush()
     sys.stdout.buffer.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
     sys.stdout.buffer.flush()

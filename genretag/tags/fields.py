@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from genretag.audio.containers import container_of
+from genretag.audio.containers import container_of, open_regular
 from genretag.errors import one_line
 from genretag.tags import id3, mp4, vorbis
 from genretag.tags.errors import ChangedSinceClassified, DamagedTagError, TagError
@@ -237,7 +237,7 @@ def _format_of(path: str, f) -> str:
 def _parse(path: str) -> tuple[str, Any]:
     """(format, parsed whole tag). Raises TagError (one line), DamagedTagError for incomplete tags."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO is refused, not waited on
             fmt = _format_of(path, f)
             return fmt, GENRE_FIELDS[fmt].parse(f, fmt)
     except TagError:

@@ -41,7 +41,13 @@ def cli(*args, timeout: float = 300, preexec: list[str] | None = None, **kw) -> 
 
 
 def jsonl(out: bytes) -> dict[str, dict]:
-    return {os.path.basename(d["path"]): d for d in map(json.loads, out.decode("utf-8").splitlines())}
+    """Rows by file name; a name that is not UTF-8 is taken from `path_bytes`, its exact bytes."""
+    def name(d: dict) -> str:
+        import base64
+
+        return os.path.basename(os.fsdecode(base64.b64decode(d["path_bytes"])) if "path_bytes" in d else d["path"])
+
+    return {name(d): d for d in map(json.loads, out.decode("utf-8").splitlines())}
 
 
 def no_traceback(stderr: bytes) -> str:
