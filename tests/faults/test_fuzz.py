@@ -11,8 +11,8 @@ every other field byte-identical.
 
 GENRETAG_FUZZ_EXAMPLES sets the examples per format (default 25: about a
 minute on two cores for all nine seeds); `bench/fuzz.py` runs thousands and
-writes a JSON report. Hypothesis runs derandomized with no example database,
-so nothing is written outside pytest's temporary folders.
+writes a JSON report. Hypothesis runs derandomized with no example database, and
+its home folder is a temporary one, so nothing is written outside pytest's temporary folders.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ from fuzzing import SEEDS, make_seed, mutation_strategy, run_case
 from hypothesis import HealthCheck, given, settings
 
 EXAMPLES = int(os.environ.get("GENRETAG_FUZZ_EXAMPLES", "200"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def hypothesis_home(tmp_path_factory):
+    """Hypothesis's own files (its cache of constants) in a temporary folder, not `.hypothesis/` in the checkout."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis-home"))
+    yield
+    set_hypothesis_home_dir(None)
 
 
 @pytest.mark.parametrize("name", SEEDS)

@@ -187,7 +187,7 @@ def test_non_utf8_file_names_keep_the_output_valid_utf8(tmp_path, tiny_model_dir
 
 
 
-def test_mp3_whose_id3_size_runs_past_the_file(tmp_path, tiny_model_dir):
+def test_mp3_whose_id3_size_runs_past_the_file(tmp_path):
     """A damaged ID3v2 size, 1000 bytes past the end of the file: FFmpeg still decodes the frames behind
     the tag, and the length is counted from them (it was an internal ValueError)."""
     good = add_cover(make_file(tmp_path / "good.mp3", seconds=2.0), 5_000)
@@ -197,11 +197,7 @@ def test_mp3_whose_id3_size_runs_past_the_file(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad-id3-size.mp3"
     bad.write_bytes(bytes(data))
     assert audio.info(bad).duration == audio.info(good).duration
-    r = run_cli("classify", str(bad), "--model", str(tiny_model_dir), "-f", "jsonl", "-j", "1")
-    assert r.returncode == 0, r.stderr
-    assert_clean_stderr(r.stderr)
-    (row,) = jsonl(r.stdout)
-    assert row["genre"] is not None and row["error"] is None
+    assert audio.load(bad, 16000).shape == audio.load(good, 16000).shape
 
 
 def _specials(folder, tmp_path):
