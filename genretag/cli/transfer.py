@@ -37,6 +37,11 @@ def transfer_cmd(
     extra: ExtraOpt = None,
     extra_repeat: Annotated[str | None, typer.Option(help="Head: how many times each excerpt's embedding counts "
                                                     "in training, tried on valid (e.g. '1,4'; a track gives 19).")] = None,
+    augment_copies: Annotated[str | None, typer.Option(help="Head: library versions of every training track "
+                                                      "added to training (compression to -14..-9 dB RMS, EQ tilt "
+                                                      "+-3..6 dB/decade, MP3 96-320 kbps; drawn per track, made "
+                                                      "before embedding, cached), tried on valid, e.g. '0,2'; "
+                                                      "0 = clean audio only.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
@@ -97,6 +102,10 @@ def transfer_cmd(
             cfg.extra_repeat = _list(extra_repeat, int)
         if prior_weight:
             cfg.prior_weights = _list(prior_weight, float)
+        if augment_copies:
+            cfg.augment_copies = _list(augment_copies, int)
+            if any(c < 0 for c in cfg.augment_copies):
+                fail("--augment-copies takes counts >= 0", 2)
     except ValueError as e:
         fail(f"bad number in a list option: {e}", 2)
     if finetune_from not in ("front", "midend", "backend"):

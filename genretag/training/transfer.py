@@ -83,6 +83,9 @@ class TransferConfig:
     seed: int = 0
     extra: str = ""  # excerpts folder (training/excerpts.py): its train (+ valid) excerpts train, valid selects
     extra_repeat: list[int] = field(default_factory=lambda: [1])  # each excerpt embedding counts N times (grid)
+    # library versions (training/augment.py) of every training track added beside the clean ones (grid;
+    # 0 = none): compression + loudness, EQ tilt, MP3 round trip, drawn per track and copy
+    augment_copies: list[int] = field(default_factory=lambda: [0])
     # head (grid searched on valid)
     poolings: list[str] = field(default_factory=lambda: ["all", "midend", "penultimate"])
     hidden: list[int] = field(default_factory=lambda: [0, 256])
@@ -136,6 +139,7 @@ class Data:
     n_found: int
     split: str = "fault-filtered"
     excerpts: Excerpts | None = None
+    augment: str = ""  # "" = the clean decoded audio; "library:K" = training/augment.py's K-th copy
 
     def y(self, subset: str) -> np.ndarray:
         return np.array([self.labels.index(t.genre) for t in self.parts[subset]], dtype=np.int64)
@@ -258,6 +262,8 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
     if getattr(tagger, "freq_stride", 1) != 1:
         scheme += f"|stride{tagger.freq_stride}"
+    if data.augment:
+        scheme += f"|{data.augment}"
     key = tracks_key(tracks, trunk_digest(tagger), scheme, "v2")
     f = cache_dir() / "transfer" / f"{key}.npz"
     if f.exists():
@@ -295,6 +301,41 @@ def merged_embeddings(data: Data, subsets: list[str], tagger: M.MusicnnTagger, b
     return merged, data.y_of(subsets)
 
 
+def library_data(data: Data, subsets: list[str], copy: int, note: Callable[[str], None] = lambda s: None) -> Data:
+    """``data`` whose audio is the ``copy``-th library version (training/augment.py) of ``subsets``' tracks."""
+    import dataclasses
+
+    from genretag.training.augment import VARIANT_PREFIX, library_cache
+
+    tracks = [t for s in subsets for t in data.parts[s]]
+    done = [0]
+
+    def progress(t):
+        done[0] += 1
+        if done[0] % 100 == 0:
+            note(f"  library version {copy}: {done[0]}/{len(tracks)} tracks")
+
+    cache = library_cache(tracks, data.cache, copy, progress=progress)
+    return dataclasses.replace(data, cache=cache, augment=f"{VARIANT_PREFIX}{copy}")
+
+
+def augmented_embeddings(data: Data, subsets: list[str], copies: int, tagger: M.MusicnnTagger, base_card: ModelCard,
+                         device, dense: int = 0, note: Callable[[str], None] = lambda s: None,
+                         repeat_excerpts: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """merged_embeddings of the clean tracks followed by ``copies`` library versions of them (labels repeated).
+
+    Each subset's library versions are cached on their own, so a refit on train + valid reuses train's."""
+    emb, y = merged_embeddings(data, subsets, tagger, base_card, device, dense, note, repeat_excerpts)
+    parts, ys = [emb], [y]
+    for k in range(max(0, copies)):
+        for s in subsets:
+            e, yk = merged_embeddings(library_data(data, [s], k, note), [s], tagger, base_card, device, dense,
+                                      note, repeat_excerpts)
+            parts.append(dict(e, track=e["track"] + sum(len(v) for v in ys)))
+            ys.append(yk)
+    return {k: np.concatenate([p[k] for p in parts]) for k in emb}, np.concatenate(ys)
+
+
 # ---------------------------------------------------------------------------
 # (b) the head on frozen embeddings
 # ---------------------------------------------------------------------------
@@ -327,6 +368,7 @@ class HeadResult:
     epoch: int
     state: dict
     extra_repeat: int = 1
+    augment_copies: int = 0
 
 
 def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_track: np.ndarray | None,
@@ -555,14 +597,19 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
              + " (test excerpts held out, measured apart)")
     emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
     best, grid, emb_tr = None, [], None
-    for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
-        e_tr, y_tr = merged_embeddings(data, data.with_excerpts("train"), tagger, base, device,
-                                       dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
-        res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
-        res.extra_repeat = repeat
-        grid += [dict(row, extra_repeat=repeat) for row in g] if data.excerpts is not None else g
-        if best is None or (res.valid_acc, -res.valid_nll) > (best.valid_acc, -best.valid_nll):
-            best, emb_tr = res, e_tr
+    for copies in cfg.augment_copies:
+        for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
+            if copies:
+                note(f"training data + {copies} library version(s) of every training track")
+            e_tr, y_tr = augmented_embeddings(data, data.with_excerpts("train"), copies, tagger, base, device,
+                                              dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
+            res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
+            res.extra_repeat, res.augment_copies = repeat, copies
+            tag = ({"extra_repeat": repeat} if data.excerpts is not None else {}) | (
+                {"augment_copies": copies} if cfg.augment_copies != [0] else {})
+            grid += [dict(row, **tag) for row in g]
+            if best is None or (res.valid_acc, -res.valid_nll) > (best.valid_acc, -best.valid_nll):
+                best, emb_tr = res, e_tr
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
@@ -586,6 +633,8 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         net.set_prior(prior, data.labels)
     selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
+    if cfg.augment_copies != [0]:
+        selected["augment_copies"] = best.augment_copies
     if data.excerpts is not None:
         selected["extra_repeat"] = best.extra_repeat
         selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
@@ -593,9 +642,9 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     if cfg.refit:
         # Same recipe and epoch count, fitted on train + valid (valid's dense crops, as train's).
         # The temperature stays the one the train-only head got on valid: nothing held out is left.
-        emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
-                                           base, device, dense=cfg.train_crops, note=note,
-                                           repeat_excerpts=best.extra_repeat)
+        emb_fit, y_fit = augmented_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"),
+                                              best.augment_copies, tagger, base, device, dense=cfg.train_crops,
+                                              note=note, repeat_excerpts=best.extra_repeat)
         x = M.pool_embeddings(emb_fit, pooling).astype(np.float32)
         y = y_fit[emb_fit["track"]]
         head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
