@@ -42,6 +42,8 @@ def transfer_cmd(
                                                       "+-3..6 dB/decade, MP3 96-320 kbps; drawn per track, made "
                                                       "before embedding, cached), tried on valid, e.g. '0,2'; "
                                                       "0 = clean audio only.")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head: bag sizes tried on valid, e.g. '1,3': the chosen head "
+                                             "trained from N seeds, logits averaged (N heads, one trunk pass).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
@@ -102,6 +104,10 @@ def transfer_cmd(
             cfg.extra_repeat = _list(extra_repeat, int)
         if prior_weight:
             cfg.prior_weights = _list(prior_weight, float)
+        if heads:
+            cfg.heads = _list(heads, int)
+            if any(n < 1 for n in cfg.heads):
+                fail("--heads takes sizes >= 1", 2)
         if augment_copies:
             cfg.augment_copies = _list(augment_copies, int)
             if any(c < 0 for c in cfg.augment_copies):

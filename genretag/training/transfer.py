@@ -86,6 +86,7 @@ class TransferConfig:
     # library versions (training/augment.py) of every training track added beside the clean ones (grid;
     # 0 = none): compression + loudness, EQ tilt, MP3 round trip, drawn per track and copy
     augment_copies: list[int] = field(default_factory=lambda: [0])
+    heads: list[int] = field(default_factory=lambda: [1])  # head bag sizes tried on valid (seeds seed..seed+n-1)
     # head (grid searched on valid)
     poolings: list[str] = field(default_factory=lambda: ["all", "midend", "penultimate"])
     hidden: list[int] = field(default_factory=lambda: [0, 256])
@@ -609,17 +610,21 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                 {"augment_copies": copies} if cfg.augment_copies != [0] else {})
             grid += [dict(row, **tag) for row in g]
             if best is None or (res.valid_acc, -res.valid_nll) > (best.valid_acc, -best.valid_nll):
-                best, emb_tr = res, e_tr
+                best, emb_tr, y_tr_best = res, e_tr, y_tr
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
+    pooling = POOLING_CHOICES[best.pooling]
+    states, epochs, bag_grid = choose_bag(best, emb_tr, y_tr_best, emb_va, y_va, len(data.labels), cfg, note)
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
-    net = M.MusicnnTransfer(len(data.labels), POOLING_CHOICES[best.pooling], best.hidden, cfg.head_dropout,
-                            len(base.labels), cfg.freq_stride)
+    if len(states) > 1:
+        card.architecture["head"]["n"] = len(states)
+        card.description += f" The head is the mean of {len(states)} heads trained from different seeds."
+    net = M.MusicnnTransfer(len(data.labels), pooling, best.hidden, cfg.head_dropout,
+                            len(base.labels), cfg.freq_stride, n_heads=len(states))
     net.trunk.load_state_dict(tagger.state_dict())
-    net.head.load_state_dict(best.state)
+    _load_heads(net, states)
     net.eval()
     # valid logits for calibration from the cached embeddings (same numbers as the network's)
-    pooling = POOLING_CHOICES[best.pooling]
     with torch.no_grad():
         lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
     valid_logits = _split_rows(lv, emb_va["track"], len(y_va))
@@ -635,6 +640,10 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
     if cfg.augment_copies != [0]:
         selected["augment_copies"] = best.augment_copies
+    if bag_grid:
+        selected["heads"] = len(states)
+        selected["head_epochs"] = epochs
+        selected["bag_grid"] = bag_grid
     if data.excerpts is not None:
         selected["extra_repeat"] = best.extra_repeat
         selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
@@ -647,12 +656,14 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                                               note=note, repeat_excerpts=best.extra_repeat)
         x = M.pool_embeddings(emb_fit, pooling).astype(np.float32)
         y = y_fit[emb_fit["track"]]
-        head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
-                              stop_epoch=best.epoch)
-        net.head.load_state_dict(head.state_dict())
-        note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+        refits = [train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay,
+                             _with_seed(cfg, cfg.seed + j), stop_epoch=ep)[0].state_dict()
+                  for j, ep in enumerate(epochs)]
+        _load_heads(net, refits)
+        note(f"refit the selected head(s) on train + valid ({len(x)} embeddings, {epochs} epochs)")
         card.description += " Refitted on train + valid after selection on valid."
-        extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
+        extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch if len(epochs) == 1 else epochs,
+                           "n_embeddings": int(len(x)),
                            "temperature_from": "the train-only head, calibrated on valid",
                            "note": "valid was used for training: its metrics are not held-out"}}
     if prior_grid:
@@ -661,6 +672,63 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
+
+
+def _with_seed(cfg: TransferConfig, seed: int) -> TransferConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, seed=seed)
+
+
+def _load_heads(net: M.MusicnnTransfer, states: list[dict]) -> None:
+    if len(states) == 1:
+        net.head.load_state_dict(states[0])
+    else:
+        for h, st in zip(net.head.heads, states):
+            h.load_state_dict(st)
+
+
+def _pooled_score(lv: np.ndarray, track: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    probs = np.array([_softmax(lg).mean(0) for lg in _split_rows(lv, track, len(y))])
+    return (float((probs.argmax(1) == y).mean()),
+            float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()))
+
+
+def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: dict, y_va: np.ndarray,
+               n_classes: int, cfg: TransferConfig, note: Callable[[str], None]
+               ) -> tuple[list[dict], list[int], list[dict]]:
+    """Head bag size (cfg.heads) on valid: the chosen head's recipe trained again from seeds seed+1, ...
+
+    Each extra head keeps its own best valid epoch; the bag's logits are the heads' mean.
+    Returns (head states, their epochs, the grid; empty when only one size is tried)."""
+    sizes = sorted(set(cfg.heads))
+    if sizes == [1]:
+        return [best.state], [best.epoch], []
+    pooling = POOLING_CHOICES[best.pooling]
+    xtr = M.pool_embeddings(emb_tr, pooling).astype(np.float32)
+    ytr = y_tr_tracks[emb_tr["track"]]
+    xva = torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))
+    states, epochs, logits = [best.state], [best.epoch], []
+    for j in range(1, max(sizes)):
+        h, acc, nll, ep = train_head(xtr, ytr, xva.numpy(), emb_va["track"], y_va, n_classes, best.hidden,
+                                     best.weight_decay, _with_seed(cfg, cfg.seed + j))
+        note(f"  head seed {cfg.seed + j}: valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
+        states.append(h.state_dict())
+        epochs.append(ep)
+    for st in states:
+        h = M.GenreHead(xva.shape[1], n_classes, best.hidden, cfg.head_dropout)
+        h.load_state_dict(st)
+        with torch.no_grad():
+            logits.append(h.eval()(xva).numpy())
+    grid, pick = [], None
+    for k in sizes:
+        acc, nll = _pooled_score(np.mean(logits[:k], axis=0), emb_va["track"], y_va)
+        grid.append({"heads": k, "valid_acc": acc, "valid_nll": nll})
+        note(f"  bag of {k} head(s): valid acc {acc:.1%} nll {nll:.3f}")
+        if pick is None or (acc, -nll) > (pick[1], -pick[2]):
+            pick = (k, acc, nll)
+    k = pick[0]
+    return states[:k], epochs[:k], grid
 
 
 def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
