@@ -192,6 +192,18 @@ def draw_params(rng: np.random.Generator) -> LibraryParams:
     )
 
 
+def describe(copies: int) -> dict:
+    """What a model card records about the library versions its head was trained on."""
+    return {"library_copies": copies, "made_by": "genretag.training.augment.library_version",
+            "chain": ["EQ tilt +-3..6 dB/decade around 1 kHz (p=0.8)",
+                      "soft-knee compressor, ratio 2-6, threshold 0-10 dB below the track's RMS, make-up gain "
+                      "into a -1 dBFS peak limiter to -14..-9 dB RMS (p=0.8)",
+                      "MP3 round trip at 44.1 kHz, 96-320 kbps CBR (p=0.7)"],
+            "applied_to": "every training track and excerpt (and valid's for a refit), before embedding; "
+                          "valid selection and test use the clean audio",
+            "seeded_by": "sha256(track id | copy)"}
+
+
 def apply_params(y: np.ndarray, sr: int, p: LibraryParams) -> np.ndarray:
     out = np.asarray(y, dtype=np.float32)
     if p.tilt_db_per_decade is not None:

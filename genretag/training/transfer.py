@@ -668,6 +668,10 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                            "note": "valid was used for training: its metrics are not held-out"}}
     if prior_grid:
         selected["prior_grid"] = prior_grid
+    if best.augment_copies:
+        from genretag.training.augment import describe
+
+        extra["augmentation"] = describe(best.augment_copies)
     cpath = _finish(net, card, cfg, data, valid_logits,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
