@@ -30,6 +30,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 VARIANT_PREFIX = "library:"
+CHAIN_VERSION = "v1"  # part of the cache key of library versions: bump when the chain or its draws change
 
 
 def rms_db(y: np.ndarray) -> float:
@@ -254,7 +255,7 @@ def library_cache(tracks: list, source, copy: int, root=None, progress=None):
     from genretag.training.dataset import WaveCache, tracks_key
 
     root = Path(root) if root else cache_dir() / "features"
-    key = tracks_key(tracks, source.sample_rate, f"{VARIANT_PREFIX}{copy}", "v1")
+    key = tracks_key(tracks, source.sample_rate, f"{VARIANT_PREFIX}{copy}", CHAIN_VERSION)
     d = root / key
     meta_f, data_f = d / "index.json", d / "waves.f16"
     if meta_f.exists() and data_f.exists():
