@@ -226,3 +226,34 @@ def test_refit_head_with_strided_front_end(dataset: Path, tmp_path: Path, monkey
     with torch.inference_mode():
         want = torch.softmax(net(torch.from_numpy(y[None, :M.SEGMENT_SAMPLES])) / card.temperature, 1).numpy()
     np.testing.assert_allclose(ln.predict(y[None, :M.SEGMENT_SAMPLES]), want, atol=2e-3)  # float16 weights
+
+
+def test_head_bag_and_library_copies_with_refit(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """--heads 1,2 and --augment-copies 0,1: a bag of two heads loads from its file; library copies
+    of train (and, for the refit, valid) are cached beside the clean audio and add training rows."""
+    from genretag.training.transfer import run_head
+
+    monkeypatch.setenv("GENRETAG_CACHE_DIR", str(tmp_path / "cache"))
+    # float32 weights: on these synthetic tones some features have a tiny spread, and a float16
+    # standardisation would move the saved model's output away from the in-memory network's
+    cfg = _cfg(dataset, tmp_path / "run", poolings=["penultimate"], heads=[2], augment_copies=[1], refit=True,
+               half_weights=False)
+    cpath, net, _ = run_head(cfg)
+    card = load_card(cpath)
+    sel = card.training["selected"]
+    assert card.architecture["head"]["n"] == 2 and sel["heads"] == 2 and len(sel["head_epochs"]) == 2
+    assert sel["augment_copies"] == 1 and card.training["refit"]["epochs"] == sel["head_epochs"]
+    # 6 clean + 6 library-version train tracks, 3 crops each
+    assert card.training["n_train_embeddings"] == 2 * 6 * 3
+    assert card.training["refit"]["n_embeddings"] == 2 * 12 * 3
+    assert len(list((tmp_path / "cache" / "features").glob("*/index.json"))) == 3  # clean, train copy, valid copy
+    ln = load_net(cpath, "cpu")
+    assert isinstance(ln.net.head, M.GenreHeadBag) and len(ln.net.head.heads) == 2
+    z = torch.randn(4, M.pooled_dim(ln.net.pooling))
+    with torch.no_grad():
+        mean = (ln.net.head.heads[0](z) + ln.net.head.heads[1](z)) / 2
+        np.testing.assert_allclose(ln.net.head(z).numpy(), mean.numpy(), atol=1e-5)
+    y, _ = sf.read(dataset / "tones" / "tones.00001.wav", dtype="float32")
+    with torch.inference_mode():
+        want = torch.softmax(net(torch.from_numpy(y[None, :M.SEGMENT_SAMPLES])) / card.temperature, 1).numpy()
+    np.testing.assert_allclose(ln.predict(y[None, :M.SEGMENT_SAMPLES]), want, atol=2e-3)

@@ -112,7 +112,6 @@ def _av_open(path: Path):
 
 
 def _pyav_info(path: Path) -> AudioInfo:
-    import av
 
     try:
         with _av_open(path) as c:
@@ -258,7 +257,6 @@ def _sf_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) ->
 
 
 def _pyav_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) -> list[np.ndarray]:
-    import av
 
     chunks = []
     with _av_open(path) as c:

@@ -34,6 +34,13 @@ def transfer_cmd(
     extra: ExtraOpt = None,
     extra_repeat: Annotated[str | None, typer.Option(help="Head: how many times each excerpt's embedding counts "
                                                     "in training, tried on valid (e.g. '1,4'; a track gives 19).")] = None,
+    augment_copies: Annotated[str | None, typer.Option(help="Head: library versions of every training track "
+                                                      "added to training (compression to -14..-9 dB RMS, EQ tilt "
+                                                      "+-3..6 dB/decade, MP3 96-320 kbps; drawn per track, made "
+                                                      "before embedding, cached), tried on valid, e.g. '0,2'; "
+                                                      "0 = clean audio only.")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head: bag sizes tried on valid, e.g. '1,3': the chosen head "
+                                             "trained from N seeds, logits averaged (N heads, one trunk pass).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs.")] = 8,
     seed: int = 0,
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
@@ -81,6 +88,10 @@ def transfer_cmd(
     bad = [p for p in cfg.poolings if p not in POOLING_CHOICES]
     if bad:
         fail(f"unknown --pooling {', '.join(bad)} (all, midend or penultimate)", 2)
+    if any(n < 1 for n in cfg.heads):
+        fail("--heads takes sizes >= 1", 2)
+    if any(c < 0 for c in cfg.augment_copies):
+        fail("--augment-copies takes counts >= 0", 2)
     if finetune_from not in ("front", "midend", "backend"):
         fail("--finetune-from must be front, midend or backend", 2)
     if mode is Mode.ensemble and len(member or []) < 2:

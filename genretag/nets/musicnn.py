@@ -633,6 +633,23 @@ class GenreHead(nn.Module):
         return self.net((z - self.mean) / self.std)
 
 
+class GenreHeadBag(nn.Module):
+    """``n`` :class:`GenreHead` of the same shape (trained from different seeds); logits = their mean.
+
+    A head trained on a few hundred tracks moves by several points with its seed; the mean of a
+    few such heads is steadier. Costs ``n`` head evaluations, nothing in the trunk.
+    """
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.5, n: int = 3) -> None:
+        super().__init__()
+        if n < 2:
+            raise ValueError("a head bag needs at least two heads")
+        self.heads = nn.ModuleList([GenreHead(dim, n_classes, hidden, dropout) for _ in range(n)])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.stack([h(z) for h in self.heads]).mean(dim=0)
+
+
 class MusicnnTransfer(nn.Module):
     """Architecture "musicnn-transfer": the musicnn trunk + a genre head on pooled embeddings.
 
@@ -644,11 +661,13 @@ class MusicnnTransfer(nn.Module):
 
     def __init__(self, n_classes: int, pooling=DEFAULT_POOLING, hidden: int = 0,
                  dropout: float = 0.5, trunk_classes: int = len(MSD_TAGS), freq_stride: int = 1,
-                 prior: dict | None = None, labels: list[str] | None = None) -> None:
+                 prior: dict | None = None, labels: list[str] | None = None, n_heads: int = 1) -> None:
         super().__init__()
         self.pooling = tuple(pooling)
         self.trunk = MusicnnNet(trunk_classes, freq_stride=freq_stride)
-        self.head = GenreHead(pooled_dim(self.pooling), n_classes, hidden, dropout)
+        dim = pooled_dim(self.pooling)
+        self.head = (GenreHead(dim, n_classes, hidden, dropout) if n_heads == 1
+                     else GenreHeadBag(dim, n_classes, hidden, dropout, n_heads))
         self._register_load_state_dict_pre_hook(functools.partial(_fill_bn_counters, self))
         self.prior_weight, self.prior_agg = 0.0, "max"
         if prior:
@@ -691,7 +710,8 @@ def build_net(card) -> nn.Module:
 
     - ``{"name": "musicnn"}`` / ``{"name": "vgg"}``: a tagger, labels = its 50 tags (multi-label).
     - ``{"name": "musicnn-transfer", "pooling", "head", "finetune", "freq_stride", "prior"}``: trunk +
-      genre head (``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`; ``prior``,
+      genre head (``head = {"hidden", "dropout", "n"}``, ``n`` > 1: a :class:`GenreHeadBag`;
+      ``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`; ``prior``,
       optional: ``{"mapping", "agg", "weight"}``, the zero-shot tag mapping blended into the logits).
     - ``{"name": "musicnn-zeroshot", "mapping": {genre: [tags]}, "agg": "max"}``.
     """
@@ -711,7 +731,8 @@ def build_net(card) -> nn.Module:
         return MusicnnTransfer(len(card.labels), arch.get("pooling", DEFAULT_POOLING),
                                int(head.get("hidden", 0)), float(head.get("dropout", 0.5)),
                                int(arch.get("trunk_classes", len(MSD_TAGS))),
-                               int(arch.get("freq_stride", 1)), arch.get("prior"), list(card.labels))
+                               int(arch.get("freq_stride", 1)), arch.get("prior"), list(card.labels),
+                               int(head.get("n", 1)))
     if name == "musicnn-zeroshot":
         return MusicnnZeroShot(list(card.labels), dict(arch.get("mapping", {})), arch.get("agg", "max"))
     raise ValueError(f"unknown musicnn architecture {name!r}")

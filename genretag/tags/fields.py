@@ -132,7 +132,7 @@ def _parse_id3(f, fmt: str) -> _Id3File:
         return _Id3File(id3.Id3Tag(4), extra)
     f.seek(chunk.data_offset)
     data = f.read(chunk.data_size)
-    return _Id3File(id3.parse(data[:_id3_total(data)], f"ID3 chunk"), extra)
+    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra)
 
 
 def _id3_total(head: bytes) -> int:

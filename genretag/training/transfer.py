@@ -93,6 +93,10 @@ class TransferConfig:
     seed: int = 0
     extra: str = ""  # excerpts folder (training/excerpts.py): its train (+ valid) excerpts train, valid selects
     extra_repeat: list[int] = field(default_factory=lambda: [1])  # each excerpt embedding counts N times (grid)
+    # library versions (training/augment.py) of every training track added beside the clean ones (grid;
+    # 0 = none): compression + loudness, EQ tilt, MP3 round trip, drawn per track and copy
+    augment_copies: list[int] = field(default_factory=lambda: [0])
+    heads: list[int] = field(default_factory=lambda: [1])  # head bag sizes tried on valid (seeds seed..seed+n-1)
     # head (grid searched on valid)
     poolings: list[str] = field(default_factory=lambda: ["all", "midend", "penultimate"])
     hidden: list[int] = field(default_factory=lambda: [0, 256])
@@ -147,6 +151,7 @@ class Data:
     n_found: int
     split: str = "fault-filtered"
     excerpts: Excerpts | None = None
+    augment: str = ""  # "" = the clean decoded audio; "library:K" = training/augment.py's K-th copy
 
     def y(self, subset: str) -> np.ndarray:
         return np.array([self.labels.index(t.genre) for t in self.parts[subset]], dtype=np.int64)
@@ -260,6 +265,8 @@ def cached_embeddings(data: Data, subset: str, tagger: M.MusicnnTagger, base_car
     scheme = f"{a.sample_rate}|{a.segment_samples}|{a.max_segments}|dense{dense}"
     if getattr(tagger, "freq_stride", 1) != 1:
         scheme += f"|stride{tagger.freq_stride}"
+    if data.augment:
+        scheme += f"|{data.augment}"
     key = tracks_key(tracks, trunk_digest(tagger), scheme, "v2")
     f = cache_dir() / "transfer" / f"{key}.npz"
     if f.exists():
@@ -295,6 +302,41 @@ def merged_embeddings(data: Data, subsets: list[str], tagger: M.MusicnnTagger, b
         offset += len(data.parts[s])
     merged = {k: np.concatenate([e[k] for e in parts]) for k in parts[0]}
     return merged, data.y_of(subsets)
+
+
+def library_data(data: Data, subsets: list[str], copy: int, note: Callable[[str], None] = lambda s: None) -> Data:
+    """``data`` whose audio is the ``copy``-th library version (training/augment.py) of ``subsets``' tracks."""
+    import dataclasses
+
+    from genretag.training.augment import VARIANT_PREFIX, library_cache
+
+    tracks = [t for s in subsets for t in data.parts[s]]
+    done = [0]
+
+    def progress(t):
+        done[0] += 1
+        if done[0] % 100 == 0:
+            note(f"  library version {copy}: {done[0]}/{len(tracks)} tracks")
+
+    cache = library_cache(tracks, data.cache, copy, progress=progress)
+    return dataclasses.replace(data, cache=cache, augment=f"{VARIANT_PREFIX}{copy}")
+
+
+def augmented_embeddings(data: Data, subsets: list[str], copies: int, tagger: M.MusicnnTagger, base_card: ModelCard,
+                         device, dense: int = 0, note: Callable[[str], None] = lambda s: None,
+                         repeat_excerpts: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """merged_embeddings of the clean tracks followed by ``copies`` library versions of them (labels repeated).
+
+    Each subset's library versions are cached on their own, so a refit on train + valid reuses train's."""
+    emb, y = merged_embeddings(data, subsets, tagger, base_card, device, dense, note, repeat_excerpts)
+    parts, ys = [emb], [y]
+    for k in range(max(0, copies)):
+        for s in subsets:
+            e, yk = merged_embeddings(library_data(data, [s], k, note), [s], tagger, base_card, device, dense,
+                                      note, repeat_excerpts)
+            parts.append(dict(e, track=e["track"] + sum(len(v) for v in ys)))
+            ys.append(yk)
+    return {k: np.concatenate([p[k] for p in parts]) for k in emb}, np.concatenate(ys)
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +377,7 @@ class HeadResult:
     epoch: int
     state: dict
     extra_repeat: int = 1
+    augment_copies: int = 0
 
 
 def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_track: np.ndarray | None,
@@ -510,24 +553,33 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
              + " (test excerpts held out, measured apart)")
     emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
     best, grid, emb_tr = None, [], None
-    for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
-        e_tr, y_tr = merged_embeddings(data, data.with_excerpts("train"), tagger, base, device,
-                                       dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
-        res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
-        res.extra_repeat = repeat
-        grid += [dict(row, extra_repeat=repeat) for row in g] if data.excerpts is not None else g
-        if better(res.valid_acc, res.valid_nll, None if best is None else (best.valid_acc, best.valid_nll)):
-            best, emb_tr = res, e_tr
+    for copies in cfg.augment_copies:
+        for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
+            if copies:
+                note(f"training data + {copies} library version(s) of every training track")
+            e_tr, y_tr = augmented_embeddings(data, data.with_excerpts("train"), copies, tagger, base, device,
+                                              dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
+            res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
+            res.extra_repeat, res.augment_copies = repeat, copies
+            tag = ({"extra_repeat": repeat} if data.excerpts is not None else {}) | (
+                {"augment_copies": copies} if cfg.augment_copies != [0] else {})
+            grid += [dict(row, **tag) for row in g]
+            if better(res.valid_acc, res.valid_nll, None if best is None else (best.valid_acc, best.valid_nll)):
+                best, emb_tr, y_tr_best = res, e_tr, y_tr
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
+    pooling = POOLING_CHOICES[best.pooling]
+    states, epochs, bag_grid = choose_bag(best, emb_tr, y_tr_best, emb_va, y_va, len(data.labels), cfg, note)
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
-    net = M.MusicnnTransfer(len(data.labels), POOLING_CHOICES[best.pooling], best.hidden, cfg.head_dropout,
-                            len(base.labels), cfg.freq_stride)
+    if len(states) > 1:
+        card.architecture["head"]["n"] = len(states)
+        card.description += f" The head is the mean of {len(states)} heads trained from different seeds."
+    net = M.MusicnnTransfer(len(data.labels), pooling, best.hidden, cfg.head_dropout,
+                            len(base.labels), cfg.freq_stride, n_heads=len(states))
     net.trunk.load_state_dict(tagger.state_dict())
-    net.head.load_state_dict(best.state)
+    _load_heads(net, states)
     net.eval()
     # valid logits for calibration from the cached embeddings (same numbers as the network's)
-    pooling = POOLING_CHOICES[best.pooling]
     with torch.no_grad():
         lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
     valid_logits = _split_rows(lv, emb_va["track"], len(y_va))
@@ -541,39 +593,105 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         net.set_prior(prior, data.labels)
     selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
+    if cfg.augment_copies != [0]:
+        selected["augment_copies"] = best.augment_copies
+    if bag_grid:
+        selected["heads"] = len(states)
+        selected["head_epochs"] = epochs
+        selected["bag_grid"] = bag_grid
     if data.excerpts is not None:
         selected["extra_repeat"] = best.extra_repeat
         selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
     extra: dict[str, Any] = {}
     if cfg.refit:
-        extra = {"refit": _refit_head(net, best, data, tagger, base, device, cfg, note)}
+        extra = {"refit": _refit_head(net, best, epochs, data, tagger, base, device, cfg, note)}
         card.description += " Refitted on train + valid after selection on valid."
     if prior_grid:
         selected["prior_grid"] = prior_grid
+    if best.augment_copies:
+        from genretag.training.augment import describe
+
+        extra["augmentation"] = describe(best.augment_copies)
     cpath = _finish(net, card, cfg, data, valid_logits,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
 
 
-def _refit_head(net: M.MusicnnTransfer, best: HeadResult, data: Data, tagger: M.MusicnnTagger, base: ModelCard,
-                device, cfg: TransferConfig, note: Callable[[str], None]) -> dict[str, Any]:
-    """Train the selected head again on train + valid (valid's dense crops, as train's), with the same
-    recipe and epoch count, into `net`; returns the card's record of it.
+def _refit_head(net: M.MusicnnTransfer, best: HeadResult, epochs: list[int], data: Data, tagger: M.MusicnnTagger,
+                base: ModelCard, device, cfg: TransferConfig, note: Callable[[str], None]) -> dict[str, Any]:
+    """Train the selected head(s) again on train + valid (valid's dense crops and library versions, as
+    train's), with the same recipe and epoch counts, into `net`; returns the card's record of it.
 
     The temperature stays the one the train-only head got on valid: nothing held out is left."""
-    emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
-                                       base, device, dense=cfg.train_crops, note=note,
-                                       repeat_excerpts=best.extra_repeat)
+    emb_fit, y_fit = augmented_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"),
+                                          best.augment_copies, tagger, base, device, dense=cfg.train_crops,
+                                          note=note, repeat_excerpts=best.extra_repeat)
     x = M.pool_embeddings(emb_fit, POOLING_CHOICES[best.pooling]).astype(np.float32)
     y = y_fit[emb_fit["track"]]
-    head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
-                          stop_epoch=best.epoch)
-    net.head.load_state_dict(head.state_dict())
-    note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
-    return {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
-            "temperature_from": "the train-only head, calibrated on valid",
+    refits = [train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay,
+                         _with_seed(cfg, cfg.seed + j), stop_epoch=ep)[0].state_dict()
+              for j, ep in enumerate(epochs)]
+    _load_heads(net, refits)
+    note(f"refit the selected head(s) on train + valid ({len(x)} embeddings, {epochs} epochs)")
+    return {"on": ["train", "valid"], "epochs": best.epoch if len(epochs) == 1 else epochs,
+            "n_embeddings": int(len(x)), "temperature_from": "the train-only head, calibrated on valid",
             "note": "valid was used for training: its metrics are not held-out"}
+
+
+def _with_seed(cfg: TransferConfig, seed: int) -> TransferConfig:
+    return replace(cfg, seed=seed)
+
+
+def _load_heads(net: M.MusicnnTransfer, states: list[dict]) -> None:
+    if len(states) == 1:
+        net.head.load_state_dict(states[0])
+    else:
+        for h, st in zip(net.head.heads, states):
+            h.load_state_dict(st)
+
+
+def _pooled_score(lv: np.ndarray, track: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    probs = np.array([softmax(lg).mean(0) for lg in _split_rows(lv, track, len(y))])
+    return (float((probs.argmax(1) == y).mean()),
+            float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()))
+
+
+def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: dict, y_va: np.ndarray,
+               n_classes: int, cfg: TransferConfig, note: Callable[[str], None]
+               ) -> tuple[list[dict], list[int], list[dict]]:
+    """Head bag size (cfg.heads) on valid: the chosen head's recipe trained again from seeds seed+1, ...
+
+    Each extra head keeps its own best valid epoch; the bag's logits are the heads' mean.
+    Returns (head states, their epochs, the grid; empty when only one size is tried)."""
+    sizes = sorted(set(cfg.heads))
+    if sizes == [1]:
+        return [best.state], [best.epoch], []
+    pooling = POOLING_CHOICES[best.pooling]
+    xtr = M.pool_embeddings(emb_tr, pooling).astype(np.float32)
+    ytr = y_tr_tracks[emb_tr["track"]]
+    xva = torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))
+    states, epochs, logits = [best.state], [best.epoch], []
+    for j in range(1, max(sizes)):
+        h, acc, nll, ep = train_head(xtr, ytr, xva.numpy(), emb_va["track"], y_va, n_classes, best.hidden,
+                                     best.weight_decay, _with_seed(cfg, cfg.seed + j))
+        note(f"  head seed {cfg.seed + j}: valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
+        states.append(h.state_dict())
+        epochs.append(ep)
+    for st in states:
+        h = M.GenreHead(xva.shape[1], n_classes, best.hidden, cfg.head_dropout)
+        h.load_state_dict(st)
+        with torch.no_grad():
+            logits.append(h.eval()(xva).numpy())
+    grid, pick = [], None
+    for k in sizes:
+        acc, nll = _pooled_score(np.mean(logits[:k], axis=0), emb_va["track"], y_va)
+        grid.append({"heads": k, "valid_acc": acc, "valid_nll": nll})
+        note(f"  bag of {k} head(s): valid acc {acc:.1%} nll {nll:.3f}")
+        if pick is None or (acc, -nll) > (pick[1], -pick[2]):
+            pick = (k, acc, nll)
+    k = pick[0]
+    return states[:k], epochs[:k], grid
 
 
 def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
