@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,15 +334,23 @@ class ClusterExecutor:
         running: dict[distributed.Future, tuple[_Chunk, str, list[int]]] = {}
         ac = as_completed(loop=self.client.loop)
 
+        ahead: deque[str] = deque()  # paths read, not yet in a chunk
+        source_done = False
+
         def read_chunk() -> _Chunk | None:
-            nonlocal exhausted, next_index
-            paths = []
-            while len(paths) < self.chunk and not exhausted:
+            """The next chunk: `self.chunk` files, smaller towards the end of the input, so that the
+            last files spread over every worker thread instead of queueing behind one full chunk."""
+            nonlocal exhausted, source_done, next_index
+            threads = self.worker_threads()
+            while not source_done and len(ahead) < 2 * threads * self.chunk:
                 p = next(it, None)
                 if p is None:
-                    exhausted = True
+                    source_done = True
                 else:
-                    paths.append(os.fspath(p))
+                    ahead.append(os.fspath(p))
+            size = self.chunk if not source_done else min(self.chunk, max(1, -(-len(ahead) // (2 * threads))))
+            paths = [ahead.popleft() for _ in range(min(size, len(ahead)))]
+            exhausted = source_done and not ahead
             if not paths:
                 return None
             c = _Chunk(next_index, paths, [None] * len(paths))

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Overhead and scaling of classifying on a Dask cluster, against the local pipeline (issue 15).
+
+The same library (N GTZAN clips, read in place) is classified three ways, in this process, with the
+model already loaded:
+
+  local      `genretag.pipeline.inference.classify(paths, jobs=default_jobs())`: what
+             `genretag classify` runs (decoding worker processes, the network on every core);
+  1 worker   `ClusterExecutor` on a `LocalCluster` of 1 single-thread worker process;
+  2 workers  the same with 2 single-thread worker processes.
+
+The cluster times include shipping the model and its first load on each worker; the cluster's
+start-up (spawning the worker processes) is not included. Every way must give the same genres.
+
+    python bench/cluster.py [--source DIR] [--tracks N] [--model NAME] [--chunk N] [--json FILE]
+
+Prints tracks/s and the ratios (targets: 2 workers >= 0.8x local, 2 workers >= 1.6x 1 worker) and
+writes them, with the load average before and after each run, to reports/cluster/ (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = next((d / "shared" / "data" / "gtzan" for d in (REPO.parent, REPO.parent.parent)
+                       if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data" / "gtzan")
+
+
+def pick_clips(source: Path, n: int) -> list[str]:
+    """n clips spread evenly over the sorted list (every genre represented)."""
+    clips = sorted(str(p) for p in source.rglob("*.mp3") if p.is_file())
+    if not clips:
+        raise SystemExit(f"no .mp3 clips under {source}")
+    if n >= len(clips):
+        return clips
+    step = len(clips) / n
+    return [clips[int(i * step)] for i in range(n)]
+
+
+def timed(results, n: int) -> tuple[list, dict]:
+    """Drain `results`; wall time to the last result and between the first and the last one."""
+    t0 = time.perf_counter()
+    first = None
+    out = []
+    for r in results:
+        if first is None:
+            first = time.perf_counter()
+        out.append(r)
+    end = time.perf_counter()
+    wall = end - t0
+    steady = (n - 1) / (end - first) if first is not None and end > first and n > 1 else None
+    return out, {"seconds": round(wall, 3), "tracks_per_s": round(n / wall, 2),
+                 "steady_tracks_per_s": round(steady, 2) if steady else None}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    ap.add_argument("--tracks", type=int, default=200)
+    ap.add_argument("--model", default=None, help="model name or card (default: the bundled default)")
+    ap.add_argument("--chunk", type=int, default=None, help="files per task (default: ClusterExecutor's)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    from genretag.pipeline.threads import prefer_passive_openmp
+
+    prefer_passive_openmp()  # as the CLI does, before torch starts
+    import distributed
+
+    from genretag.pipeline.cluster import DEFAULT_CHUNK, ClusterExecutor
+    from genretag.pipeline.inference import classify, default_jobs
+    from genretag.store.load import load_net
+
+    paths = pick_clips(args.source, args.tracks)
+    n = len(paths)
+    net = load_net(args.model, "cpu")
+    chunk = args.chunk or DEFAULT_CHUNK
+    report = {"tracks": n, "source": str(args.source), "model": net.card.name, "chunk": chunk,
+              "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "distributed": distributed.__version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "runs": {}}
+    print(f"{n} clips from {args.source}, model {net.card.name}, chunk {chunk}; load {load()}")
+
+    genres: dict[str, list] = {}
+    before = load()
+    results, fig = timed(classify(paths, net, jobs=default_jobs()), n)
+    fig.update(load_before=before, load_after=load(), jobs=default_jobs())
+    report["runs"]["local"] = fig
+    genres["local"] = [r.genre for r in results]
+    print(f"local          {fig['tracks_per_s']:6.2f} tracks/s ({fig['seconds']} s; load {before} -> {fig['load_after']})")
+
+    for workers in (1, 2):
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=40) as lc, \
+                distributed.Client(lc, set_as_default=False) as client:
+            client.wait_for_workers(workers)
+            ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
+            before = load()
+            results, fig = timed(ex.classify(paths), n)
+            fig.update(load_before=before, load_after=load())
+        name = f"{workers}_worker" + ("s" if workers > 1 else "")
+        report["runs"][name] = fig
+        genres[name] = [r.genre for r in results]
+        print(f"{workers} worker{'s' if workers > 1 else ' '}      {fig['tracks_per_s']:6.2f} tracks/s "
+              f"({fig['seconds']} s; load {before} -> {fig['load_after']})")
+
+    runs = report["runs"]
+    report["ratios"] = {
+        "2_workers_vs_local": round(runs["2_workers"]["tracks_per_s"] / runs["local"]["tracks_per_s"], 3),
+        "2_workers_vs_1_worker": round(runs["2_workers"]["tracks_per_s"] / runs["1_worker"]["tracks_per_s"], 3),
+    }
+    report["same_genres_as_local"] = {k: sum(a == b for a, b in zip(v, genres["local"])) for k, v in genres.items()
+                                      if k != "local"}
+    r = report["ratios"]
+    print(f"2 workers / local    {r['2_workers_vs_local']:.2f}x (target >= 0.8)")
+    print(f"2 workers / 1 worker {r['2_workers_vs_1_worker']:.2f}x (target >= 1.6)")
+    print(f"same genres as local: {report['same_genres_as_local']} of {n}")
+    out = args.json or REPO / "reports" / "cluster" / f"{net.card.name}-{n}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
