@@ -107,6 +107,29 @@ def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, ti
         f"genretag: error: no scheduler file at {tmp_path / 'no-such.json'}"]
 
 
+def test_stopping_early_cancels_the_work_in_flight(dask_cluster, library, tiny_model_dir, tmp_path):
+    _, client = dask_cluster
+    net = load_net(str(tiny_model_dir), "cpu")
+    fifo = tmp_path / "stuck.flac"  # opening it blocks its task until someone writes
+    os.mkfifo(fifo)
+    good = sorted(str(p) for p in library.rglob("t*"))
+    ex = cluster_mod.ClusterExecutor(client, net, chunk=1, window=4)
+    stream = ex.classify([*good[:2], str(fifo), *good[2:]])
+    try:
+        assert [next(stream).path for _ in range(2)] == good[:2]
+        assert any(client.processing().values())  # the stuck file's task at least
+        stream.close()  # what Ctrl-C or `| head` does to the generator
+        deadline = time.monotonic() + 10
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(client.processing().values())  # the stuck task too: it would never end by itself
+    finally:
+        try:  # let the stuck worker thread go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
 def _journal(path: Path, root: Path) -> list[dict]:
     keep = ("op", "old", "new", "format", "fingerprint_before", "fingerprint_after")
     return [{"path": os.path.relpath(e["path"], root), **{k: e[k] for k in keep}} for e in read_entries(path)]
