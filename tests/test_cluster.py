@@ -87,6 +87,29 @@ def test_cluster_rows_equal_local_rows_and_each_worker_loads_the_model_once(dask
     assert [list(v.values()) for v in loads.values()] == [[1], [1]], loads
 
 
+def test_an_ensemble_travels_as_flat_files_that_load_to_the_same_model(tiny_model_dir, tmp_path):
+    """Member cards may sit outside the ensemble's folder; the worker gets one folder of renamed files."""
+    import numpy as np
+
+    from genretag.pipeline.cache import model_id
+    from genretag.training.transfer import make_ensemble
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir.parent, other)
+    ens = make_ensemble([tiny_model_dir, other / tiny_model_dir.name], tmp_path / "ens", "pair")
+    main, files = cluster_mod.model_files(ens)
+    assert main == "pair.json" and sorted(files) == ["pair.0.json", "pair.0.safetensors", "pair.1.json",
+                                                     "pair.1.safetensors", "pair.json"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name, data in files.items():
+        (flat / name).write_bytes(data)
+    a, b = load_net(ens, "cpu"), load_net(flat / main, "cpu")
+    assert model_id(a) == model_id(b)  # the result cache sees the same model
+    x = np.random.default_rng(0).standard_normal((2, a.card.audio.segment_samples)).astype(np.float32)
+    assert np.array_equal(a.predict(x), b.predict(x))
+
+
 def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, tiny_model_dir, tmp_path,
                                                                      monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
