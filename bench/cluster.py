@@ -11,6 +11,9 @@ model already loaded:
 
 The cluster times include shipping the model and its first load on each worker; the cluster's
 start-up (spawning the worker processes) is not included. Every way must give the same genres.
+`cpu_s_per_track` is the CPU time of this process and all its descendants (decoding processes,
+worker processes, the scheduler) per track: what the cluster machinery costs, whatever else the
+machine is running; tracks/s depends on that too.
 
     python bench/cluster.py [--source DIR] [--tracks N] [--model NAME] [--chunk N] [--json FILE]
 
@@ -60,6 +63,21 @@ def timed(results, n: int) -> tuple[list, dict]:
                  "steady_tracks_per_s": round(steady, 2) if steady else None}
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) of this process and all its descendants (decoding and worker processes)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -93,12 +111,14 @@ def main() -> None:
     print(f"{n} clips from {args.source}, model {net.card.name}, chunk {chunk}; load {load()}")
 
     genres: dict[str, list] = {}
-    before = load()
+    before, cpu = load(), tree_cpu()
     results, fig = timed(classify(paths, net, jobs=default_jobs()), n)
-    fig.update(load_before=before, load_after=load(), jobs=default_jobs())
+    fig.update(cpu_s_per_track=round((tree_cpu() - cpu) / n, 4), load_before=before, load_after=load(),
+               jobs=default_jobs())
     report["runs"]["local"] = fig
     genres["local"] = [r.genre for r in results]
-    print(f"local          {fig['tracks_per_s']:6.2f} tracks/s ({fig['seconds']} s; load {before} -> {fig['load_after']})")
+    print(f"local          {fig['tracks_per_s']:6.2f} tracks/s, {fig['cpu_s_per_track']:.3f} CPU s/track "
+          f"({fig['seconds']} s; load {before} -> {fig['load_after']})")
 
     for workers in (1, 2):
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -106,14 +126,14 @@ def main() -> None:
                 distributed.Client(lc, set_as_default=False) as client:
             client.wait_for_workers(workers)
             ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
-            before = load()
+            before, cpu = load(), tree_cpu()
             results, fig = timed(ex.classify(paths), n)
-            fig.update(load_before=before, load_after=load())
+            fig.update(cpu_s_per_track=round((tree_cpu() - cpu) / n, 4), load_before=before, load_after=load())
         name = f"{workers}_worker" + ("s" if workers > 1 else "")
         report["runs"][name] = fig
         genres[name] = [r.genre for r in results]
-        print(f"{workers} worker{'s' if workers > 1 else ' '}      {fig['tracks_per_s']:6.2f} tracks/s "
-              f"({fig['seconds']} s; load {before} -> {fig['load_after']})")
+        print(f"{workers} worker{'s' if workers > 1 else ' '}      {fig['tracks_per_s']:6.2f} tracks/s, "
+              f"{fig['cpu_s_per_track']:.3f} CPU s/track ({fig['seconds']} s; load {before} -> {fig['load_after']})")
 
     runs = report["runs"]
     report["ratios"] = {

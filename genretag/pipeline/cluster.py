@@ -307,7 +307,10 @@ class ClusterExecutor:
     def register(self) -> None:
         """Send the model to every worker (and to those that join later), once."""
         if not self._registered:
-            self.client.register_plugin(self.plugin)
+            try:
+                self.client.register_plugin(self.plugin)
+            except Exception as e:  # noqa: BLE001 - the scheduler went away, a worker refused it
+                raise ClusterError(f"cannot send the model to the workers: {one_line(e)}") from None
             self._registered = True
 
     def worker_threads(self) -> int:
@@ -387,7 +390,7 @@ class ClusterExecutor:
                     c.paths[positions[0]], f"cannot decode: the decoder crashed ({type(e).__name__})")]
             except GenretagError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a task never raises for a file; this is the cluster
                 raise ClusterError(f"a cluster task failed: {one_line(e)}") from None
             if phase == "fingerprint":
                 self._answer_from_cache(c, positions, value)
@@ -426,9 +429,16 @@ class ClusterExecutor:
                     return
                 elif chunks:  # the oldest chunk waits for nothing: never expected
                     raise ClusterError("internal error: a chunk has no task running")
+        except GenretagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the scheduler lost, a comm closed: one line, not a traceback
+            raise ClusterError(f"the cluster failed: {one_line(e)}") from None
         finally:
             if running:  # stopped early, interrupted or failed: nothing more runs for this stream
-                self.client.cancel(list(running))
+                try:
+                    self.client.cancel(list(running))
+                except Exception:  # noqa: BLE001 - the client is gone already: so is the work
+                    log.debug("cancelling the tasks in flight failed", exc_info=True)
                 running.clear()
 
     def _answer_from_cache(self, c: _Chunk, positions: list[int], fps: list[str | None]) -> None:
