@@ -96,7 +96,9 @@ def open_cluster(opts: ClassifyOptions, net, cache=None, fingerprints: bool = Tr
         raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
     ex = ClusterExecutor.connect(net, opts.scheduler, opts.scheduler_file, vote=opts.vote, segments=opts.segments,
                                  cache=cache, fingerprints=fingerprints, device=opts.device)
-    info(f"cluster: {ex.client.scheduler.address}, {ex.worker_threads()} worker threads")
+    threads = sum(ex.client.nthreads().values())
+    info(f"cluster: {ex.client.scheduler.address}, {threads} worker threads"
+         + ("" if threads else " (none yet: the run waits for workers to join)"))
     return ex
 
 
