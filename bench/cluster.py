@@ -15,7 +15,7 @@ start-up (spawning the worker processes) is not included. Every way must give th
 worker processes, the scheduler) per track: what the cluster machinery costs, whatever else the
 machine is running; tracks/s depends on that too.
 
-    python bench/cluster.py [--source DIR] [--tracks N] [--model NAME] [--chunk N] [--json FILE]
+    python bench/cluster.py [--source DIR] [--tracks N] [--repeat K] [--model NAME] [--chunk N] [--json FILE]
 
 Prints tracks/s and the ratios (targets: 2 workers >= 0.8x local, 2 workers >= 1.6x 1 worker) and
 writes them, with the load average before and after each run, to reports/cluster/ (or --json).
@@ -86,6 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     ap.add_argument("--tracks", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=1, help="classify the clips this many times over (one stream)")
     ap.add_argument("--model", default=None, help="model name or card (default: the bundled default)")
     ap.add_argument("--chunk", type=int, default=None, help="files per task (default: ClusterExecutor's)")
     ap.add_argument("--json", type=Path, default=None)
@@ -100,15 +101,15 @@ def main() -> None:
     from genretag.pipeline.inference import classify, default_jobs
     from genretag.store.load import load_net
 
-    paths = pick_clips(args.source, args.tracks)
+    paths = pick_clips(args.source, args.tracks) * max(1, args.repeat)
     n = len(paths)
     net = load_net(args.model, "cpu")
     chunk = args.chunk or DEFAULT_CHUNK
-    report = {"tracks": n, "source": str(args.source), "model": net.card.name, "chunk": chunk,
+    report = {"tracks": n, "distinct_clips": len(set(paths)), "source": str(args.source), "model": net.card.name, "chunk": chunk,
               "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "distributed": distributed.__version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "runs": {}}
-    print(f"{n} clips from {args.source}, model {net.card.name}, chunk {chunk}; load {load()}")
+    print(f"{n} tracks ({len(set(paths))} clips) from {args.source}, model {net.card.name}, chunk {chunk}; load {load()}")
 
     genres: dict[str, list] = {}
     before, cpu = load(), tree_cpu()

@@ -130,7 +130,20 @@ def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, ti
         f"genretag: error: no scheduler file at {tmp_path / 'no-such.json'}"]
 
 
+def _feed_eof(fifo: Path, seconds: float = 60.0) -> None:
+    """Open `fifo` for writing and close it, again and again: each reader blocked on it gets EOF."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting right now
+            pass
+        time.sleep(0.02)
+
+
 def test_stopping_early_cancels_the_work_in_flight(dask_cluster, library, tiny_model_dir, tmp_path):
+    import threading
+
     _, client = dask_cluster
     net = load_net(str(tiny_model_dir), "cpu")
     fifo = tmp_path / "stuck.flac"  # opening it blocks its task until someone writes
@@ -146,11 +159,8 @@ def test_stopping_early_cancels_the_work_in_flight(dask_cluster, library, tiny_m
         while any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(client.processing().values())  # the stuck task too: it would never end by itself
-    finally:
-        try:  # let the stuck worker thread go
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
+    finally:  # the worker thread still blocked in open() gets EOF, each time it opens the file
+        threading.Thread(target=_feed_eof, args=(fifo,), daemon=True).start()
 
 
 def _journal(path: Path, root: Path) -> list[dict]:

@@ -161,9 +161,16 @@ class ModelPlugin(WorkerPlugin):
             return self._model
 
     def _load(self):
+        # genretag.cli.heap depends on nothing in genretag; it is the CLI's process setup, and a worker
+        # process running genretag's tasks wants the same
+        from genretag.cli.heap import keep_freed_memory
         from genretag.pipeline.threads import prefer_passive_openmp
 
         prefer_passive_openmp()  # before torch starts its threads, as the CLI does
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc from raising its
+        # mmap threshold: every batch's multi-megabyte buffers were then page-faulted afresh, half of a
+        # worker's CPU time (docs/cluster.md). Keep freed memory in the heap, as the CLI does.
+        keep_freed_memory()
         from genretag.store.load import load_net
 
         folder = Path(tempfile.mkdtemp(prefix="genretag-model-", dir=self._local))
