@@ -15,10 +15,13 @@ start-up (spawning the worker processes) is not included. Every way must give th
 worker processes, the scheduler) per track: what the cluster machinery costs, whatever else the
 machine is running; tracks/s depends on that too.
 
-    python bench/cluster.py [--source DIR] [--tracks N] [--repeat K] [--model NAME] [--chunk N] [--json FILE]
+    python bench/cluster.py [--source DIR] [--tracks N] [--repeat K] [--model NAME] [--chunk N] [--heap]
+                            [--json FILE]
 
 Prints tracks/s and the ratios (targets: 2 workers >= 0.8x local, 2 workers >= 1.6x 1 worker) and
 writes them, with the load average before and after each run, to reports/cluster/ (or --json).
+`--heap` also times one worker with glibc's heap as Dask's MALLOC_TRIM_THRESHOLD_ leaves it, against
+the setting genretag's model plugin makes (warm worker, user and system CPU seconds).
 """
 
 from __future__ import annotations
@@ -65,17 +68,32 @@ def timed(results, n: int) -> tuple[list, dict]:
 
 def tree_cpu() -> float:
     """CPU seconds (user + system) of this process and all its descendants (decoding and worker processes)."""
+    user, system = tree_cpu_split()
+    return user + system
+
+
+def tree_cpu_split() -> tuple[float, float]:
     import psutil
 
-    total = 0.0
+    user = system = 0.0
     me = psutil.Process()
     for p in [me, *me.children(recursive=True)]:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            user, system = user + t.user, system + t.system
         except psutil.Error:
             pass
-    return total
+    return user, system
+
+
+def dask_heap(dask_worker=None) -> bool:
+    """Put a worker's glibc back where Dask's MALLOC_TRIM_THRESHOLD_ leaves it: a fixed 128 kB mmap
+    threshold (the variable disables glibc's dynamic one) and a 64 kB trim threshold."""
+    import ctypes
+
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(-3, 128 * 1024) == 1 and mallopt(-1, 65536) == 1
 
 
 def load() -> list[float]:
@@ -89,6 +107,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="classify the clips this many times over (one stream)")
     ap.add_argument("--model", default=None, help="model name or card (default: the bundled default)")
     ap.add_argument("--chunk", type=int, default=None, help="files per task (default: ClusterExecutor's)")
+    ap.add_argument("--heap", action="store_true",
+                    help="also time 1 worker with glibc as Dask leaves it, against genretag's heap setting")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -135,6 +155,23 @@ def main() -> None:
         genres[name] = [r.genre for r in results]
         print(f"{workers} worker{'s' if workers > 1 else ' '}      {fig['tracks_per_s']:6.2f} tracks/s, "
               f"{fig['cpu_s_per_track']:.3f} CPU s/track ({fig['seconds']} s; load {before} -> {fig['load_after']})")
+
+    if args.heap:  # what keep_freed_memory() in the worker is worth (docs/cluster.md)
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=40) as lc, \
+                distributed.Client(lc, set_as_default=False) as client:
+            ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
+            list(ex.classify(paths[:2]))  # the model is loaded (and the heap set) before the timed runs
+            for name, setup in (("1_worker_genretag_heap", None), ("1_worker_dask_heap", dask_heap)):
+                if setup is not None:
+                    client.run(setup)
+                user, system = tree_cpu_split()
+                _, fig = timed(ex.classify(paths), n)
+                u2, s2 = tree_cpu_split()
+                fig.update(user_s=round(u2 - user, 2), system_s=round(s2 - system, 2), load_after=load())
+                report["runs"][name] = fig
+                print(f"{name:24s} {fig['tracks_per_s']:6.2f} tracks/s, user {fig['user_s']} s, "
+                      f"system {fig['system_s']} s")
 
     runs = report["runs"]
     report["ratios"] = {
