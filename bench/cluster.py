@@ -9,8 +9,9 @@ model already loaded:
   1 worker   `ClusterExecutor` on a `LocalCluster` of 1 single-thread worker process;
   2 workers  the same with 2 single-thread worker processes.
 
-The cluster times include shipping the model and its first load on each worker; the cluster's
-start-up (spawning the worker processes) is not included. Every way must give the same genres.
+Each is timed twice: cold (the first run: the local decoding pool starts; the workers import torch and
+load the model) and warm (the same again, as every later run on a long-lived pool or cluster). The
+cluster's start-up (spawning the worker processes) is in neither. Every way must give the same genres.
 `cpu_s_per_track` is the CPU time of this process and all its descendants (decoding processes,
 worker processes, the scheduler) per track: what the cluster machinery costs, whatever else the
 machine is running; tracks/s depends on that too.
@@ -20,8 +21,9 @@ machine is running; tracks/s depends on that too.
 
 Prints tracks/s and the ratios (targets: 2 workers >= 0.8x local, 2 workers >= 1.6x 1 worker) and
 writes them, with the load average before and after each run, to reports/cluster/ (or --json).
-`--heap` also times (on the first 200 tracks) one worker with glibc's heap as Dask's MALLOC_TRIM_THRESHOLD_ leaves it, against
-the setting genretag's model plugin makes (warm worker, user and system CPU seconds).
+`--heap` also times (on the first 200 tracks) one warm worker with glibc's heap as Dask's
+MALLOC_TRIM_THRESHOLD_ leaves it, against the setting genretag's model plugin makes (user and system
+CPU seconds).
 """
 
 from __future__ import annotations
@@ -125,36 +127,37 @@ def main() -> None:
     n = len(paths)
     net = load_net(args.model, "cpu")
     chunk = args.chunk or DEFAULT_CHUNK
-    report = {"tracks": n, "distinct_clips": len(set(paths)), "source": str(args.source), "model": net.card.name, "chunk": chunk,
-              "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    report = {"tracks": n, "distinct_clips": len(set(paths)), "source": str(args.source), "model": net.card.name,
+              "chunk": chunk, "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "distributed": distributed.__version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "runs": {}}
-    print(f"{n} tracks ({len(set(paths))} clips) from {args.source}, model {net.card.name}, chunk {chunk}; load {load()}")
+    print(f"{n} tracks ({len(set(paths))} clips) from {args.source}, model {net.card.name}, chunk {chunk}; "
+          f"load {load()}")
 
     genres: dict[str, list] = {}
-    before, cpu = load(), tree_cpu()
-    results, fig = timed(classify(paths, net, jobs=default_jobs()), n)
-    fig.update(cpu_s_per_track=round((tree_cpu() - cpu) / n, 4), load_before=before, load_after=load(),
-               jobs=default_jobs())
-    report["runs"]["local"] = fig
-    genres["local"] = [r.genre for r in results]
-    print(f"local          {fig['tracks_per_s']:6.2f} tracks/s, {fig['cpu_s_per_track']:.3f} CPU s/track "
-          f"({fig['seconds']} s; load {before} -> {fig['load_after']})")
 
+    def record(name: str, run, **extra) -> None:
+        """Time `run()` (a stream of results) and keep its figures and genres under `name`."""
+        before, cpu = load(), tree_cpu()
+        results, fig = timed(run(), n)
+        fig.update(cpu_s_per_track=round((tree_cpu() - cpu) / n, 4), load_before=before, load_after=load(), **extra)
+        report["runs"][name] = fig
+        genres[name] = [r.genre for r in results]
+        print(f"{name:16s} {fig['tracks_per_s']:6.2f} tracks/s (steady {fig['steady_tracks_per_s']}), "
+              f"{fig['cpu_s_per_track']:.3f} CPU s/track ({fig['seconds']} s; load {before} -> {fig['load_after']})")
+
+    # cold: the first run (local: the decoding pool starts; cluster: workers import torch and load the model);
+    # warm: the same again, as every later run on a long-lived pool or cluster
+    for phase in ("cold", "warm"):
+        record(f"local_{phase}", lambda: classify(paths, net, jobs=default_jobs()), jobs=default_jobs())
     for workers in (1, 2):
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                       dashboard_address=None, silence_logs=40) as lc, \
                 distributed.Client(lc, set_as_default=False) as client:
             client.wait_for_workers(workers)
             ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
-            before, cpu = load(), tree_cpu()
-            results, fig = timed(ex.classify(paths), n)
-            fig.update(cpu_s_per_track=round((tree_cpu() - cpu) / n, 4), load_before=before, load_after=load())
-        name = f"{workers}_worker" + ("s" if workers > 1 else "")
-        report["runs"][name] = fig
-        genres[name] = [r.genre for r in results]
-        print(f"{workers} worker{'s' if workers > 1 else ' '}      {fig['tracks_per_s']:6.2f} tracks/s, "
-              f"{fig['cpu_s_per_track']:.3f} CPU s/track ({fig['seconds']} s; load {before} -> {fig['load_after']})")
+            for phase in ("cold", "warm"):
+                record(f"{workers}_worker{'s' if workers > 1 else ''}_{phase}", lambda: ex.classify(paths))
 
     if args.heap:  # what keep_freed_memory() in the worker is worth (docs/cluster.md)
         with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
@@ -176,15 +179,17 @@ def main() -> None:
                       f"system {fig['system_s']} s")
 
     runs = report["runs"]
-    report["ratios"] = {
-        "2_workers_vs_local": round(runs["2_workers"]["tracks_per_s"] / runs["local"]["tracks_per_s"], 3),
-        "2_workers_vs_1_worker": round(runs["2_workers"]["tracks_per_s"] / runs["1_worker"]["tracks_per_s"], 3),
-    }
-    report["same_genres_as_local"] = {k: sum(a == b for a, b in zip(v, genres["local"])) for k, v in genres.items()
-                                      if k != "local"}
+    rate = {k: v["tracks_per_s"] for k, v in runs.items()}
+    report["ratios"] = {f"{k}_{phase}": round(rate[f"{a}_{phase}"] / rate[f"{b}_{phase}"], 3)
+                        for phase in ("cold", "warm")
+                        for k, a, b in (("2_workers_vs_local", "2_workers", "local"),
+                                        ("2_workers_vs_1_worker", "2_workers", "1_worker"))}
+    report["same_genres_as_local"] = {k: sum(a == b for a, b in zip(v, genres["local_cold"]))
+                                      for k, v in genres.items() if k != "local_cold"}
     r = report["ratios"]
-    print(f"2 workers / local    {r['2_workers_vs_local']:.2f}x (target >= 0.8)")
-    print(f"2 workers / 1 worker {r['2_workers_vs_1_worker']:.2f}x (target >= 1.6)")
+    for phase in ("cold", "warm"):
+        print(f"{phase}: 2 workers / local {r[f'2_workers_vs_local_{phase}']:.2f}x (target >= 0.8), "
+              f"2 workers / 1 worker {r[f'2_workers_vs_1_worker_{phase}']:.2f}x (target >= 1.6)")
     print(f"same genres as local: {report['same_genres_as_local']} of {n}")
     out = args.json or REPO / "reports" / "cluster" / f"{net.card.name}-{n}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
