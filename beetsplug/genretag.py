@@ -86,7 +86,8 @@ class Settings:
 class GenretagPlugin(BeetsPlugin):
     """`beet genretag` and the import hook; settings in the `genretag:` section."""
 
-    item_types = {GENRE: types.STRING, CONFIDENCE: types.FLOAT, MODEL: types.STRING}
+    #: The confidence shows with 3 decimals (`0.593`), as precise as the `..0.6` queries it is meant for.
+    item_types = {GENRE: types.STRING, CONFIDENCE: types.Float(3), MODEL: types.STRING}
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,11 +190,12 @@ class GenretagPlugin(BeetsPlugin):
                     continue
                 if plan.action == WRITE:
                     out.line(f"{item}: {'; '.join(before) or '(none)'} -> {'; '.join(plan.new_values)}")
-                if not opts.pretend:
-                    item.try_sync(write=write, move=False)
+                if not opts.pretend:  # only an item whose genres change has anything to write to its file
+                    item.try_sync(write=write and plan.action == WRITE, move=False)
         self._log.info("{} items: {} {}, {} kept (have genres), {} below min_confidence, {} unchanged, {} failed{}",
                        len(items), counts[WRITE], "would be set" if opts.pretend else "set",
-                       counts[SKIP_HAS_GENRE], counts[SKIP_BELOW], counts[SKIP_UNCHANGED], counts[ERROR], " (pretend: nothing changed)" if opts.pretend else "")
+                       counts[SKIP_HAS_GENRE], counts[SKIP_BELOW], counts[SKIP_UNCHANGED], counts[ERROR],
+                       " (pretend: nothing changed)" if opts.pretend else "")
 
     # --- import hook -------------------------------------------------------------------
 

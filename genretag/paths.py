@@ -38,6 +38,13 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(platformdirs.user_cache_dir(APP))
 
 
+def numba_cache_dir() -> Path:
+    """Where numba keeps compiled functions (librosa's resampling and effects, in decoding workers):
+    $NUMBA_CACHE_DIR when set, else `numba` in the cache dir (so it follows GENRETAG_CACHE_DIR)."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    return Path(env) if env else cache_dir() / "numba"
+
+
 def models_cache_dir() -> Path:
     return cache_dir() / "models"
 

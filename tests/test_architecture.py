@@ -241,3 +241,32 @@ def test_quiet_and_verbose_set_the_log_level(flags, shown, monkeypatch, index_wi
     if any(x.startswith("download error:") for x in lines):
         got.add("debug")
     assert got == shown
+
+
+# --------------------------------------------------------------------------- hidden state
+
+def _reads(pred) -> list[str]:
+    """`file:line` of every node of the library (genretag/, the CLI left out) for which `pred` holds."""
+    hits = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        if f.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if pred(node):
+                hits.append(f"{f.relative_to(PACKAGE)}:{node.lineno}")
+    return hits
+
+
+def test_the_library_never_reads_sys_argv():
+    """The command a card records comes from the CLI (`cli.app.command_line`), not from sys.argv."""
+    def argv(node):
+        return isinstance(node, ast.Attribute) and node.attr == "argv" and ast.unparse(node.value) == "sys"
+    assert _reads(argv) == []
+
+
+def test_production_code_reads_no_test_variable():
+    """The crash tests install `tags.safe_write._checkpoint` themselves; no GENRETAG_TEST_* is read."""
+    def test_var(node):
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and "GENRETAG_TEST" in node.value
+    assert _reads(test_var) == []
+    assert [f for f in (PACKAGE / "cli").rglob("*.py") if "GENRETAG_TEST" in f.read_text()] == []

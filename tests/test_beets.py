@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from genretag.cli import app
 from genretag.store.local import default_model_name
 from genretag.tags.fields import read_genres, read_tags
+from genretag.tags.plan import DEFAULT_NAMES
 
 pytest.importorskip("beets")
 
@@ -126,8 +129,8 @@ def test_fills_empty_genres_keeps_existing_and_reports_a_bad_item(beets):
     assert snapshot(beets.library) == files  # import.write: no, and no -w: no file is touched
     assert "4 items: 2 set, 1 kept" in done.stderr
 
-    query = beets.run("ls", "-f", "$title", "genretag_confidence:0.0..1.0")
-    assert sorted(query.stdout.split()) == ["a", "b", "c"]
+    query = beets.run("ls", "-f", "$title $genretag_confidence", "genretag_confidence:0.0..1.0")
+    assert sorted(query.stdout.splitlines()) == [f"{t} {float(after[t]['genretag_confidence']):.3f}" for t in "abc"]
 
 
 def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
@@ -149,25 +152,38 @@ def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
     assert read_genres(beets.src / "t0.mp3") == ["Folk"]  # the imported originals are left alone
 
 
-def test_append_is_written_when_import_write_is_on(tmp_path):
+def test_import_write_writes_the_changed_items_and_w_upper_none(tmp_path):
     beets = Beets(tmp_path, write=True, model=default_model_name(), min_confidence=0.0)
     af.make_file(beets.src / "a.flac", seconds=2, freq=330, title="a", genre="Folk")
+    af.make_file(beets.src / "b.flac", seconds=2, freq=550, title="b")
+    want = proposed(beets.src)
+    af.make_file(beets.src / "b.flac", seconds=2, freq=550, title="b", genre=want["b.flac"][0])  # has its genre
     beets.run("import", "-A", str(beets.src))
-    want = proposed(beets.src)["a.flac"]
-    beets.run("genretag", "--append")
-    item = beets.items()["a"]
-    assert item["genres"] == ["Folk", *want]
-    assert read_genres(item["path"]) == ["Folk", *want]
+    paths = {t: it["path"] for t, it in beets.items().items()}
+    files, mtime = snapshot(beets.library), paths["b"].stat().st_mtime_ns
+
+    beets.run("genretag", "--append", "-W")  # -W: the database only, whatever import.write says
+    items = beets.items()
+    assert items["a"]["genres"] == ["Folk", *want["a.flac"]] and items["b"]["genres"] == want["b.flac"]
+    assert snapshot(beets.library) == files
+
+    beets.run("genretag", "--force")  # import.write: yes writes a, whose genres change; b keeps its genres
+    items = beets.items()
+    assert items["a"]["genres"] == want["a.flac"] == read_genres(paths["a"])
+    assert paths["b"].stat().st_mtime_ns == mtime  # not rewritten
+    assert paths["b"].read_bytes() == files[str(paths["b"].relative_to(beets.library))]
 
 
 def test_import_hook_stores_in_the_database(tmp_path):
-    beets = Beets(tmp_path, write=True, auto=True, min_confidence=0.0)
+    beets = Beets(tmp_path)
     af.make_file(beets.src / "a.flac", seconds=3, freq=440, title="a")
     af.make_file(beets.src / "b.mp3", seconds=3, freq=660, title="b", genre="Folk")
+    label = {v: k for k, v in DEFAULT_NAMES.items()}[proposed(beets.src)["a.flac"][0]]
+    beets.configure(True, auto=True, min_confidence=0.0, names={label: "Own Name"})  # one label renamed
     sources = snapshot(beets.src)
     beets.run("import", "-A", str(beets.src))
     items = beets.items()
-    assert items["a"]["genres"] == [items["a"]["genretag_genre"]]
+    assert items["a"]["genres"] == ["Own Name"] == [items["a"]["genretag_genre"]]
     assert items["b"]["genres"] == ["Folk"] and items["b"]["genretag_genre"]
     assert {it["genretag_model"] for it in items.values()} == {default_model_name()}
     assert snapshot(beets.src) == sources  # the source files are never rewritten
@@ -175,3 +191,60 @@ def test_import_hook_stores_in_the_database(tmp_path):
     assert read_genres(items["a"]["path"]) == []
     beets.run("write")
     assert read_genres(items["a"]["path"]) == items["a"]["genres"]
+
+
+def test_bad_settings_are_one_line_errors(beets):
+    af.make_file(beets.src / "a.flac", seconds=1, title="a")
+    beets.run("import", "-A", str(beets.src))
+    for args, message in ((["--top-k", "0"], "error: genretag: top_k must be at least 1, not 0"),
+                          (["--min-confidence", "2"], "error: genretag: min_confidence must be between 0 and 1"),
+                          (["-m", "no-such-model"], "error: genretag: model 'no-such-model' not found")):
+        r = beets.run("genretag", *args, check=False)
+        assert r.returncode == 1 and r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1, r.stderr
+    beets.configure(False, policy="sometimes")
+    r = beets.run("genretag", check=False)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("configuration error: genretag.policy: must be one of"), r.stderr
+    assert beets.items()["a"]["genres"] == [] and beets.items()["a"]["genretag_model"] is None
+
+
+def _beet_genretag_lines() -> list[str]:
+    """The `beet genretag ...` lines of docs/beets.md's code blocks (comments cut)."""
+    text = (REPO / "docs" / "beets.md").read_text()
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    return [line.split(" #")[0].strip() for b in blocks for line in b.splitlines()
+            if line.strip().startswith("beet genretag")]
+
+
+def test_the_docs_beet_genretag_commands_and_options_match_the_plugin():
+    from beetsplug.genretag import GenretagPlugin
+
+    (cmd,) = GenretagPlugin.commands(object.__new__(GenretagPlugin))  # the parser alone: no config read
+    lines = _beet_genretag_lines()
+    assert len(lines) >= 3
+    for line in lines:
+        args = shlex.split(line)[2:]
+        if args == ["[QUERY]"]:
+            continue
+        try:
+            cmd.parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"docs/beets.md: `{line}` does not parse")
+    table = re.findall(r"^\| (`-.*?) \|", (REPO / "docs" / "beets.md").read_text(), re.MULTILINE)
+    documented = set(re.findall(r"`(--?[\w-]+)", " ".join(table)))
+    options = {o for opt in cmd.parser.option_list for o in (*opt._short_opts, *opt._long_opts)} - {"-h", "--help"}
+    assert documented == options
+
+
+def test_the_docs_config_snippet_shows_the_plugins_defaults():
+    import yaml
+
+    from beetsplug.genretag import DEFAULTS
+
+    text = (REPO / "docs" / "beets.md").read_text()
+    snippet = yaml.safe_load(re.search(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL).group(1))
+    assert snippet["plugins"] == "genretag" and snippet["genretag"] == DEFAULTS
+    table = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]+?)`? \|", text, re.MULTILINE))
+    assert set(table) == set(DEFAULTS)
+    assert {k: yaml.safe_load(v) for k, v in table.items() if k != "names"} == {
+        k: v for k, v in DEFAULTS.items() if k != "names"}

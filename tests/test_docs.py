@@ -317,3 +317,38 @@ def test_python_examples_run_on_generated_audio(page, lineno, code, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, f"{page}:{lineno}: the python example failed:\n{r.stderr[-1500:]}"
     assert "not found" not in r.stdout and "cannot decode" not in r.stdout, f"{page}:{lineno}:\n{r.stdout}"
+
+
+# -- the README as a user's guide --------------------------------------------------------------
+
+README = (ROOT / "README.md").read_text()
+#: The README's sections, in order (a word each heading must hold).
+README_SECTIONS = ["Install", "The two commands", "Quick start", "written", "Models", "Python API", "Documentation"]
+#: First-person narration and project history, which belong in CHANGELOG.md and commit messages.
+NARRATION = re.compile(r"\b(I|I'm|I've|we|We|our|Our)\b(?!/O)|this round|the issue|last round|[Tt]his PR")
+
+
+def test_readme_is_a_short_guide_with_its_sections_in_order():
+    lines = README.splitlines()
+    assert len(lines) < 200, f"README.md has {len(lines)} lines"
+    headings = [(n, t) for n, t in enumerate(lines) if t.startswith("## ")]
+    at = [next((n for n, t in headings if word in t), None) for word in README_SECTIONS]
+    assert None not in at and at == sorted(at), dict(zip(README_SECTIONS, at))
+    assert "```text" in "\n".join(lines[:headings[0][0]]), "no real output before the first section"
+    two = "\n".join(lines[at[1]:at[2]])
+    assert at[1] < 60 and "../shared/data/gtzan" in two and "python3 -m pytest" in two
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    two = README.split("## The two commands")[1].split("\n## ")[0]
+    setup = re.search(r"^(python3 -m pip install [^&\n]+?)\s*&&", two, re.MULTILINE).group(1)
+    quiet = setup.replace("install", "install -q", 1)  # .ci/run runs it with -q
+    assert quiet in ci and "python3 -m pytest" in two
+    assert ci.index(quiet) < ci.index("\npython3 -m pytest") < ci.index("-m pip wheel")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_user_docs_state_what_is_without_narration(page):
+    hits = [f"{n}: {t.strip()}" for n, t in enumerate(page.read_text().splitlines(), 1) if NARRATION.search(t)]
+    assert hits == []

@@ -446,3 +446,24 @@ def test_info_values_are_not_rich_markup():
     console = Console(width=200, record=True, color_system=None)
     console.print(_kv_table([("architecture", value)]))
     assert "pooling=[timbral, temporal], head={hidden=256}" in console.export_text()
+
+
+def test_card_metrics_are_typed_and_written_back_as_read():
+    """Every bundled card's metrics parse (subsets typed) and serialise to the same JSON; the headline is
+    the test subset's soft accuracy, else a stated accuracy, else a tagger's first stated figure."""
+    from genretag.store.card import load_card
+    from genretag.store.metrics import CardMetrics, SubsetMetrics
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "models").glob("*.json")):
+        raw = json.loads(path.read_text())["metrics"]
+        card = load_card(path)
+        assert card.to_dict()["metrics"] == raw, path.name
+        if "test" in raw:
+            assert isinstance(card.metrics["test"], SubsetMetrics)
+            assert card.metrics.headline() == ("accuracy", raw["test"]["accuracy_soft"])
+        else:
+            assert card.metrics.headline() == ("roc_auc", raw["roc_auc"]), path.name
+    odd = {"valid": {"acc": 0.9}, "notes": "by hand", "accuracy": 0.625}
+    m = CardMetrics.from_dict(odd)
+    assert m.to_dict() == odd and m.subset("valid") is None and m.headline() == ("accuracy", 0.625)
+    assert CardMetrics.from_dict({"valid": {"acc": 0.9}}).headline() is None

@@ -143,6 +143,10 @@ def test_wheel_holds_every_module_and_package_file(built):
     assert source
     missing = sorted(set(source) - names)
     assert missing == [], f"in genretag/ but not in the wheel: {missing[:10]}"
+    # the beets plugin, in beets' namespace package: an __init__.py there would hide beets' own plugins
+    assert names >= {"beetsplug/genretag.py"} and "beetsplug/__init__.py" not in names
+    assert {n.split("/")[0] for n in names} == {"genretag", "beetsplug", next(n for n in names if ".dist-info/" in n)
+                                                .split("/")[0]}
 
 
 def test_wheel_metadata_version_license_and_entry_point(built):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ from genretag.audio.containers import file_fingerprint, fingerprint
 from genretag.cli import app
 from genretag.pipeline import cache as cache_mod
 from genretag.pipeline.inference import TrackResult
-from genretag.tags.fields import TagError
+from genretag.tags.errors import DamagedTagError
+from genretag.tags.fields import TagError, read_tags
 from genretag.tags.journal import read_entries, undo
 from genretag.tags.plan import (
     ERROR,
@@ -370,8 +372,24 @@ def test_undo_of_a_file_without_genre_removes_it(tmp_path):
 
 # --- crash safety ------------------------------------------------------------------
 
-_CRASH_SCRIPT = """
-import sys
+# The crash point, installed in the child before it writes: at the step named by
+# GENRETAG_TEST_CRASH_AT the process pauses (GENRETAG_TEST_CRASH_PAUSE, waiting for the kill) or exits.
+_CRASH_HOOK = """
+import os, sys, time
+from genretag.tags import safe_write
+
+def _crash_at(step):
+    if os.environ.get("GENRETAG_TEST_CRASH_AT") != step:
+        return
+    if os.environ.get("GENRETAG_TEST_CRASH_PAUSE"):
+        print(f"GENRETAG-PAUSED {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    os._exit(70)
+
+safe_write._checkpoint = _crash_at
+"""
+
+_CRASH_SCRIPT = _CRASH_HOOK + """
 from genretag.tags.journal import JournalWriter
 from genretag.tags.safe_write import write_genres_safely
 write_genres_safely(sys.argv[1], ["Jazz"], before_replace=JournalWriter(sys.argv[2]))
@@ -477,6 +495,60 @@ def test_cache_keys(tmp_path):
     c2.close()
 
 
+def _fill_cache(path: Path, n: int = 3000) -> None:
+    c = cache_mod.ResultCache(path)
+    c.put_many([(f"fp{i:05d}", "m@1", "soft", 0, result(f"/x/{i}.mp3", rock=0.9)) for i in range(n)])
+    c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path, tiny, damage):
+    """A cache file that is not a database, or a real one cut short: moved aside, one warning, a normal run."""
+    db = Path(os.environ["GENRETAG_CACHE_DIR"]) / "results.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database " * 400)
+    else:
+        _fill_cache(db)
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    damaged = db.read_bytes()
+    lib = library(tmp_path / "lib", genre=None, exts=[".flac", ".mp3"], seconds=1.5)
+    args = ["tag", lib, "--min-confidence", "0", "-j", "1", "--model", tiny, "--format", "jsonl"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    warnings = [line for line in first.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "corrupt" in warnings[0] and "moved aside" in warnings[0], first.stderr
+    assert {d["action"] for d in rows(first).values()} == {"write"}
+    assert _counts(first.stderr) == (2, 0)
+    (aside,) = db.parent.glob("results.sqlite.corrupt-*")
+    assert aside.read_bytes() == damaged
+    second = run(*args)  # the rebuilt cache works: no warning, every answer from it
+    assert second.exit_code == 0 and "warning" not in second.stderr, second.output
+    assert _counts(second.stderr) == (0, 2)
+    assert rows(second) == rows(first)
+
+
+def test_cache_damaged_inside_is_rebuilt_on_first_use(tmp_path, caplog):
+    """Page 1 intact (the file opens), table pages overwritten: the first lookup finds it, rebuilds, warns once."""
+    path = tmp_path / "c.sqlite"
+    _fill_cache(path)
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
+    path.write_bytes(bytes(data))
+    c = cache_mod.ResultCache(path)
+    assert c.moved_aside is None  # nothing wrong is visible on open
+    with caplog.at_level("WARNING", logger="genretag"):
+        assert c.get("fp00001", "m@1", "soft", 0) is None
+        c.put_many([("fp1", "m@1", "soft", 0, result("/x/a.mp3", jazz=0.8))])
+        assert c.get("fp1", "m@1", "soft", 0).genre == "jazz" and len(c) == 1
+    assert c.moved_aside is not None and c.moved_aside.read_bytes() == bytes(data)
+    assert len([r for r in caplog.records if "corrupt" in r.getMessage()]) == 1
+    c.close()
+
+
 def test_symlink_target_is_written_and_link_kept(tmp_path):
     real = af.make_file(tmp_path / "real.flac", genre="Rock")
     link = tmp_path / "link.flac"
@@ -507,6 +579,44 @@ def test_second_writer_waits_for_the_first_then_writes_the_new_file(tmp_path):
     t.join(30)
     assert not t.is_alive()
     assert done["out"].old == ["Metal"] and af.genre_values(p) == ["Jazz"]
+
+
+def test_a_stalled_writer_makes_the_file_an_error_not_a_hang(tmp_path, monkeypatch):
+    """A writer that holds the lock and never finishes (stopped with Ctrl-Z, say): after LOCK_WAIT the
+    file is a one-line error, left as it is, and the next file can be written."""
+    import fcntl
+
+    from genretag.tags import safe_write
+
+    monkeypatch.setattr(safe_write, "LOCK_WAIT", 0.3)
+    p = af.make_file(tmp_path / "a.flac", genre="Rock")
+    before = p.read_bytes()
+    holder = os.open(p, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(TagError, match=r"^locked by another process for 0.3 s") as e:
+            write_genres_safely(p, ["Jazz"])
+        assert "\n" not in str(e.value) and p.read_bytes() == before
+    finally:
+        os.close(holder)
+    assert write_genres_safely(p, ["Jazz"]).new == ["Jazz"]
+
+
+@pytest.mark.parametrize("ext", [".wav", ".aiff"])
+@pytest.mark.parametrize("damage", ["shifted", "cut"])
+def test_iff_chunks_that_do_not_fill_the_file_are_refused(tmp_path, ext, damage):
+    """Bytes lost or added inside the audio chunk hide the ID3 chunk behind it (mutagen stops at the first
+    chunk header it cannot read): the tag is refused as damaged, not read as "no genre" and given a second one."""
+    p = af.make_file(tmp_path / f"a{ext}", genre="Rock")
+    data = p.read_bytes()
+    mid = len(data) // 2  # inside the audio chunk; the ID3 chunk comes after it
+    data = data[:mid] + b"\0" * 10 + data[mid:] if damage == "shifted" else data[:mid]
+    p.write_bytes(data)
+    with pytest.raises(DamagedTagError, match=r"^damaged (wav|aiff) chunks: they cover"):
+        read_tags(p)
+    with pytest.raises(TagError, match="damaged"):
+        write_genres_safely(p, ["Jazz"])
+    assert p.read_bytes() == data
 
 
 # --- the whole tag -----------------------------------------------------------------
@@ -664,19 +774,45 @@ def test_non_utf8_file_name_is_journalled_and_undone(tmp_path, fake_model, tiny)
               "--model", tiny)
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout_bytes.decode("utf-8").splitlines()]  # valid UTF-8
-    assert {os.fsencode(d["path"]) for d in lines} == {os.fsencode(odd), os.fsencode(lib / "zz.mp3")}
-    assert all(d["action"] == "written" for d in lines)
-    raw = journal.read_bytes()
-    raw.decode("utf-8")  # the journal stays valid UTF-8
+    by_name = {os.path.basename(d["path"]): d for d in lines}
+    assert set(by_name) == {"caf\\xe9-\\xff.flac", "zz.mp3"} and all(d["action"] == "written" for d in lines)
+    # the one reversible form, as in classify's JSON lines: path_bytes, the exact name in base64
+    assert base64.b64decode(by_name["caf\\xe9-\\xff.flac"]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in by_name["zz.mp3"]
+    text = journal.read_bytes().decode("utf-8")  # the journal stays valid UTF-8, with no \\udcXX escapes
+    assert "\\udc" not in text
+    (entry,) = [e for e in map(json.loads, text.splitlines()) if "path_bytes" in e]
+    assert base64.b64decode(entry["path_bytes"]) == os.fsencode(odd.resolve())
+    assert entry["path"] == os.fsencode(odd.resolve()).decode("utf-8", "backslashreplace")
     assert {os.fsencode(e["path"]) for e in read_entries(journal)} == {os.fsencode(odd.resolve()),
                                                                        os.fsencode((lib / "zz.mp3").resolve())}
-    res = run("undo", journal)
+    res = run("undo", journal)  # undo finds the file by its journal entry's path_bytes
     assert res.exit_code == 0, res.output
+    assert "restored " + entry["path"] in res.stdout
     assert af.genre_values(odd) == ["Rock"] and af.genre_values(lib / "zz.mp3") == ["Rock"]
 
 
-_PAUSED_WRITE = """
-import sys
+def test_undo_reads_a_journal_line_with_surrogate_escapes(tmp_path):
+    """A journal line whose `path` holds the JSON escapes \\udcXX (no path_bytes) names the same bytes."""
+    from genretag.tags.journal import JournalWriter
+
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.flac")))
+    os.rename(af.make_file(tmp_path / "plain.flac", genre="Rock"), odd)
+    journal = tmp_path / "j.jsonl"
+    write_genres_safely(odd, ["Jazz"], before_replace=JournalWriter(journal))
+    entry = json.loads(journal.read_text())
+    entry["path"] = os.fsdecode(base64.b64decode(entry.pop("path_bytes")))
+    line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+    assert b"\\udce9" in line
+    journal.write_bytes(line)
+    assert [i.status for i in undo(journal)] == ["restored"] and af.genre_values(odd) == ["Rock"]
+    bad = dict(entry, path_bytes="not base64!")
+    journal.write_text(json.dumps(bad, ensure_ascii=True) + "\n")
+    (item,) = undo(journal)
+    assert item.status == "bad journal line" and "'path_bytes' is not base64" in item.message
+
+
+_PAUSED_WRITE = _CRASH_HOOK + """
 from genretag.tags.safe_write import write_genres_safely
 write_genres_safely(sys.argv[1], ["Jazz"])
 """
@@ -692,8 +828,11 @@ def test_a_live_runs_temporary_file_is_not_cleaned(tmp_path, fake_model, tiny):
         assert "GENRETAG-PAUSED" in a.stderr.readline().decode()
         temps = [q for q in tmp_path.iterdir() if TMP_MARK in q.name]
         assert len(temps) == 1
-        res = run("tag", tmp_path, "--write", "--overwrite", "-j", "1", "--format", "jsonl", "--model", tiny)
+        # b.flac only: a.flac is locked by A (see the next test); the folder's strays are still cleaned
+        res = run("tag", tmp_path / "b.flac", "--write", "--overwrite", "-j", "1", "--format", "jsonl",
+                  "--model", tiny)
         assert res.exit_code == 0, res.output
+        assert af.genre_values(tmp_path / "b.flac") == ["Jazz"]
         assert temps[0].exists() and "removed stray" not in res.stderr
     finally:
         a.kill()

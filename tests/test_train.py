@@ -7,11 +7,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
+import typer
 from audio_factory import write_audio
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from genretag.training import metrics
 from genretag.training.dataset import scan, split
@@ -185,3 +188,70 @@ def test_cli_train_evaluate_and_tune(tiny_gtzan, tmp_path):
     assert "lr" in best and "weight_decay" in best
     r = cli("evaluate", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
+    """With valid trained on there is nothing held out: no valid accuracy or loss anywhere (not the epoch)."""
+    import csv
+
+    from genretag.cli.train import epoch_line
+    from genretag.training.train import EpochLog
+
+    run = tmp_path / "tv"
+    card = json.loads(train(tiny_config(tiny_gtzan, run, epochs=2, train_subsets=["train", "valid"])).read_text())
+    hist = json.loads((run / "log.json").read_text())
+    assert [h["valid_acc"] for h in hist] == [None, None] and [h["valid_loss"] for h in hist] == [None, None]
+    with open(run / "log.csv", newline="") as f:
+        assert [(r["valid_acc"], r["valid_loss"]) for r in csv.DictReader(f)] == [("", ""), ("", "")]
+    assert card["training"]["best_valid_accuracy"] is None and "valid" not in card["metrics"]
+    assert card["training"]["epochs_run"] == 2 and (run / "curves.png").exists()
+    line = epoch_line(EpochLog(**hist[-1]))
+    assert "trained on" in line and "valid acc" not in line and "valid nll" not in line
+
+
+def test_card_records_the_command_line_with_a_global_option_first(tiny_gtzan, tmp_path):
+    """`genretag -v train ...`: the card records the whole command line (the library never reads sys.argv)."""
+    import shlex
+
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"steps_per_epoch": 2, "layers": [1, 1], "widths": [8, 16], "stem_stride": 1,
+                                  "sample_rate": SR, "segment_seconds": 1.0, "max_segments": 2, "n_fft": 256,
+                                  "hop_length": 128, "n_mels": 32, "batch_size": 8, "jobs": 1,
+                                  "half_weights": False}))
+    args = ["-v", "train", str(tiny_gtzan), "--params", str(params), "--epochs", "1", "--split", "kfold:3",
+            "--train-on", "train+valid", "--out", str(tmp_path / "run"), "--name", "it's"]
+    r = subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert card["training"]["command"] == shlex.join(["genretag", *args])
+    assert shlex.split(card["training"]["command"])[1:] == args
+    epoch = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert len(epoch) == 1 and "trained on" in epoch[0] and "valid acc" not in epoch[0]
+
+
+def test_options_named_after_config_fields_fill_them():
+    """cli.train.config_from_flags: an option sets the field of its name when given, or when the base
+    (--params) does not set it; lists are parsed from text; a left-out option (None) keeps the field."""
+    from genretag.cli.train import config_from_flags
+
+    seen = {}
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(ctx: typer.Context,
+            aug_mixup: Annotated[float, typer.Option("--mixup")] = 0.2,
+            aug_specaugment: Annotated[bool, typer.Option(" /--no-specaugment")] = True,
+            aug_pitch: Annotated[str | None, typer.Option("--pitch")] = None,
+            train_subsets: Annotated[str, typer.Option("--train-on")] = "train",
+            lr: float = 2e-3, seed: int = 0, out: Path = Path("runs/x"), unrelated: int = 7) -> None:
+        seen["cfg"] = config_from_flags(TrainConfig, ctx, {"lr": 0.5, "aug_mixup": 0.3, "widths": [4, 8]})
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["--mixup", "0.1", "--no-specaugment", "--pitch=-2,2", "--train-on", "train+valid"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.aug_mixup, cfg.aug_specaugment, cfg.aug_pitch, cfg.train_subsets) == (0.1, False, [-2.0, 2.0],
+                                                                                      ["train", "valid"])
+    assert cfg.lr == 0.5 and cfg.widths == [4, 8]  # the base wins over a default
+    assert cfg.seed == 0 and cfg.out == "runs/x" and cfg.aug_stretch == []  # defaults fill the rest
+    assert runner.invoke(app, ["--pitch", "x"]).exit_code != 0  # a bad number is an error, not a field

@@ -22,8 +22,10 @@ byte of the file, used by the journal to notice any change at all.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import struct
 from collections.abc import Callable
 from typing import BinaryIO
@@ -54,9 +56,27 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`open(path, "rb")` for a regular file only: a FIFO, socket or device raises OSError at once
+    (opening a FIFO that no one writes to would block for ever)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'a socket or device'})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def container_of(path: str | os.PathLike) -> str | None:
     """The container of a file, by its content (an ID3v2 tag in front of FLAC is looked past)."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         start = _skip_id3v2(f, 0)
         f.seek(start)
         head = f.read(12)
@@ -73,7 +93,7 @@ def fingerprint(path: str | os.PathLike) -> str:
     Raises FingerprintError (one line) when the file cannot be read.
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             kind = container_of(path) or "raw"
             try:
@@ -92,7 +112,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     n = 0
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             while block := f.read(_CHUNK * 16):
                 h.update(block)
                 n += len(block)

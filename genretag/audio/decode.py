@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
+import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -49,13 +51,22 @@ def is_audio_path(path: str | os.PathLike) -> bool:
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise AudioError("file not found")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise AudioError("broken symbolic link (its target does not exist)" if path.is_symlink()
+                         else "file not found") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AudioError("symbolic link loop") from None
+        raise AudioError(f"cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise AudioError("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"not a regular file ({'a FIFO' if stat.S_ISFIFO(st.st_mode) else 'a socket or device'})")
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise AudioError("empty file")
 
 

@@ -67,6 +67,8 @@ class _Reader:
         self.base, self.buf = 0, b""
 
     def at(self, pos: int, n: int) -> bytes:
+        if pos >= self.end:  # past the audio (an ID3v2 tag that claims more than the file holds)
+            return b""
         if pos < self.base or pos + n > self.base + len(self.buf):
             self.f.seek(pos)
             self.base, self.buf = pos, self.f.read(min(_CHUNK, self.end - pos))
@@ -126,6 +128,8 @@ def mpeg_length(path: str | os.PathLike) -> tuple[int, int]:
         end = _end_before_trailing_tags(f, os.fstat(f.fileno()).st_size)
         r = _Reader(f, end)
         start = _skip_id3v2(f, 0)
+        if start >= end:  # a damaged ID3v2 size that runs past the file: look for frames behind its header
+            start = min(10, end)
         pos = start if r.frame(start) else r.find_sync(start)
         if pos < 0:
             return 0, 0

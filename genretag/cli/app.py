@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from typing import Annotated, NoReturn
 
@@ -29,6 +30,21 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except GenretagError as e:
             fail(str(e), e.exit_code)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)  # before parsing consumes them
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[_ARGV] = argv
+        return ctx
+
+
+_ARGV = "genretag.argv"
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command line this run was started with (``genretag`` and every argument, quoted as a
+    shell would need), for a model card to record. Global options are included wherever they stood."""
+    return shlex.join(["genretag", *ctx.meta.get(_ARGV, [])])
 
 
 app = typer.Typer(

@@ -2,17 +2,14 @@
 
 glibc serves a large allocation with its own fresh mmap() and unmaps it on free
 (above a threshold that starts at 128 kB), and trims the heap's free top back to
-the kernel. A classify run allocates the same multi-megabyte tensors every batch
-(a batch's STFT is 3 MB, a timbral conv map 8.5 MB), so each came back as fresh
-pages for the kernel to fault in and zero: with the default musicnn, 0.4 of the
-network's 2.8 ms per sub-track on 2 cores (the STFT alone 0.97 -> 0.40 ms per
-batch). Keeping freed memory in the heap removes that; the main process's peak
-RSS did not move (644 vs 646 MB over 300 clips). See bench/README.md, item 20.
+the kernel. A classify run allocates the same multi-megabyte tensors every batch,
+so each came back as fresh pages for the kernel to fault in and zero; keeping
+freed memory in the heap avoids that without raising the peak RSS (figures:
+docs/performance.md, "Why some defaults are what they are").
 
 It changes the whole process, so only the CLI calls it, not the library
-functions a user imports. Not in the decoding workers either: there it gained
-4 % of decoding speed and cost ~390 MB of RSS per worker (the 2,000-track
-benchmark's decode-only tree went from 0.9 to 1.7 GB).
+functions a user imports. Not in the decoding workers either: there it costs
+far more memory per worker than the speed it gains.
 """
 
 from __future__ import annotations

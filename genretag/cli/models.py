@@ -13,6 +13,7 @@ from rich.text import Text
 
 from genretag.cli.app import app, debug, fail, info, out_console, state
 from genretag.store import index as hub
+from genretag.store.metrics import CardMetrics
 
 models_app = typer.Typer(
     name="models",
@@ -30,21 +31,12 @@ IndexOpt = Annotated[str | None, typer.Option(
 # --------------------------------------------------------------------------- helpers
 
 def _accuracy(metrics: dict[str, Any]) -> float | None:
-    """The headline accuracy of a card's metrics (accuracy, test_accuracy, ... or nested)."""
-    prefs = ("accuracy", "test_accuracy", "track_accuracy", "test_acc", "acc", "val_accuracy")
-    for k in prefs:
-        v = metrics.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and "acc" in k.lower():
-            return float(v)
-    for k in ("test", "track", "val"):
-        if isinstance(metrics.get(k), dict):
-            a = _accuracy(metrics[k])
-            if a is not None:
-                return a
-    return None
+    """The headline accuracy of a card's metrics (see `CardMetrics.headline_accuracy`); None when it has none
+    or its metrics are malformed."""
+    try:
+        return CardMetrics.from_dict(metrics).headline_accuracy()
+    except ValueError:
+        return None
 
 
 def _fmt_acc(a: float | None) -> str:
@@ -55,14 +47,14 @@ def _fmt_acc(a: float | None) -> str:
 
 def _headline(metrics: dict[str, Any]) -> str:
     """Accuracy, or for a tagger without one its ROC-AUC / F1 (named)."""
-    a = _accuracy(metrics)
-    if a is not None:
-        return _fmt_acc(a)
-    for k in ("roc_auc", "macro_f1", "f1", "pr_auc"):
-        v = metrics.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return f"{k} {v:.3f}"
-    return "-"
+    try:
+        head = CardMetrics.from_dict(metrics).headline()
+    except ValueError:
+        return "-"
+    if head is None:
+        return "-"
+    what, value = head
+    return _fmt_acc(value) if what == "accuracy" else f"{what} {value:.3f}"
 
 
 def _weights_size(card_path: Path, card: dict[str, Any]) -> int | None:

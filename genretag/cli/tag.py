@@ -40,12 +40,20 @@ class TagFormat(str, Enum):
 
 
 def shown(path: str) -> str:
-    """A path for the terminal: bytes that are not UTF-8 appear as \\udcXX escapes (as in the JSON output)."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s output)."""
+    from genretag.tags.journal import printable_path
+
+    return printable_path(path)
 
 
 def write_json_line(obj: dict) -> None:
-    """One JSON line on stdout, valid UTF-8 whatever the file names (see `shown`)."""
+    """One JSON line on stdout, valid UTF-8 whatever the file names: a name that is not UTF-8 is shown
+    with \\xNN escapes in `path` and given exactly, in base64, in `path_bytes` (as `classify` does)."""
+    from genretag.tags.journal import path_bytes
+
+    raw = path_bytes(obj.get("path", ""))
+    if raw is not None:
+        obj = {**obj, "path": shown(obj["path"]), "path_bytes": raw}
     sys.stdout.flush()
     sys.stdout.buffer.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
     sys.stdout.buffer.flush()
@@ -184,9 +192,10 @@ def tag_cmd(
     stats = CacheStats() if cluster is None else cluster.stats
     if cluster is not None:
         cluster.cache = cache
+    unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
-        for p in iter_inputs(paths, opts.recursive):
+        for p in iter_inputs(paths, opts.recursive, unreadable):
             for stray in tagger.prepare(p):
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
@@ -204,13 +213,14 @@ def tag_cmd(
             cache.close()
     if report.rows:
         out_console().print(report.table())
-    if report.total == 0:
+    if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
-    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed "
+    folders = f", {len(unreadable)} unreadable folder{'s' * (len(unreadable) != 1)}" if unreadable else ""
+    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed{folders} "
          f"({stats.classified} classified, {stats.cached} from cache)"
          + ("" if write else "; dry run, nothing changed (use --write)"))
-    if report.failed:
+    if report.failed or unreadable:
         raise typer.Exit(1)
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from genretag.cli.app import app, err_console, fail, info, out_console, state
+from genretag.cli.app import app, command_line, err_console, fail, info, out_console, state
 from genretag.cli.common import Device, DeviceOpt, Precision, PrecisionOpt
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
@@ -20,12 +22,55 @@ ExtraOpt = Annotated[Path | None, typer.Option(
     "clip's fault-filtered subset; test excerpts are measured apart, never merged with the tracks.")]
 
 
-def _floats(s: str | None) -> list[float]:
-    return [float(x) for x in s.replace(",", " ").split()] if s else []
+C = TypeVar("C")
 
 
-def _ints(s: str | None) -> list[int]:
-    return [int(x) for x in s.replace(",", " ").split()] if s else []
+def config_from_flags(cls: type[C], ctx: typer.Context, base: dict[str, Any]) -> C:
+    """A `cls` config (a dataclass) from `base` (e.g. a --params file), overlaid with the command's options.
+
+    A command parameter named like a field of `cls` sets that field (its flag may read otherwise:
+    ``aug_mixup`` is ``--mixup``), when it was given on the command line or `base` does not set
+    the field; an option left out (None) keeps the field as it is. Paths become text, choices
+    their value, and text for a list field its items: names separated by commas, spaces or
+    ``+`` (``train+valid``), numbers by commas or spaces. ValueError on a bad number.
+    """
+    cfg = cls.from_dict(base)
+    types = get_type_hints(cls)
+    for name, value in ctx.params.items():
+        if name not in types or value is None:
+            continue
+        if ctx.get_parameter_source(name).name == "DEFAULT" and name in base:
+            continue
+        setattr(cfg, name, _field_value(types[name], value))
+    return cfg
+
+
+def _field_value(kind: Any, value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if get_origin(kind) is list and isinstance(value, str):
+        item = get_args(kind)[0]
+        words = re.split(r"[\s,+]+" if item is str else r"[\s,]+", value.strip())
+        return [item(w) for w in words if w]
+    return value
+
+
+#: --arch presets: the fields each sets (widths given with --widths win).
+ARCH_PRESETS: dict[str, dict[str, Any]] = {
+    "resnet": {"arch": "resnet"},
+    "resnet18": {"arch": "resnet", "variant": "resnet18", "layers": [2, 2, 2, 2], "widths": [64, 128, 256, 512]},
+    "resnet34": {"arch": "resnet", "variant": "resnet34", "layers": [3, 4, 6, 3], "widths": [64, 128, 256, 512]},
+    "cnn1d": {"arch": "cnn1d", "widths": []},
+}
+
+
+def epoch_line(log) -> str:
+    """The note printed after each training epoch (`genretag.training.train.EpochLog`)."""
+    valid = (f"valid nll {log.valid_loss:.3f} acc {log.valid_acc:.1%}" if log.valid_acc is not None
+             else "valid: trained on, no held-out figure")
+    return f"epoch {log.epoch:3d}  train loss {log.train_loss:.3f} acc {log.train_acc:.1%}  {valid}  ({log.seconds:.0f} s)"
 
 
 @app.command("train")
@@ -34,7 +79,7 @@ def train_cmd(
     data_dir: DataArg,
     split: SplitOpt = "fault-filtered",
     fold: Annotated[int, typer.Option(help="Test fold for kfold:K.")] = 0,
-    arch: Annotated[str, typer.Option("--arch", help="resnet (narrow torchvision ResNet on log-mel), resnet18, resnet34, or cnn1d (raw waveform).")] = "resnet",
+    arch_preset: Annotated[str, typer.Option("--arch", help="resnet (narrow torchvision ResNet on log-mel), resnet18, resnet34, or cnn1d (raw waveform).")] = "resnet",
     widths: Annotated[str | None, typer.Option(help="ResNet stage widths, e.g. '32,64,128,256'.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
@@ -43,15 +88,15 @@ def train_cmd(
     dropout: float = 0.3,
     label_smoothing: float = 0.1,
     segment_seconds: float = 3.0,
-    train_on: Annotated[str, typer.Option(help="Subsets to train on: 'train' or 'train+valid' (no early stopping).")] = "train",
+    train_subsets: Annotated[str, typer.Option("--train-on", help="Subsets to train on: 'train' or 'train+valid' (no early stopping, no valid figures).")] = "train",
     extra: ExtraOpt = None,
-    pitch: Annotated[str | None, typer.Option(help="Precomputed pitch shifts in semitones, e.g. '-2,2'.")] = None,
-    stretch: Annotated[str | None, typer.Option(help="Precomputed time-stretch rates, e.g. '0.9,1.1'.")] = None,
-    no_specaugment: Annotated[bool, typer.Option("--no-specaugment")] = False,
-    mixup: Annotated[float, typer.Option(help="Mixup Beta alpha; 0 disables.")] = 0.2,
-    gain_db: Annotated[float, typer.Option(help="Random gain range in dB; 0 disables.")] = 6.0,
-    noise_snr_db: Annotated[float, typer.Option(help="Lowest SNR of added noise; 0 disables.")] = 30.0,
-    no_balance: Annotated[bool, typer.Option("--no-balance", help="Sample tracks uniformly instead of balancing genres.")] = False,
+    aug_pitch: Annotated[str | None, typer.Option("--pitch", help="Precomputed pitch shifts in semitones, e.g. '-2,2'.")] = None,
+    aug_stretch: Annotated[str | None, typer.Option("--stretch", help="Precomputed time-stretch rates, e.g. '0.9,1.1'.")] = None,
+    aug_specaugment: Annotated[bool, typer.Option(" /--no-specaugment", show_default=False)] = True,
+    aug_mixup: Annotated[float, typer.Option("--mixup", help="Mixup Beta alpha; 0 disables.")] = 0.2,
+    aug_gain_db: Annotated[float, typer.Option("--gain-db", help="Random gain range in dB; 0 disables.")] = 6.0,
+    aug_noise_snr_db: Annotated[float, typer.Option("--noise-snr-db", help="Lowest SNR of added noise; 0 disables.")] = 30.0,
+    balance: Annotated[bool, typer.Option(" /--no-balance", show_default=False, help="Sample tracks uniformly instead of balancing genres.")] = True,
     patience: int = 12,
     seed: int = 0,
     name: Annotated[str, typer.Option(help="Model name (file names and card).")] = "gtzan-resnet",
@@ -73,60 +118,32 @@ def train_cmd(
             base = json.loads(params.read_text())
         except (OSError, json.JSONDecodeError) as e:
             fail(f"cannot read --params {params}: {e}", 2)
-    cfg = TrainConfig.from_dict(base)
-    given = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
-
-    def put(field: str, flag: str, value) -> None:
-        if flag in given or field not in base:
-            setattr(cfg, field, value)
-
-    put("data_dir", "data_dir", str(data_dir))
-    put("split", "split", split)
-    put("fold", "fold", fold)
-    put("extra", "extra", str(extra) if extra else "")
-    if arch in ("resnet18", "resnet34"):
-        put("arch", "arch", "resnet")
-        put("variant", "arch", arch)
-        put("layers", "arch", [2, 2, 2, 2] if arch == "resnet18" else [3, 4, 6, 3])
-        put("widths", "arch", [64, 128, 256, 512])
-    elif arch == "cnn1d":
-        put("arch", "arch", "cnn1d")
-        put("widths", "arch", [])
-    elif arch == "resnet":
-        put("arch", "arch", "resnet")
-    else:
-        fail(f"unknown --arch {arch!r}", 2)
-    if widths:
-        put("widths", "widths", _ints(widths))
-    for f, flag, v in [("epochs", "epochs", epochs), ("batch_size", "batch_size", batch_size), ("lr", "lr", lr),
-                       ("weight_decay", "weight_decay", weight_decay), ("dropout", "dropout", dropout),
-                       ("label_smoothing", "label_smoothing", label_smoothing),
-                       ("segment_seconds", "segment_seconds", segment_seconds),
-                       ("train_subsets", "train_on", train_on.split("+")),
-                       ("aug_pitch", "pitch", _floats(pitch)), ("aug_stretch", "stretch", _floats(stretch)),
-                       ("aug_specaugment", "no_specaugment", not no_specaugment), ("aug_mixup", "mixup", mixup),
-                       ("aug_gain_db", "gain_db", gain_db), ("aug_noise_snr_db", "noise_snr_db", noise_snr_db),
-                       ("balance", "no_balance", not no_balance), ("patience", "patience", patience),
-                       ("seed", "seed", seed), ("name", "name", name), ("out", "out", str(out)),
-                       ("device", "device", getattr(device, "value", device)), ("jobs", "jobs", jobs)]:
-        put(f, flag, v)
+    if arch_preset not in ARCH_PRESETS:
+        fail(f"unknown --arch {arch_preset!r}", 2)
+    arch_given = ctx.get_parameter_source("arch_preset").name != "DEFAULT"
+    base = {**base, **{k: v for k, v in ARCH_PRESETS[arch_preset].items() if arch_given or k not in base}}
+    try:
+        cfg = config_from_flags(TrainConfig, ctx, base)
+    except ValueError as e:
+        fail(f"bad number in a list option: {e}", 2)
+    cfg.command = command_line(ctx)
     if not set(cfg.train_subsets) <= {"train", "valid"}:
         fail("--train-on must be 'train' or 'train+valid'", 2)
 
     show = not state.quiet and err_console().is_terminal
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-                        TextColumn("loss {task.fields[loss]:.3f}  valid acc {task.fields[vacc]:.1%}"),
+                        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[valid]}"),
                         TimeElapsedColumn(), console=err_console(), disable=not show, transient=True)
     with progress:
-        task = progress.add_task("train", total=None, epoch=0, epochs=cfg.epochs, loss=0.0, vacc=0.0)
+        task = progress.add_task("train", total=None, epoch=0, epochs=cfg.epochs, loss=0.0, valid="")
 
         def on_step(step: int, steps: int, loss: float) -> None:
             progress.update(task, completed=step, total=steps, loss=loss)
 
         def on_epoch(log) -> None:
-            progress.update(task, epoch=log.epoch, vacc=log.valid_acc)
-            info(f"epoch {log.epoch:3d}  train loss {log.train_loss:.3f} acc {log.train_acc:.1%}  "
-                 f"valid nll {log.valid_loss:.3f} acc {log.valid_acc:.1%}  ({log.seconds:.0f} s)")
+            progress.update(task, epoch=log.epoch,
+                            valid="" if log.valid_acc is None else f"valid acc {log.valid_acc:.1%}")
+            info(epoch_line(log))
 
         try:
             card_path = train(cfg, resume=resume, on_step=on_step, on_epoch=on_epoch, on_note=info)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from genretag.cli.app import app, fail, info
+from genretag.cli.app import app, command_line, fail, info
 from genretag.cli.common import Device, DeviceOpt
-from genretag.cli.train import ExtraOpt, report_card
+from genretag.cli.train import ExtraOpt, config_from_flags, report_card
 
 
 class Mode(str, Enum):
@@ -20,12 +20,9 @@ class Mode(str, Enum):
     ensemble = "ensemble"
 
 
-def _list(s: str | None, cast=str) -> list:
-    return [cast(x) for x in s.replace(",", " ").split()] if s else []
-
-
 @app.command("transfer")
 def transfer_cmd(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")],
     mode: Annotated[Mode, typer.Option("--mode", help="head: train a head on frozen musicnn embeddings; finetune: "
                                        "then fine-tune the trunk; zeroshot: MSD tags -> genres, no training; "
@@ -42,11 +39,11 @@ def transfer_cmd(
     base_model: Annotated[str, typer.Option(help="The musicnn tagger card to start from.")] = "msd-musicnn",
     freq_stride: Annotated[int, typer.Option(min=1, max=8, help="Run the front-end convolutions at every N-th mel "
                                              "band: faster (2: network ~1.3x), embeddings approximated (1 = exact).")] = 1,
-    pooling: Annotated[str | None, typer.Option(help="Head pooling sets tried on valid: all, midend, penultimate (comma-separated).")] = None,
+    poolings: Annotated[str | None, typer.Option("--pooling", help="Head pooling sets tried on valid: all, midend, penultimate (comma-separated).")] = None,
     hidden: Annotated[str | None, typer.Option(help="Head hidden sizes tried on valid; 0 = logistic regression (e.g. '0,256').")] = None,
-    weight_decay: Annotated[str | None, typer.Option(help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
+    weight_decays: Annotated[str | None, typer.Option("--weight-decay", help="Head weight decays tried on valid (e.g. '0.1,1,10'; AdamW's decoupled decay).")] = None,
     head_epochs: Annotated[int, typer.Option(min=5)] = 60,
-    prior_weight: Annotated[str | None, typer.Option(help="Head: weights of the zero-shot prior (MSD tags mapped to "
+    prior_weights: Annotated[str | None, typer.Option("--prior-weight", help="Head: weights of the zero-shot prior (MSD tags mapped to "
                                                     "genres, added to the head's log-probabilities) tried on valid, "
                                                     "e.g. '0,0.5,1'; 0 = none.")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="Head: after choosing it on valid, train the chosen head "
@@ -54,12 +51,12 @@ def transfer_cmd(
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate of the trunk (the head gets 10x).")] = 1e-4,
     finetune_from: Annotated[str, typer.Option(help="First trainable trunk stage: front (everything), midend or backend.")] = "midend",
     crops_per_track: Annotated[int, typer.Option(min=1, help="Fine-tuning: random crops per training track per epoch.")] = 4,
-    mixup: Annotated[float, typer.Option(help="Fine-tuning mixup Beta alpha; 0 disables.")] = 0.0,
-    gain_db: Annotated[float, typer.Option(help="Random gain range in dB; 0 disables.")] = 6.0,
-    noise_snr_db: Annotated[float, typer.Option(help="Lowest SNR of added noise; 0 disables.")] = 30.0,
+    aug_mixup: Annotated[float, typer.Option("--mixup", help="Fine-tuning mixup Beta alpha; 0 disables.")] = 0.0,
+    aug_gain_db: Annotated[float, typer.Option("--gain-db", help="Random gain range in dB; 0 disables.")] = 6.0,
+    aug_noise_snr_db: Annotated[float, typer.Option("--noise-snr-db", help="Lowest SNR of added noise; 0 disables.")] = 30.0,
     from_head: Annotated[str | None, typer.Option(help="Fine-tune this head model instead of training a new head.")] = None,
     member: Annotated[list[str] | None, typer.Option("--member", help="Ensemble member (card path or name); repeat. Every subset is tried on valid.")] = None,
-    full_precision: Annotated[bool, typer.Option("--full-precision", help="Store float32 weights (default float16).")] = False,
+    half_weights: Annotated[bool, typer.Option(" /--full-precision", show_default=False, help="Store float32 weights (default float16).")] = True,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Genre models from the pretrained musicnn MSD tagger: selected on valid, measured on test.
@@ -75,30 +72,15 @@ def transfer_cmd(
         run_zeroshot,
     )
 
-    default_name = {"zeroshot": "gtzan-musicnn-zeroshot", "ensemble": "gtzan-ensemble"}.get(mode.value, "gtzan-musicnn")
-    cfg = TransferConfig(data_dir=str(data_dir), out=str(out), name=name or default_name, mode=mode.value,
-                         base_model=base_model, freq_stride=freq_stride, split=split, fold=fold, seed=seed, epochs=epochs,
-                         head_epochs=head_epochs, refit=refit, lr=lr, finetune_from=finetune_from,
-                         crops_per_track=crops_per_track, aug_mixup=mixup, aug_gain_db=gain_db,
-                         aug_noise_snr_db=noise_snr_db, from_head=from_head or "",
-                         half_weights=not full_precision, device=getattr(device, "value", device),
-                         extra=str(extra) if extra else "")
     try:
-        if pooling:
-            cfg.poolings = _list(pooling)
-            bad = [p for p in cfg.poolings if p not in POOLING_CHOICES]
-            if bad:
-                fail(f"unknown --pooling {', '.join(bad)} (all, midend or penultimate)", 2)
-        if hidden:
-            cfg.hidden = _list(hidden, int)
-        if weight_decay:
-            cfg.weight_decays = _list(weight_decay, float)
-        if extra_repeat:
-            cfg.extra_repeat = _list(extra_repeat, int)
-        if prior_weight:
-            cfg.prior_weights = _list(prior_weight, float)
+        cfg = config_from_flags(TransferConfig, ctx, {})
     except ValueError as e:
         fail(f"bad number in a list option: {e}", 2)
+    cfg.name = name or {"zeroshot": "gtzan-musicnn-zeroshot", "ensemble": "gtzan-ensemble"}.get(mode.value, "gtzan-musicnn")
+    cfg.command = command_line(ctx)
+    bad = [p for p in cfg.poolings if p not in POOLING_CHOICES]
+    if bad:
+        fail(f"unknown --pooling {', '.join(bad)} (all, midend or penultimate)", 2)
     if finetune_from not in ("front", "midend", "backend"):
         fail("--finetune-from must be front, midend or backend", 2)
     if mode is Mode.ensemble and len(member or []) < 2:

@@ -307,8 +307,7 @@ class MusicnnNet(nn.Module):
 
         Each front-end map is max-pooled over the whole mel axis, so a stride keeps the
         network's shape and weights and approximates that max from fewer positions:
-        the front-end costs about 1/stride (log-mel -> logits per 3 s sub-track, batch 8,
-        2 cores, live filters only: 2.2 ms at 1, 1.3 at 2, 1.0 at 3, 0.95 at 4). The
+        the front-end costs about 1/stride (timings in docs/performance.md). The
         embeddings change, so a head must be trained on the same stride (the model
         card's ``architecture.freq_stride``); 1 is the original network.
         """

@@ -6,11 +6,17 @@ or re-tagging a file keeps its entry, while a different model or setting
 does not reuse it. SQLite in WAL mode with a busy timeout, so two runs can
 share one cache; entries are committed per chunk, so an interrupted run
 keeps what it finished and the next one resumes where it stopped.
+
+A cache file SQLite reports as corrupt (not a database, a damaged or
+truncated page) is moved aside as `<name>.corrupt-<UTC time>` (with its
+`-wal`/`-shm` files) and an empty cache is started in its place, with one
+warning: the run classifies as if the cache were new.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -24,6 +30,11 @@ from genretag.paths import cache_dir
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
 from genretag.pipeline.prepare import Prepared, prepare_file
+
+log = logging.getLogger(__name__)
+
+#: SQLite result codes that mean the file itself is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
+_CORRUPT_CODES = frozenset({11, 26})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -55,16 +66,63 @@ class ResultCache:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute(_SCHEMA)
+        self.moved_aside: Path | None = None  # where a corrupt cache file went, when one was found
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as e:
+            if not _is_corrupt(e):
+                raise
+            self.db = self._rebuild(e)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _rebuild(self, err: sqlite3.DatabaseError, db: sqlite3.Connection | None = None) -> sqlite3.Connection:
+        """Move the corrupt file (and its WAL) aside, warn once, and start an empty cache."""
+        if db is not None:
+            db.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):  # a stale WAL must not be replayed into the new file
+            src = self.path.with_name(self.path.name + suffix)
+            try:
+                os.replace(src, aside.with_name(aside.name + suffix))
+            except FileNotFoundError:
+                pass
+        self.moved_aside = aside
+        log.warning("result cache %s is corrupt (%s): moved aside to %s; starting an empty cache",
+                    self.path, err, aside.name)
+        return self._connect()
+
+    def _recover(self, err: sqlite3.DatabaseError) -> bool:
+        """After an error in use: rebuild once when the file is corrupt (True), else False (re-raise)."""
+        if not _is_corrupt(err) or self.moved_aside is not None:
+            return False
+        self.db = self._rebuild(err, self.db)
+        return True
 
     def get(self, fp: str, model: str, vote: str, segments: int) -> TrackResult | None:
-        row = self.db.execute(
-            "SELECT result FROM results WHERE fingerprint=? AND model_id=? AND vote=? AND segments=?",
-            (fp, model, vote, segments)).fetchone()
+        try:
+            row = self.db.execute(
+                "SELECT result FROM results WHERE fingerprint=? AND model_id=? AND vote=? AND segments=?",
+                (fp, model, vote, segments)).fetchone()
+        except sqlite3.DatabaseError as e:
+            if not self._recover(e):
+                raise
+            return None  # the new cache is empty
         if row is None:
             return None
         try:
@@ -84,12 +142,21 @@ class ResultCache:
                 rows.append((fp, model, vote, segments, json.dumps(d), time.time()))
         if not rows:
             return
+        try:
+            self._insert(rows)
+        except sqlite3.DatabaseError as e:
+            if not self._recover(e):
+                raise
+            self._insert(rows)
+
+    def _insert(self, rows: list[tuple]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", rows)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
 
     def __len__(self) -> int:
@@ -97,6 +164,12 @@ class ResultCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    """A damaged file (rebuild it), not a busy or read-only one (report it)."""
+    return getattr(e, "sqlite_errorcode", None) in _CORRUPT_CODES or (
+        type(e) is sqlite3.DatabaseError and ("malformed" in str(e) or "not a database" in str(e)))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from genretag.paths import numba_cache_dir
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_waveform
 from genretag.pipeline.segments import vote as combine
@@ -222,8 +223,7 @@ def _executor(jobs: int):
     """joblib's reusable loky pool, with single-threaded math libraries in the workers."""
     from joblib.externals.loky import get_reusable_executor
 
-    cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genretag-numba")
-    env = {"NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    env = {"NUMBA_CACHE_DIR": str(numba_cache_dir()), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
@@ -286,16 +286,9 @@ def default_batch_segments(net: Model) -> int:
     """Sub-tracks per forward pass.
 
     On CPU, small batches are faster per sub-track as long as a layer's
-    activations stay in the cache (timed on 2 cores, bench/README.md):
-
-    * ResNet: first-stage activations are 0.5 MB per sub-track; 16 per batch
-      is best (3.9 ms/sub-track vs 6.2 at 1; at 64, 34 MB no longer fit and it
-      runs ~1.5x slower).
-    * musicnn: with only its live front-end filters convolved (see
-      ``musicnn._ConvBN2d.freq_max``) 8 per batch is best: 2.7 ms/sub-track
-      against 3.3 at 2 and 3.5 at 16 (the stride-2 model: 2.1 at 8).
-
-    A GPU wants large batches.
+    activations stay in the cache: 16 for a ResNet, 8 for musicnn (with only its
+    live front-end filters convolved, ``musicnn._ConvBN2d.freq_max``); the timings
+    are in docs/performance.md. A GPU wants large batches.
     """
     if net.device.type != "cpu":
         return 64

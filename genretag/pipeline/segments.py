@@ -32,9 +32,13 @@ def plan_segments(duration: float, segment_seconds: float, max_segments: int) ->
 
 def cut_segments(wave: np.ndarray, sample_rate: int, offsets: list[float], samples: int) -> np.ndarray:
     """(len(offsets), samples) float32 stretches of an in-memory mono wave, zero-padded past its end."""
-    out = np.zeros((len(offsets), samples), dtype=np.float32)
-    for i, off in enumerate(offsets):
-        start = int(round(off * sample_rate))
+    return cut_at(wave, [int(round(off * sample_rate)) for off in offsets], samples)
+
+
+def cut_at(wave: np.ndarray, starts: list[int], samples: int) -> np.ndarray:
+    """(len(starts), samples) float32 stretches of `wave` from each start sample, zero-padded past its end."""
+    out = np.zeros((len(starts), samples), dtype=np.float32)
+    for i, start in enumerate(starts):
         chunk = wave[start:start + samples]
         out[i, :chunk.shape[0]] = chunk
     return out

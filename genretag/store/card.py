@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genretag.errors import ModelError, one_line
+from genretag.store.metrics import CardMetrics
 
 GTZAN_GENRES: tuple[str, ...] = (
     "blues", "classical", "country", "disco", "hiphop",
@@ -74,15 +75,21 @@ class ModelCard:
     license: str = ""
     source: str = ""
     training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: CardMetrics = field(default_factory=CardMetrics)  # what was measured (genretag.store.metrics)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metrics, CardMetrics):
+            self.metrics = CardMetrics.from_dict(self.metrics)
 
     @property
     def is_ensemble(self) -> bool:
         return bool(self.members)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["metrics"] = CardMetrics.from_dict(self.metrics).to_dict()  # also when a plain dict was assigned
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelCard":

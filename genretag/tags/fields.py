@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from genretag.audio.containers import container_of
+from genretag.audio.containers import container_of, open_regular
 from genretag.errors import one_line
 from genretag.tags import id3, mp4, vorbis
 from genretag.tags.errors import ChangedSinceClassified, DamagedTagError, TagError
@@ -78,7 +78,21 @@ def _id3_in_iff(f, fmt: str):
             iff, key = AIFFFile(f), "ID3"
     except (InvalidChunk, EOFError, struct.error, ValueError) as e:
         raise DamagedTagError(f"damaged {fmt} chunks ({one_line(e)})") from None
+    _check_chunk_walk(f, iff.root, fmt)
     return iff, (iff[key] if key in iff else None)
+
+
+def _check_chunk_walk(f, root, fmt: str) -> None:
+    """The chunks must fill the file exactly: mutagen stops at the first chunk header it cannot read,
+    so a chunk cut off or shifted (bytes inserted or lost before it) would be silently missing, and a
+    write would add a second ID3 chunk beside the one not seen. A pad byte more or less is accepted."""
+    chunks = list(root.subchunks())
+    walked = chunks[-1].data_offset + chunks[-1].data_size + chunks[-1].padding() if chunks else root.data_offset + 4
+    stated = root.data_offset + root.data_size
+    size = f.seek(0, os.SEEK_END)
+    if abs(walked - stated) > 1 or abs(size - stated) > 1:
+        raise DamagedTagError(f"damaged {fmt} chunks: they cover {walked} bytes, the header says {stated}, "
+                              f"the file has {size}")
 
 
 @dataclass
@@ -154,6 +168,8 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None
             if chunk is None:
                 iff.insert_chunk("id3" if fmt == "wav" else "ID3")
                 chunk = _id3_in_iff(f, fmt)[1]
+                if chunk is None:
+                    raise DamagedTagError(f"damaged {fmt} chunks: a new ID3 chunk cannot be found again")
             chunk.resize(len(data))
         f.seek(chunk.data_offset)
         f.write(data)
@@ -221,7 +237,7 @@ def _format_of(path: str, f) -> str:
 def _parse(path: str) -> tuple[str, Any]:
     """(format, parsed whole tag). Raises TagError (one line), DamagedTagError for incomplete tags."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO is refused, not waited on
             fmt = _format_of(path, f)
             return fmt, GENRE_FIELDS[fmt].parse(f, fmt)
     except TagError:

@@ -8,15 +8,19 @@ the old values back through the same safe path, refusing any file that was
 changed since genretag wrote it. Each undo is journalled too (`op: undo`),
 so running undo twice does nothing the second time.
 
-Paths are stored bytes-safe: a file name that is not valid UTF-8 has its
-undecodable bytes written as JSON `\\udcXX` escapes (Python's surrogateescape
-form), which read back to the very same bytes. A journal line that is not a
+Paths are stored bytes-safe, as in every JSON line genretag writes: a file
+name that is not valid UTF-8 gets `path_bytes`, its exact bytes in base64,
+which undo opens; `path` then shows each undecodable byte as `\\xNN`, for
+reading only. (Lines without `path_bytes` whose `path` holds JSON `\\udcXX`
+escapes, Python's surrogateescape form, are read too.) A journal line that is not a
 well-formed entry (corrupt, or edited by hand with wrong types) is reported
 and counted by undo, and the other entries are still undone.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import uuid
@@ -38,22 +42,58 @@ def default_journal_path() -> Path:
 def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None) -> dict:
     """The journal line for one write."""
     entry = {
-        "id": uuid.uuid4().hex, "op": op, "path": outcome.path,
+        "id": uuid.uuid4().hex, "op": op, "path": printable_path(outcome.path),
         "fingerprint_before": outcome.fingerprint_before, "fingerprint_after": outcome.fingerprint_after,
         "old": outcome.old, "new": outcome.new, "format": outcome.format,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    raw = path_bytes(outcome.path)
+    if raw is not None:
+        entry["path_bytes"] = raw
     if undoes:
         entry["undoes"] = undoes
     return entry
+
+
+def printable_path(path: str) -> str:
+    """`path` as valid UTF-8 text, each byte of the name that is not UTF-8 as `\\xNN` (for reading only;
+    the same form as `genretag.pipeline.output.printable_path`)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+def path_bytes(path: str) -> str | None:
+    """The exact bytes of a file name that is not valid UTF-8, in base64 (None for a UTF-8 name)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return base64.b64encode(os.fsencode(path)).decode("ascii")
+    return None
+
+
+def _exact_path(e: dict) -> str | None:
+    """Put the name `path_bytes` holds into `path`; why it cannot be done, or None."""
+    raw = e.get("path_bytes")
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        return "'path_bytes' is not a string"
+    try:
+        e["path"] = os.fsdecode(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError):
+        return "'path_bytes' is not base64"
+    return None
 
 
 def append_entry(journal: str | os.PathLike, entry: dict) -> None:
     """Append one line and fsync; a file lock keeps lines of concurrent runs whole."""
     journal = Path(journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    # backslashreplace turns a lone surrogate (an undecodable byte of a file name) into
-    # its JSON escape, \udcXX, which json.loads reads back as the same surrogate.
+    # names are in `path_bytes` (see make_entry); backslashreplace keeps the line valid UTF-8 should any
+    # other field hold a lone surrogate (json.loads reads the \udcXX escape back as the same one)
     line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -120,7 +160,7 @@ def read_journal(journal: str | os.PathLike) -> tuple[list[dict], list[JournalPr
             problems.append(JournalProblem(n, "unterminated last line (a crash while appending); skipped" if torn
                                            else "not valid JSON; skipped", torn=torn))
             continue
-        why = entry_problem(e)
+        why = (_exact_path(e) if isinstance(e, dict) else None) or entry_problem(e)
         if why:
             path = e.get("path") if isinstance(e, dict) and isinstance(e.get("path"), str) else None
             problems.append(JournalProblem(n, f"malformed entry: {why}; skipped", path))

@@ -26,6 +26,8 @@ from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, set_genres, stored_form
 
 TMP_MARK = ".genretag-tmp-"
+#: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
+LOCK_WAIT = 120.0
 TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
 
 
@@ -42,16 +44,14 @@ class WriteOutcome:
     audio_fingerprint: str
 
 
-def _checkpoint(step: str) -> None:
-    """Test hook: GENRETAG_TEST_CRASH_AT=<step> makes the process die (or pause) here."""
-    if os.environ.get("GENRETAG_TEST_CRASH_AT") != step:
-        return
-    if os.environ.get("GENRETAG_TEST_CRASH_PAUSE"):
-        import sys
+def _no_checkpoint(step: str) -> None:
+    """Nothing: what `_checkpoint` is outside the crash tests."""
 
-        print(f"GENRETAG-PAUSED {step}", file=sys.stderr, flush=True)
-        time.sleep(3600)
-    os._exit(70)
+
+#: Called with the name of each step of a safe write ("after_tmp_write", "after_modify",
+#: "before_replace", "after_replace"). The crash tests (tests/test_tag.py) set it, in the process
+#: they kill, to a function that dies or pauses at one step; production code never changes it.
+_checkpoint: Callable[[str], None] = _no_checkpoint
 
 
 def is_read_only(st: os.stat_result, path: str) -> bool:
@@ -179,7 +179,9 @@ def _lock_target(path: Path) -> int:
     see the other's rename as a change and refuse; holding this lock from the
     first read to the rename serialises them instead. A rename by the holder
     swaps the inode, so after waiting the lock is re-taken on the new file.
-    Raises TagError when the file cannot be opened.
+    The wait is bounded (LOCK_WAIT): a run stopped with Ctrl-Z, or stalled,
+    while holding the lock makes this file an error, not a run that never ends.
+    Raises TagError when the file cannot be opened or stays locked.
     """
     while True:
         try:
@@ -188,7 +190,13 @@ def _lock_target(path: Path) -> int:
             raise TagError("file not found") from None
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
-        _flock(fd, blocking=True)
+        deadline = time.monotonic() + LOCK_WAIT
+        while not _flock(fd, blocking=False):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TagError(f"locked by another process for {LOCK_WAIT:g} s (a stopped or stalled genretag "
+                               "run?); left as it is")
+            time.sleep(0.05)
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except OSError:

@@ -22,7 +22,8 @@ import numpy as np
 
 from genretag.audio import decode as audio
 from genretag.errors import DatasetError
-from genretag.paths import cache_dir
+from genretag.paths import cache_dir, numba_cache_dir
+from genretag.store.card import GTZAN_GENRES
 
 _NAME = re.compile(r"^(?P<genre>[a-z0-9_-]+)\.(?P<num>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 SUBSETS = ("train", "valid", "test")
@@ -33,6 +34,12 @@ class Track:
     id: str  # "<genre>/<genre>.NNNNN", as in the split lists
     genre: str
     path: Path
+
+
+def labels_of(tracks: list[Track]) -> list[str]:
+    """A model's labels for these tracks: the ten GTZAN genres when every genre found is one, else those found."""
+    present = sorted({t.genre for t in tracks})
+    return list(GTZAN_GENRES) if set(present) <= set(GTZAN_GENRES) else present
 
 
 def scan(data_dir: str | os.PathLike) -> list[Track]:
@@ -180,7 +187,7 @@ def wave_cache(tracks: list[Track], sample_rate: int, variant: str = "orig", job
         return WaveCache(meta["ids"], np.array(meta["offsets"]), np.array(meta["lengths"]), data, sample_rate)
     d.mkdir(parents=True, exist_ok=True)
     if variant != "orig" or jobs > 1:
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
+        os.environ["NUMBA_CACHE_DIR"] = str(numba_cache_dir())  # the decoding workers inherit it
     if jobs > 1:
         from joblib import Parallel, delayed
 

@@ -12,6 +12,7 @@ import numpy as np
 from genretag.pipeline.segments import SilentError, cut_segments, hard_vote, pick_audible, plan_segments, soft_vote
 from genretag.store.load import LoadedNet
 from genretag.training import metrics
+from genretag.training.common import per_track
 from genretag.training.dataset import Track, WaveCache, wave_cache
 
 
@@ -55,13 +56,7 @@ def predict_tracks(nets: list[LoadedNet], tracks: list[Track], cache: WaveCache 
         c = cache if cache is not None and cache.sample_rate == a.sample_rate else wave_cache(tracks, a.sample_rate)
         idx = c.index_of()
         segs = [track_segments(c, idx[t.id], a.segment_samples, max_segments or a.max_segments) for t in tracks]
-        flat = np.concatenate(segs)
-        probs = np.concatenate([net.predict(flat[i:i + batch]) for i in range(0, len(flat), batch)])
-        out, pos = [], 0
-        for s in segs:
-            out.append(probs[pos:pos + len(s)])
-            pos += len(s)
-        per_model.append(out)
+        per_model.append(per_track(net.predict, segs, batch))
         if progress:
             progress(net)
     seg_probs = [np.mean([m[i] for m in per_model], axis=0) for i in range(len(tracks))]

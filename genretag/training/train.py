@@ -15,8 +15,6 @@ import csv
 import json
 import math
 import random
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -28,11 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from genretag.nets.cnn import build_net, count_parameters
-from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
+from genretag.store.card import AudioParams, MelParams, ModelCard
 from genretag.store.load import resolve_device, save_model
+from genretag.store.metrics import SubsetMetrics
+from genretag.training import common
 from genretag.training import evaluate as ev
-from genretag.training.dataset import Track, WaveCache, scan, split, wave_cache
-from genretag.training.excerpts import load_excerpts
+from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, wave_cache
+from genretag.training.excerpts import Excerpts, load_excerpts
 
 
 @dataclass
@@ -78,6 +78,7 @@ class TrainConfig:
     device: str = "auto"
     jobs: int = 2
     half_weights: bool = True  # store weights as float16 (halves the file, same accuracy)
+    command: str = ""  # the command line that started the run, recorded in the card (the CLI passes its own)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -120,65 +121,6 @@ def spec_augment(x: torch.Tensor, gen: torch.Generator, n_freq: int = 2, f_max: 
     return x
 
 
-class CropSampler:
-    """Draws random sub-track crops from training tracks, balanced across genres."""
-
-    def __init__(self, tracks: list[Track], labels: list[str], caches: list[WaveCache],
-                 seg_samples: int, balance: bool, offline_p: float, rng: np.random.Generator) -> None:
-        self.tracks, self.caches, self.seg = tracks, caches, seg_samples
-        self.offline_p, self.rng = offline_p, rng
-        self.y = np.array([labels.index(t.genre) for t in tracks])
-        counts = np.bincount(self.y, minlength=len(labels)).astype(float)
-        w = 1.0 / counts[self.y] if balance else np.ones(len(tracks))
-        self.p = w / w.sum()
-        self.idx = [c.index_of() for c in caches]
-
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        pick = self.rng.choice(len(self.tracks), size=n, p=self.p)
-        out = np.zeros((n, self.seg), dtype=np.float32)
-        for k, i in enumerate(pick):
-            c = 0
-            if len(self.caches) > 1 and self.rng.random() < self.offline_p:
-                c = int(self.rng.integers(1, len(self.caches)))
-            cache = self.caches[c]
-            y = cache.wave(self.idx[c][self.tracks[i].id])
-            start = int(self.rng.integers(0, max(1, len(y) - self.seg + 1)))
-            chunk = y[start:start + self.seg]
-            out[k, :len(chunk)] = chunk
-        return out, self.y[pick]
-
-
-def augment_waves(x: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Gain and white noise, per example."""
-    n = x.shape[0]
-    if cfg.aug_gain_db > 0:
-        g = 10 ** (rng.uniform(-cfg.aug_gain_db, cfg.aug_gain_db, size=(n, 1)) / 20)
-        x = x * g.astype(np.float32)
-    if cfg.aug_noise_snr_db > 0:
-        snr = rng.uniform(cfg.aug_noise_snr_db, cfg.aug_noise_snr_db + 20, size=(n, 1))
-        power = (x ** 2).mean(axis=1, keepdims=True) + 1e-10
-        noise = rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10)).astype(np.float32)
-        x = x + noise
-    return x.astype(np.float32)
-
-
-def calibrate_temperature(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
-    """Temperature minimising the track-level (soft vote) NLL on held-out tracks."""
-    best_t, best = 1.0, math.inf
-    for t in np.exp(np.linspace(np.log(0.3), np.log(5.0), 60)):
-        probs = np.array([_softmax(lg / t).mean(axis=0) for lg in seg_logits])
-        loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()
-        if loss < best:
-            best_t, best = float(t), float(loss)
-    return best_t
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _lr_scheduler(opt, cfg: TrainConfig, total_steps: int):
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 1),
@@ -190,20 +132,51 @@ def _lr_scheduler(opt, cfg: TrainConfig, total_steps: int):
 
 @dataclass
 class EpochLog:
+    """One epoch's figures. With valid trained on (``train+valid``) there is no held-out valid
+    figure: ``valid_loss`` and ``valid_acc`` are None."""
+
     epoch: int
     train_loss: float
     train_acc: float
-    valid_loss: float
-    valid_acc: float
+    valid_loss: float | None
+    valid_acc: float | None
     lr: float
     seconds: float
+
+
+@dataclass
+class _Data:
+    """The tracks of one run; valid excerpts follow the valid tracks (selection pools both, metrics never do)."""
+
+    tracks: list[Track]  # every track found
+    parts: dict[str, list[Track]]
+    labels: list[str]
+    train: list[Track]
+    valid: list[Track]  # empty when valid is trained on
+    n_train: int  # tracks, without excerpts
+    n_valid: int
+    excerpts: Excerpts | None
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint keeps besides the network, optimiser and random states."""
+
+    epoch: int = 0
+    best: tuple[float, float] | None = None  # valid (accuracy, NLL) of the kept epoch
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
 
 
 def train(cfg: TrainConfig, resume: bool = False,
           on_step: Callable[[int, int, float], None] | None = None,
           on_epoch: Callable[[EpochLog], None] | None = None,
           on_note: Callable[[str], None] | None = None) -> Path:
-    """Train, select on valid, calibrate, save `<out>/<name>.{safetensors,json}`; returns the card path."""
+    """Train, select on valid, calibrate, save `<out>/<name>.{safetensors,json}`; returns the card path.
+
+    With valid trained on there is nothing to select on: the last epoch is kept and the
+    temperature stays 1. The card records ``cfg.command`` as the command that made it.
+    """
     note = on_note or (lambda s: None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,150 +185,172 @@ def train(cfg: TrainConfig, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
+    data = _load_data(cfg, note)
+    card = make_card(cfg, data.labels)
+    net = build_net(card).to(device)
+    note(f"{cfg.arch} with {count_parameters(net):,} parameters on {device.type}")
+    sampler = common.CropSampler(data.train, data.labels, _train_caches(cfg, data.train, note),
+                                 card.audio.segment_samples, cfg.balance, cfg.aug_offline_p, rng)
+    valid_cache = wave_cache(data.valid, cfg.sample_rate, jobs=cfg.jobs) if data.valid else None
+    steps = cfg.steps_per_epoch or max(1, math.ceil(8 * len(data.train) / cfg.batch_size))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _lr_scheduler(opt, cfg, steps * cfg.epochs)
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best_state.safetensors"
+    run = _Progress()
+    if resume and ckpt_path.exists():
+        run = _load_checkpoint(ckpt_path, net, opt, sched, rng, gen)
+        note(f"resumed after epoch {run.epoch}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
+    for epoch in range(run.epoch, cfg.epochs):
+        t0 = time.time()
+        loss, acc = _train_epoch(net, sampler, opt, sched, cfg, rng, gen, device, steps, len(data.labels),
+                                 on_step)
+        v_acc = v_loss = None
+        if valid_cache is not None:
+            rep = _report(_net_logits(net, card, data.valid, valid_cache, device), card, data.valid)
+            v_acc, v_loss = rep["accuracy"]["soft"], rep["nll"]
+        log = EpochLog(epoch + 1, loss, acc, v_loss, v_acc, float(opt.param_groups[0]["lr"]), time.time() - t0)
+        run.epoch = epoch + 1
+        run.history.append(asdict(log))
+        if v_acc is None or common.better(v_acc, v_loss, run.best):  # nothing held out: keep the last epoch
+            run.best = None if v_acc is None else (v_acc, v_loss)
+            run.bad_epochs = 0
+            _save_state(net, best_path)
+        else:
+            run.bad_epochs += 1
+        _save_checkpoint(ckpt_path, net, opt, sched, rng, gen, run)
+        _write_log(out, run.history)
+        if on_epoch:
+            on_epoch(log)
+        if valid_cache is not None and run.bad_epochs >= cfg.patience:
+            note(f"early stop: no valid improvement for {cfg.patience} epochs")
+            break
+
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(best_path)))
+    net.eval()
+    _measure(net, card, cfg, data, valid_cache, device, note)
+    card.training = _training_record(cfg, data, run)
+    _plot_curves(out, run.history)
+    return save_model(net, card, out, half=cfg.half_weights)
+
+
+def _load_data(cfg: TrainConfig, note: Callable[[str], None]) -> _Data:
     tracks = scan(cfg.data_dir)
     parts = split(tracks, cfg.split, cfg.seed, cfg.fold)
     train_tracks = [t for s in cfg.train_subsets for t in parts[s]]
     valid_tracks = parts["valid"] if "valid" not in cfg.train_subsets else []
-    present = sorted({t.genre for t in tracks})
-    labels = list(GTZAN_GENRES) if set(present) <= set(GTZAN_GENRES) else present
     if not train_tracks:
         raise ValueError("no training tracks in this split")
     note(f"{len(tracks)} tracks found; split {cfg.split}: "
          + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
-    excerpts = load_excerpts(cfg.extra, tracks, cfg.split) if cfg.extra else None
-    n_train_tracks, n_valid_tracks = len(train_tracks), len(valid_tracks)  # valid excerpts follow them: selection pools both, metrics never do
-    if excerpts is not None:
-        train_tracks = train_tracks + excerpts.tracks(*cfg.train_subsets)
-        valid_tracks = valid_tracks + (excerpts.parts["valid"] if valid_tracks else [])
-        note("excerpts: " + ", ".join(f"{k} {v}" for k, v in excerpts.counts().items()))
+    data = _Data(tracks, parts, labels_of(tracks), train_tracks, valid_tracks, len(train_tracks), len(valid_tracks),
+                 load_excerpts(cfg.extra, tracks, cfg.split) if cfg.extra else None)
+    if data.excerpts is not None:
+        data.train = data.train + data.excerpts.tracks(*cfg.train_subsets)
+        data.valid = data.valid + (data.excerpts.parts["valid"] if data.valid else [])
+        note("excerpts: " + ", ".join(f"{k} {v}" for k, v in data.excerpts.counts().items()))
+    return data
 
-    card = make_card(cfg, labels)
-    net = build_net(card).to(device)
-    note(f"{cfg.arch} with {count_parameters(net):,} parameters on {device.type}")
-    seg = card.audio.segment_samples
 
-    caches = [wave_cache(train_tracks, cfg.sample_rate, jobs=cfg.jobs)]
+def _train_caches(cfg: TrainConfig, tracks: list[Track], note: Callable[[str], None]) -> list[WaveCache]:
+    """The training tracks' waves, then one cache per precomputed pitch shift / time stretch."""
+    caches = [wave_cache(tracks, cfg.sample_rate, jobs=cfg.jobs)]
     for v in [f"ps{p:+g}" for p in cfg.aug_pitch] + [f"ts{r:g}" for r in cfg.aug_stretch]:
         note(f"precomputing augmentation {v} (once; cached)")
-        caches.append(wave_cache(train_tracks, cfg.sample_rate, variant=v, jobs=cfg.jobs))
-    valid_cache = wave_cache(valid_tracks, cfg.sample_rate, jobs=cfg.jobs) if valid_tracks else None
+        caches.append(wave_cache(tracks, cfg.sample_rate, variant=v, jobs=cfg.jobs))
+    return caches
 
-    sampler = CropSampler(train_tracks, labels, caches, seg, cfg.balance, cfg.aug_offline_p, rng)
-    steps = cfg.steps_per_epoch or max(1, math.ceil(8 * len(train_tracks) / cfg.batch_size))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _lr_scheduler(opt, cfg, steps * cfg.epochs)
-    history: list[dict] = []
-    start_epoch, best_acc, best_loss, bad_epochs = 0, -1.0, math.inf, 0
-    ckpt_path = out / "checkpoint.pt"
-    best_path = out / "best_state.safetensors"
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        start_epoch, best_acc, best_loss, bad_epochs = ck["epoch"], ck["best_acc"], ck["best_loss"], ck["bad_epochs"]
-        history = ck["history"]
-        rng.bit_generator.state = ck["np_rng"]
-        gen.set_state(ck["torch_gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        sampler.rng = rng
-        note(f"resumed after epoch {start_epoch}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    from safetensors.torch import load_file, save_file
+def _train_epoch(net, sampler: common.CropSampler, opt, sched, cfg: TrainConfig, rng: np.random.Generator,
+                 gen: torch.Generator, device, steps: int, n_classes: int,
+                 on_step: Callable[[int, int, float], None] | None) -> tuple[float, float]:
+    """One epoch of `steps` batches; returns the mean loss and crop accuracy."""
+    net.train()
+    tot_loss, tot_acc = 0.0, 0.0
+    sa = (lambda s: spec_augment(s, gen)) if cfg.aug_specaugment and cfg.arch != "cnn1d" else None
+    for step in range(steps):
+        xb, yb = sampler.batch(cfg.batch_size)
+        x = torch.from_numpy(common.augment_waves(xb, cfg.aug_gain_db, cfg.aug_noise_snr_db, rng)).to(device)
+        y = torch.from_numpy(yb).long().to(device)
+        x, target = common.mixup(x, F.one_hot(y, n_classes).float(), cfg.aug_mixup, rng, gen)
+        logits = net(x, spec_transform=sa)
+        loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        tot_loss += float(loss.detach())
+        tot_acc += float((logits.argmax(1) == y).float().mean())
+        if on_step:
+            on_step(step + 1, steps, float(loss.detach()))
+    return tot_loss / steps, tot_acc / steps
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        net.train()
-        tot_loss, tot_acc = 0.0, 0.0
-        for step in range(steps):
-            xb, yb = sampler.batch(cfg.batch_size)
-            xb = augment_waves(xb, cfg, rng)
-            x = torch.from_numpy(xb).to(device)
-            y = torch.from_numpy(yb).long().to(device)
-            target = F.one_hot(y, len(labels)).float()
-            if cfg.aug_mixup > 0:
-                lam = float(rng.beta(cfg.aug_mixup, cfg.aug_mixup))
-                perm = torch.randperm(x.shape[0], generator=gen).to(device)
-                x = lam * x + (1 - lam) * x[perm]
-                target = lam * target + (1 - lam) * target[perm]
-            sa = (lambda s: spec_augment(s, gen)) if cfg.aug_specaugment and cfg.arch != "cnn1d" else None
-            logits = net(x, spec_transform=sa)
-            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            tot_loss += float(loss.detach())
-            tot_acc += float((logits.argmax(1) == y).float().mean())
-            if on_step:
-                on_step(step + 1, steps, float(loss.detach()))
-        if valid_cache is not None:
-            rep = _report(_net_logits(net, card, valid_tracks, valid_cache, device), card, valid_tracks)
-            v_acc, v_loss = rep["accuracy"]["soft"], rep["nll"]
-        else:  # training on train+valid: no selection, keep the last epoch
-            v_acc, v_loss = float(epoch), 0.0
-        log = EpochLog(epoch + 1, tot_loss / steps, tot_acc / steps, v_loss, v_acc,
-                       float(opt.param_groups[0]["lr"]), time.time() - t0)
-        history.append(asdict(log))
-        improved = v_acc > best_acc or (v_acc == best_acc and v_loss < best_loss)
-        if improved:
-            best_acc, best_loss, bad_epochs = v_acc, v_loss, 0
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(best_path))
-        else:
-            bad_epochs += 1
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "best_acc": best_acc, "best_loss": best_loss,
-                    "bad_epochs": bad_epochs, "history": history, "np_rng": rng.bit_generator.state,
-                    "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, ckpt_path)
-        _write_log(out, history)
-        if on_epoch:
-            on_epoch(log)
-        if valid_cache is not None and bad_epochs >= cfg.patience:
-            note(f"early stop: no valid improvement for {cfg.patience} epochs")
-            break
 
-    net.load_state_dict(load_file(str(best_path)))
-    net.eval()
+def _save_state(net, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
+def _save_checkpoint(path: Path, net, opt, sched, rng: np.random.Generator, gen: torch.Generator,
+                     run: _Progress) -> None:
+    best_acc, best_loss = run.best if run.best is not None else (None, None)
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "epoch": run.epoch, "best_acc": best_acc, "best_loss": best_loss,
+                "bad_epochs": run.bad_epochs, "history": run.history, "np_rng": rng.bit_generator.state,
+                "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, path)
+
+
+def _load_checkpoint(path: Path, net, opt, sched, rng: np.random.Generator, gen: torch.Generator) -> _Progress:
+    """Restore the network, optimiser, schedule and random states in place; returns where the run was."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    rng.bit_generator.state = ck["np_rng"]
+    gen.set_state(ck["torch_gen"])
+    torch.set_rng_state(ck["torch_rng"])
+    best = None if ck["best_acc"] is None or ck["best_acc"] < 0 else (ck["best_acc"], ck["best_loss"])
+    return _Progress(ck["epoch"], best, ck["bad_epochs"], ck["history"])
+
+
+def _measure(net, card: ModelCard, cfg: TrainConfig, data: _Data, valid_cache: WaveCache | None, device,
+             note: Callable[[str], None]) -> None:
+    """Calibrate on valid (when held out), then measure valid, test and the test excerpts into the card."""
     if valid_cache is not None:
-        logits = _net_logits(net, card, valid_tracks, valid_cache, device)
-        y_valid = np.array([labels.index(t.genre) for t in valid_tracks])
-        card.temperature = calibrate_temperature(logits, y_valid)
+        logits = _net_logits(net, card, data.valid, valid_cache, device)
+        y_valid = np.array([data.labels.index(t.genre) for t in data.valid])
+        card.temperature = common.calibrate_temperature(logits, y_valid)
         note(f"temperature {card.temperature:.3f} (calibrated on valid)")
-        k = n_valid_tracks
-        card.metrics["valid"] = _summary(_report(logits[:k], card, valid_tracks[:k]))
-        if len(valid_tracks) > k:
-            card.metrics["valid_excerpts"] = _summary(_report(logits[k:], card, valid_tracks[k:]))
-    test_tracks = parts["test"]
-    if test_tracks:
-        test_cache = wave_cache(test_tracks, cfg.sample_rate, jobs=cfg.jobs)
-        test_rep = _report(_net_logits(net, card, test_tracks, test_cache, device), card, test_tracks)
-        card.metrics["test" if cfg.split != "random" else "test_random_split_leaky"] = _summary(test_rep)
-    if excerpts is not None and excerpts.parts["test"]:
-        tx = excerpts.parts["test"]
-        tx_rep = _report(_net_logits(net, card, tx, wave_cache(tx, cfg.sample_rate), device), card, tx)
-        card.metrics["test_excerpts"] = _summary(tx_rep)
-    card.training = {
-        "data": "GTZAN (" + str(len(tracks)) + " tracks present in the data folder)",
+        k = data.n_valid
+        card.metrics["valid"] = SubsetMetrics.from_report(_report(logits[:k], card, data.valid[:k]))
+        if len(data.valid) > k:
+            card.metrics["valid_excerpts"] = SubsetMetrics.from_report(_report(logits[k:], card, data.valid[k:]))
+    subsets = [("test" if cfg.split != "random" else "test_random_split_leaky", data.parts["test"], cfg.jobs)]
+    if data.excerpts is not None:
+        subsets.append(("test_excerpts", data.excerpts.parts["test"], 1))
+    for key, tracks, jobs in subsets:
+        if tracks:
+            lg = _net_logits(net, card, tracks, wave_cache(tracks, cfg.sample_rate, jobs=jobs), device)
+            card.metrics[key] = SubsetMetrics.from_report(_report(lg, card, tracks))
+
+
+def _training_record(cfg: TrainConfig, data: _Data, run: _Progress) -> dict[str, Any]:
+    """The card's ``training``: data, split, sizes, the selected valid accuracy, command and config."""
+    return {
+        "data": "GTZAN (" + str(len(data.tracks)) + " tracks present in the data folder)",
         "split": cfg.split, "train_subsets": cfg.train_subsets,
-        "n_train_tracks": n_train_tracks, "n_valid_tracks": n_valid_tracks,
-        "n_test_tracks": len(test_tracks), "epochs_run": len(history),
-        **({"excerpts": excerpts.describe(tuple(cfg.train_subsets))} if excerpts is not None else {}),
-        "best_valid_accuracy": best_acc if valid_cache is not None else None,
-        "command": "genretag train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if len(sys.argv) > 1 and sys.argv[1] == "train" else "",
+        "n_train_tracks": data.n_train, "n_valid_tracks": data.n_valid,
+        "n_test_tracks": len(data.parts["test"]), "epochs_run": len(run.history),
+        **({"excerpts": data.excerpts.describe(tuple(cfg.train_subsets))} if data.excerpts is not None else {}),
+        "best_valid_accuracy": run.best[0] if run.best is not None else None,
+        "command": cfg.command,
         "config": asdict(cfg),
     }
-    _plot_curves(out, history)
-    return save_model(net, card, out, half=cfg.half_weights)
-
-
-def _summary(rep: dict) -> dict:
-    return {"n_tracks": rep["n_tracks"], "accuracy_soft": rep["accuracy"]["soft"],
-            "accuracy_hard": rep["accuracy"]["hard"], "accuracy_segment": rep["accuracy"]["segment"],
-            "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
 
 
 def _net_logits(net, card: ModelCard, tracks: list[Track], cache: WaveCache, device,
@@ -366,18 +361,15 @@ def _net_logits(net, card: ModelCard, tracks: list[Track], cache: WaveCache, dev
     idx = cache.index_of()
     segs = [ev.track_segments(cache, idx[t.id], card.audio.segment_samples, card.audio.max_segments)
             for t in tracks]
-    flat = np.concatenate(segs)
-    with torch.inference_mode():
-        out = np.concatenate([net(torch.from_numpy(flat[i:i + batch]).to(device)).cpu().numpy()
-                              for i in range(0, len(flat), batch)])
+    out = common.net_logits(net, segs, device, batch)
     if was_training:
         net.train()
-    return np.split(out, np.cumsum([len(s) for s in segs])[:-1])
+    return out
 
 
 def _report(logits: list[np.ndarray], card: ModelCard, tracks: list[Track]) -> dict:
-    """Track-level metrics from sub-track logits, with the card's temperature (as LoadedNet.predict)."""
-    probs = [_softmax(lg / float(card.temperature or 1.0)) for lg in logits]
+    """Track-level metrics from sub-track logits, with the card's temperature (as Model.predict)."""
+    probs = [common.softmax(lg / float(card.temperature or 1.0)) for lg in logits]
     return ev.report(ev.Predictions(tracks, card.labels, probs))
 
 
@@ -399,12 +391,15 @@ def _plot_curves(out: Path, history: list[dict]) -> None:
         return
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    held_out = any(h["valid_acc"] is not None for h in history)  # None: valid was trained on
     a.plot(ep, [h["train_loss"] for h in history], label="train loss")
-    a.plot(ep, [h["valid_loss"] for h in history], label="valid NLL (track)")
+    if held_out:
+        a.plot(ep, [h["valid_loss"] for h in history], label="valid NLL (track)")
     a.set_xlabel("epoch")
     a.legend()
     b.plot(ep, [h["train_acc"] for h in history], label="train acc (crops)")
-    b.plot(ep, [h["valid_acc"] for h in history], label="valid acc (track, soft)")
+    if held_out:
+        b.plot(ep, [h["valid_acc"] for h in history], label="valid acc (track, soft)")
     b.set_xlabel("epoch")
     b.legend()
     fig.tight_layout()

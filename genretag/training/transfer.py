@@ -22,12 +22,10 @@ import copy
 import json
 import math
 import os
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,22 @@ import torch.nn.functional as F
 
 from genretag.nets import musicnn as M
 from genretag.paths import cache_dir
-from genretag.store.card import GTZAN_GENRES, ModelCard, load_card, save_card, sha256_file
+from genretag.pipeline.segments import cut_at
+from genretag.store.card import ModelCard, load_card, save_card
 from genretag.store.load import LoadedNet, find_card, load_net, resolve_device, save_model
+from genretag.store.metrics import CardMetrics, SubsetMetrics
 from genretag.training import evaluate as ev
-from genretag.training.dataset import Track, WaveCache, scan, split, tracks_key, wave_cache
+from genretag.training.common import (
+    CropSampler,
+    augment_waves,
+    better,
+    calibrate_temperature,
+    mixup,
+    net_logits,
+    softmax,
+    track_score,
+)
+from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, tracks_key, wave_cache
 from genretag.training.excerpts import Excerpts, load_excerpts
 
 # Pooling sets tried for the head (names from genretag.nets.musicnn.POOLABLE).
@@ -114,6 +124,7 @@ class TransferConfig:
     half_weights: bool = True
     device: str = "auto"
     jobs: int = 1
+    command: str = ""  # the command line that started the run, recorded in the card (the CLI passes its own)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransferConfig":
@@ -153,8 +164,7 @@ def load_data(cfg: TransferConfig, sample_rate: int = M.SAMPLE_RATE) -> Data:
     parts = split(tracks, cfg.split, cfg.seed, cfg.fold)
     if not parts["train"] or not parts["valid"]:
         raise ValueError(f"split {cfg.split!r} leaves no train or no valid tracks")
-    present = sorted({t.genre for t in tracks})
-    labels = list(GTZAN_GENRES) if set(present) <= set(GTZAN_GENRES) else present
+    labels = labels_of(tracks)
     every = parts["train"] + parts["valid"] + parts["test"]
     excerpts = None
     if cfg.extra:
@@ -175,15 +185,6 @@ def train_offsets(n_samples: int, seg: int, n: int) -> list[int]:
     return sorted({int(round(o)) for o in np.linspace(0, n_samples - seg, n)})
 
 
-def _crops(cache: WaveCache, i: int, seg: int, offsets: list[int]) -> np.ndarray:
-    y = cache.wave(i)
-    out = np.zeros((len(offsets), seg), dtype=np.float32)
-    for k, o in enumerate(offsets):
-        chunk = y[o:o + seg]
-        out[k, :len(chunk)] = chunk
-    return out
-
-
 def subset_segments(data: Data, subset: str, card: ModelCard, dense: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
     """Per-track sub-track waveforms: the evaluation cut (as classify/evaluate), or `dense` crops."""
     idx = data.cache.index_of()
@@ -191,8 +192,9 @@ def subset_segments(data: Data, subset: str, card: ModelCard, dense: int = 0) ->
     segs = []
     for t in data.parts[subset]:
         if dense:
-            segs.append(_crops(data.cache, idx[t.id], a.segment_samples,
-                               train_offsets(int(data.cache.lengths[idx[t.id]]), a.segment_samples, dense)))
+            i = idx[t.id]
+            segs.append(cut_at(data.cache.wave(i), train_offsets(int(data.cache.lengths[i]), a.segment_samples, dense),
+                               a.segment_samples))
         else:
             segs.append(ev.track_segments(data.cache, idx[t.id], a.segment_samples, a.max_segments))
     return segs, data.y(subset)
@@ -300,21 +302,27 @@ def merged_embeddings(data: Data, subsets: list[str], tagger: M.MusicnnTagger, b
 # ---------------------------------------------------------------------------
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def track_metrics(seg_logits: list[np.ndarray], y: np.ndarray, labels: list[str], tracks: list[Track],
                   temperature: float = 1.0) -> dict:
     """ev.report on per-track sub-track logits (softmax of logits / temperature)."""
-    pred = ev.Predictions(tracks, labels, [_softmax(lg / temperature) for lg in seg_logits])
+    pred = ev.Predictions(tracks, labels, [softmax(lg / temperature) for lg in seg_logits])
     return ev.report(pred)
 
 
 def _split_rows(values: np.ndarray, track: np.ndarray, n_tracks: int) -> list[np.ndarray]:
     return [values[track == i] for i in range(n_tracks)]
+
+
+def _valid_row(settings: dict[str, Any], seg_logits: list[np.ndarray], y: np.ndarray, labels: list[str],
+               tracks: list[Track]) -> dict[str, Any]:
+    """A grid row: the settings tried, with the valid tracks' soft-vote accuracy and NLL under them."""
+    rep = track_metrics(seg_logits, y, labels, tracks)
+    return {**settings, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+
+
+def _score(row: dict) -> tuple[float, float]:
+    """A grid row's valid (accuracy, NLL), as `better` compares them."""
+    return row["valid_acc"], row["valid_nll"]
 
 
 @dataclass
@@ -376,11 +384,8 @@ def _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, c
         head.eval()
         with torch.no_grad():
             lv = head(torch.from_numpy(xva)).numpy()
-        n_va = len(yva)
-        probs = np.array([_softmax(lg).mean(0) for lg in _split_rows(lv, va_track, n_va)])
-        acc = float((probs.argmax(1) == yva).mean())
-        nll = float(-np.log(np.clip(probs[np.arange(n_va), yva], 1e-12, 1)).mean())
-        if acc > best[0] or (acc == best[0] and nll < best[1]):
+        acc, nll = track_score(_split_rows(lv, va_track, len(yva)), yva)
+        if better(acc, nll, best[:2] if best[3] is not None else None):
             best = (acc, nll, epoch, copy.deepcopy(head.state_dict()))
     if xva is None:
         head.eval()
@@ -407,7 +412,7 @@ def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarr
                        "valid_nll": nll, "epoch": ep}
                 grid.append(row)
                 note(f"  head pooling={pname:<11} hidden={hidden:<4} wd={wd:<6g} valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
-                if best is None or acc > best.valid_acc or (acc == best.valid_acc and nll < best.valid_nll):
+                if better(acc, nll, None if best is None else (best.valid_acc, best.valid_nll)):
                     best = HeadResult(pname, hidden, wd, acc, nll, ep, head.state_dict())
     assert best is not None
     return best, grid
@@ -436,24 +441,11 @@ def transfer_card(cfg: TransferConfig, base: ModelCard, labels: list[str], pooli
     return card
 
 
-def _command() -> str:
-    if len(sys.argv) > 1 and sys.argv[1] == "transfer":
-        return "genretag transfer " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    return ""
-
-
-def summary(rep: dict) -> dict:
-    """Card metrics in train.py's format."""
-    return {"n_tracks": rep["n_tracks"], "accuracy_soft": rep["accuracy"]["soft"],
-            "accuracy_hard": rep["accuracy"]["hard"], "accuracy_segment": rep["accuracy"]["segment"],
-            "macro_f1": rep["macro_f1"], "ece": rep["ece"]}
-
-
-def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts", "test_excerpts")) -> dict[str, dict]:
+def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts", "test_excerpts")) -> CardMetrics:
     """Metrics of a saved (reloaded) model, cut and voted exactly as `genretag evaluate` does.
 
     Excerpts are measured apart from the tracks ("test_excerpts": one sub-track each)."""
-    out = {}
+    out = CardMetrics()
     for s in subsets:
         tracks = data.parts.get(s)
         if not tracks:
@@ -461,57 +453,20 @@ def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts
         cache = data.cache if data.cache.sample_rate == ln.card.audio.sample_rate else None
         rep = ev.report(ev.predict_tracks([ln], tracks, cache))
         key = "test_random_split_leaky" if s == "test" and data.split == "random" else s
-        out[key] = summary(rep)
+        out[key] = SubsetMetrics.from_report(rep)
     return out
-
-
-def load_model(card_path: str | os.PathLike, device: str = "auto") -> LoadedNet:
-    """load_net, plus musicnn-zeroshot cards while genretag.nets.cnn does not route them to genretag.nets.musicnn."""
-    try:
-        return load_net(card_path, device)
-    except Exception:
-        card = load_card(card_path)
-        if card.architecture.get("name") != "musicnn-zeroshot":
-            raise
-    from safetensors.torch import load_file
-
-    wpath = Path(card_path).parent / card.weights
-    if card.weights_sha256 and sha256_file(wpath) != card.weights_sha256:
-        raise ValueError(f"{wpath}: sha256 does not match the model card")
-    net = M.build_net(card)
-    net.load_state_dict({k: v.float() for k, v in load_file(str(wpath)).items()})
-    dev = resolve_device(device)
-    return LoadedNet(card, net.eval().to(dev), dev, Path(card_path))
-
-
-def _seg_logits(net: torch.nn.Module, segs: list[np.ndarray], device, batch: int = 32) -> list[np.ndarray]:
-    flat = np.concatenate(segs)
-    with torch.inference_mode():
-        lg = np.concatenate([net(torch.from_numpy(flat[s:s + batch]).to(device)).cpu().numpy()
-                             for s in range(0, len(flat), batch)])
-    out, pos = [], 0
-    for s in segs:
-        out.append(lg[pos:pos + len(s)])
-        pos += len(s)
-    return out
-
-
-def calibrate(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
-    from genretag.training.train import calibrate_temperature
-
-    return calibrate_temperature(seg_logits, y)
 
 
 def _finish(net: torch.nn.Module, card: ModelCard, cfg: TransferConfig, data: Data, valid_seg_logits,
             extra_training: dict, note: Callable[[str], None], half: bool | None = None) -> Path:
     """Calibrate on valid, save, reload from disk and measure valid/test; write metrics to the card."""
-    card.temperature = calibrate(valid_seg_logits, data.y_of(data.with_excerpts("valid")))
+    card.temperature = calibrate_temperature(valid_seg_logits, data.y_of(data.with_excerpts("valid")))
     note(f"temperature {card.temperature:.3f} (calibrated on valid)")
     card.training = {
         "data": f"GTZAN ({data.n_found} tracks present in the data folder)",
         "split": cfg.split, "n_train_tracks": len(data.parts["train"]),
         "n_valid_tracks": len(data.parts["valid"]), "n_test_tracks": len(data.parts["test"]),
-        **extra_training, "command": _command(), "config": asdict(cfg),
+        **extra_training, "command": cfg.command, "config": asdict(cfg),
     }
     if data.excerpts is not None:
         card.training["excerpts"] = data.excerpts.describe(("train", "valid") if "refit" in extra_training
@@ -561,7 +516,7 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
         res.extra_repeat = repeat
         grid += [dict(row, extra_repeat=repeat) for row in g] if data.excerpts is not None else g
-        if best is None or (res.valid_acc, -res.valid_nll) > (best.valid_acc, -best.valid_nll):
+        if better(res.valid_acc, res.valid_nll, None if best is None else (best.valid_acc, best.valid_nll)):
             best, emb_tr = res, e_tr
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
@@ -591,27 +546,34 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         selected["selected_on"] = "valid tracks and valid excerpts, pooled (each excerpt counts as one track)"
     extra: dict[str, Any] = {}
     if cfg.refit:
-        # Same recipe and epoch count, fitted on train + valid (valid's dense crops, as train's).
-        # The temperature stays the one the train-only head got on valid: nothing held out is left.
-        emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
-                                           base, device, dense=cfg.train_crops, note=note,
-                                           repeat_excerpts=best.extra_repeat)
-        x = M.pool_embeddings(emb_fit, pooling).astype(np.float32)
-        y = y_fit[emb_fit["track"]]
-        head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
-                              stop_epoch=best.epoch)
-        net.head.load_state_dict(head.state_dict())
-        note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+        extra = {"refit": _refit_head(net, best, data, tagger, base, device, cfg, note)}
         card.description += " Refitted on train + valid after selection on valid."
-        extra = {"refit": {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
-                           "temperature_from": "the train-only head, calibrated on valid",
-                           "note": "valid was used for training: its metrics are not held-out"}}
     if prior_grid:
         selected["prior_grid"] = prior_grid
     cpath = _finish(net, card, cfg, data, valid_logits,
                     {"mode": "head", "head_grid": grid, "selected": selected,
                      "n_train_embeddings": int(len(emb_tr["track"])), **extra}, note)
     return cpath, net, data
+
+
+def _refit_head(net: M.MusicnnTransfer, best: HeadResult, data: Data, tagger: M.MusicnnTagger, base: ModelCard,
+                device, cfg: TransferConfig, note: Callable[[str], None]) -> dict[str, Any]:
+    """Train the selected head again on train + valid (valid's dense crops, as train's), with the same
+    recipe and epoch count, into `net`; returns the card's record of it.
+
+    The temperature stays the one the train-only head got on valid: nothing held out is left."""
+    emb_fit, y_fit = merged_embeddings(data, data.with_excerpts("train") + data.with_excerpts("valid"), tagger,
+                                       base, device, dense=cfg.train_crops, note=note,
+                                       repeat_excerpts=best.extra_repeat)
+    x = M.pool_embeddings(emb_fit, POOLING_CHOICES[best.pooling]).astype(np.float32)
+    y = y_fit[emb_fit["track"]]
+    head, *_ = train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay, cfg,
+                          stop_epoch=best.epoch)
+    net.head.load_state_dict(head.state_dict())
+    note(f"refit the selected head on train + valid ({len(x)} embeddings, {best.epoch} epochs)")
+    return {"on": ["train", "valid"], "epochs": best.epoch, "n_embeddings": int(len(x)),
+            "temperature_from": "the train-only head, calibrated on valid",
+            "note": "valid was used for training: its metrics are not held-out"}
 
 
 def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
@@ -629,11 +591,10 @@ def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: 
         zl = M.zeroshot_prior(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
         for w in weights:
             seg = _split_rows(head_logits + w * zl, emb_va["track"], len(y_va))
-            rep = track_metrics(seg, y_va, data.labels, tracks)
-            row = {"mapping": mname, "weight": w, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            row = _valid_row({"mapping": mname, "weight": w}, seg, y_va, data.labels, tracks)
             grid.append(row)
             note(f"  prior mapping={mname:<6} weight={w:<5g} valid acc {row['valid_acc']:.1%} nll {row['valid_nll']:.3f}")
-            if best is None or (row["valid_acc"], -row["valid_nll"]) > (best[0]["valid_acc"], -best[0]["valid_nll"]):
+            if better(row["valid_acc"], row["valid_nll"], None if best is None else _score(best[0])):
                 best = (row, seg)
     row, seg = best
     if row["weight"] == 0:
@@ -665,119 +626,41 @@ def _set_trainable(net: M.MusicnnTransfer, start: str) -> list[torch.nn.Paramete
 def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
                  on_epoch: Callable[[dict], None] | None = None) -> Path:
     """(c): fine-tune trunk + head from the best head, select on valid (epoch 0 = the head alone)."""
-    from genretag.training.train import CropSampler, TrainConfig, augment_waves
-
     device = resolve_device(cfg.device)
-    if cfg.from_head:
-        ln = load_net(cfg.from_head, "cpu")
-        if ln.card.architecture.get("name") != "musicnn-transfer":
-            raise ValueError(f"--from-head must be a musicnn-transfer model, not {ln.card.architecture.get('name')!r}")
-        net, start_card = ln.net, ln.card
-        cfg.freq_stride = int(start_card.architecture.get("freq_stride", 1))
-        _, base = _load_tagger(cfg, "cpu")
-        data = load_data(cfg, start_card.audio.sample_rate)
-        if data.labels != start_card.labels:
-            raise ValueError("--from-head model's labels differ from the dataset's genres")
-        pooling = next(k for k, v in POOLING_CHOICES.items() if v == list(start_card.architecture["pooling"]))
-        hidden = int(start_card.architecture["head"].get("hidden", 0))
-        head_info = {"from_head": str(cfg.from_head)}
-    else:
-        head_cfg = copy.deepcopy(cfg)
-        head_cfg.out = str(Path(cfg.out) / "head")
-        head_cfg.name = cfg.name + "-head"
-        note("step 1: the head on frozen embeddings")
-        hpath, net, data = run_head(head_cfg, note)
-        start_card = load_card(hpath)
-        _, base = _load_tagger(cfg, "cpu")
-        pooling = next(k for k, v in POOLING_CHOICES.items() if v == list(start_card.architecture["pooling"]))
-        hidden = int(start_card.architecture["head"].get("hidden", 0))
-        head_info = {"head_model": str(hpath), "head_metrics": start_card.metrics,
-                     "head_selected": start_card.training.get("selected")}
-        note("step 2: fine-tuning")
+    start = _finetune_start(cfg, note)
+    cfg = start.cfg
+    data = start.data
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = net.float().to(device)
+    net = start.net.float().to(device)
     trunk_params = _set_trainable(net, cfg.finetune_from)
     frozen_front = cfg.finetune_from != "front"
-    card = transfer_card(cfg, base, data.labels, pooling, hidden, finetune=True)
-    seg = card.audio.segment_samples
+    card = transfer_card(cfg, start.base, data.labels, start.pooling, start.hidden, finetune=True)
+    valid = _FinetuneValid(net, data, card, device, frozen_front)
 
-    # valid: with a frozen front-end its maps are fixed, so computed once
-    valid_cut = [subset_segments(data, s, card) for s in data.with_excerpts("valid")]
-    valid_segs = [seg for segs, _ in valid_cut for seg in segs]
-    y_valid = np.concatenate([y for _, y in valid_cut])
-    valid_front: list[torch.Tensor] | None = None
-    if frozen_front:
-        with torch.inference_mode():
-            valid_front = [net.trunk.front_maps(M.musicnn_frontend(torch.from_numpy(s).to(device))).half().cpu()
-                           for s in valid_segs]
-
-    def valid_logits() -> list[np.ndarray]:
-        net.eval()
-        if valid_front is None:
-            return _seg_logits(net, valid_segs, device)
-        with torch.inference_mode():
-            return [net.forward_front(f.float().to(device)).cpu().numpy() for f in valid_front]
-
-    def valid_score(lg: list[np.ndarray]) -> tuple[float, float]:
-        probs = np.array([_softmax(x).mean(0) for x in lg])
-        return (float((probs.argmax(1) == y_valid).mean()),
-                float(-np.log(np.clip(probs[np.arange(len(y_valid)), y_valid], 1e-12, 1)).mean()))
-
-    lg0 = valid_logits()
-    best_acc, best_nll = valid_score(lg0)
-    best_state, best_epoch, best_lg = copy.deepcopy(net.state_dict()), 0, lg0
+    lg = valid.logits()
+    best_acc, best_nll = valid.score(lg)
+    best_state, best_epoch, best_lg = copy.deepcopy(net.state_dict()), 0, lg
     note(f"epoch   0 (head only)  valid acc {best_acc:.1%} nll {best_nll:.3f}")
     history = [{"epoch": 0, "train_loss": None, "valid_acc": best_acc, "valid_nll": best_nll, "seconds": 0.0}]
 
     train_tracks = [t for s in data.with_excerpts("train") for t in data.parts[s]]
-    sampler = CropSampler(train_tracks, data.labels, [data.cache], seg, True, 0.0, rng)
-    aug = TrainConfig(aug_gain_db=cfg.aug_gain_db, aug_noise_snr_db=cfg.aug_noise_snr_db)
+    sampler = CropSampler(train_tracks, data.labels, [data.cache], card.audio.segment_samples, True, 0.0, rng)
     steps = max(1, math.ceil(cfg.crops_per_track * len(train_tracks) / cfg.batch_size))
-    opt = torch.optim.AdamW([{"params": trunk_params, "lr": cfg.lr},
-                             {"params": list(net.head.parameters()), "lr": cfg.lr * 10}],
-                            weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lr * 10],
-                                                total_steps=steps * cfg.epochs, pct_start=0.15)
-    n = len(data.labels)
+    opt, sched = _finetune_optimiser(net, trunk_params, cfg, steps)
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
-        net.eval()  # BatchNorm statistics stay the pretrained ones (tiny batches, tiny data)
-        net.head.train()  # ... but the head's dropout is on
-        tot = 0.0
-        for _ in range(steps):
-            xb, yb = sampler.batch(cfg.batch_size)
-            x = torch.from_numpy(augment_waves(xb, aug, rng)).to(device)
-            target = F.one_hot(torch.from_numpy(yb).long(), n).float().to(device)
-            if cfg.aug_mixup > 0:
-                lam = float(rng.beta(cfg.aug_mixup, cfg.aug_mixup))
-                perm = torch.randperm(x.shape[0], generator=gen).to(device)
-                x = lam * x + (1 - lam) * x[perm]
-                target = lam * target + (1 - lam) * target[perm]
-            mel = M.musicnn_frontend(x)
-            if frozen_front:
-                with torch.no_grad():
-                    front = net.trunk.front_maps(mel)
-                logits = net.forward_front(front)
-            else:
-                logits = net.logits_from(*M.MusicnnNet.forward(net.trunk, mel, return_embeddings=True))
-            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
-            opt.step()
-            sched.step()
-            tot += float(loss.detach())
-        lg = valid_logits()
-        acc, nll = valid_score(lg)
-        log = {"epoch": epoch, "train_loss": tot / steps, "valid_acc": acc, "valid_nll": nll,
-               "seconds": time.time() - t0}
+        loss = _finetune_epoch(net, sampler, opt, sched, cfg, rng, gen, device, frozen_front, steps,
+                               len(data.labels))
+        lg = valid.logits()
+        acc, nll = valid.score(lg)
+        log = {"epoch": epoch, "train_loss": loss, "valid_acc": acc, "valid_nll": nll, "seconds": time.time() - t0}
         history.append(log)
-        note(f"epoch {epoch:3d}  train loss {tot / steps:.3f}  valid acc {acc:.1%} nll {nll:.3f}  ({log['seconds']:.0f} s)")
+        note(f"epoch {epoch:3d}  train loss {loss:.3f}  valid acc {acc:.1%} nll {nll:.3f}  ({log['seconds']:.0f} s)")
         if on_epoch:
             on_epoch(log)
-        if acc > best_acc or (acc == best_acc and nll < best_nll):
+        if better(acc, nll, (best_acc, best_nll)):
             best_acc, best_nll, best_epoch, best_lg = acc, nll, epoch, lg
             best_state = copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
@@ -789,8 +672,116 @@ def run_finetune(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.json").write_text(json.dumps(history, indent=1))
     return _finish(net, card, cfg, data, best_lg,
-                   {"mode": "finetune", **head_info, "selected_epoch": best_epoch, "history": history,
+                   {"mode": "finetune", **start.head_info, "selected_epoch": best_epoch, "history": history,
                     "finetune_from": cfg.finetune_from}, note)
+
+
+@dataclass
+class _FinetuneStart:
+    """Where fine-tuning starts: a head model (trained now, or --from-head) and what it was built on."""
+
+    cfg: TransferConfig  # freq_stride from the head model's card
+    net: M.MusicnnTransfer
+    base: ModelCard  # the tagger's card
+    data: Data
+    pooling: str
+    hidden: int
+    head_info: dict[str, Any]  # for the card's training record
+
+
+def _finetune_start(cfg: TransferConfig, note: Callable[[str], None]) -> _FinetuneStart:
+    """The head to fine-tune: the --from-head model, or one trained now on frozen embeddings."""
+    if cfg.from_head:
+        ln = load_net(cfg.from_head, "cpu")
+        if ln.card.architecture.get("name") != "musicnn-transfer":
+            raise ValueError(f"--from-head must be a musicnn-transfer model, not {ln.card.architecture.get('name')!r}")
+        net, start_card = ln.net, ln.card
+        cfg = replace(cfg, freq_stride=int(start_card.architecture.get("freq_stride", 1)))
+        data = load_data(cfg, start_card.audio.sample_rate)
+        if data.labels != start_card.labels:
+            raise ValueError("--from-head model's labels differ from the dataset's genres")
+        head_info: dict[str, Any] = {"from_head": str(cfg.from_head)}
+    else:
+        head_cfg = replace(cfg, out=str(Path(cfg.out) / "head"), name=cfg.name + "-head")
+        note("step 1: the head on frozen embeddings")
+        hpath, net, data = run_head(head_cfg, note)
+        start_card = load_card(hpath)
+        head_info = {"head_model": str(hpath), "head_metrics": start_card.metrics.to_dict(),
+                     "head_selected": start_card.training.get("selected")}
+        note("step 2: fine-tuning")
+    _, base = _load_tagger(cfg, "cpu")
+    pooling = next(k for k, v in POOLING_CHOICES.items() if v == list(start_card.architecture["pooling"]))
+    hidden = int(start_card.architecture["head"].get("hidden", 0))
+    return _FinetuneStart(cfg, net, base, data, pooling, hidden, head_info)
+
+
+class _FinetuneValid:
+    """The valid tracks' (and excerpts') sub-track logits under the network being fine-tuned.
+
+    With the front-end frozen, its maps of the valid sub-tracks never change: they are computed
+    once (float16, on the CPU) and every epoch runs only the rest of the network.
+    """
+
+    def __init__(self, net: M.MusicnnTransfer, data: Data, card: ModelCard, device, frozen_front: bool) -> None:
+        cut = [subset_segments(data, s, card) for s in data.with_excerpts("valid")]
+        self.net, self.device = net, device
+        self.segs = [seg for segs, _ in cut for seg in segs]
+        self.y = np.concatenate([y for _, y in cut])
+        self.front: list[torch.Tensor] | None = None
+        if frozen_front:
+            with torch.inference_mode():
+                self.front = [net.trunk.front_maps(M.musicnn_frontend(torch.from_numpy(s).to(device))).half().cpu()
+                              for s in self.segs]
+
+    def logits(self) -> list[np.ndarray]:
+        self.net.eval()
+        if self.front is None:
+            return net_logits(self.net, self.segs, self.device, batch=32)
+        with torch.inference_mode():
+            return [self.net.forward_front(f.float().to(self.device)).cpu().numpy() for f in self.front]
+
+    def score(self, lg: list[np.ndarray]) -> tuple[float, float]:
+        return track_score(lg, self.y)
+
+
+def _finetune_optimiser(net: M.MusicnnTransfer, trunk_params: list[torch.nn.Parameter], cfg: TransferConfig,
+                        steps: int):
+    """AdamW with the head at 10x the trunk's learning rate, on a one-cycle schedule."""
+    opt = torch.optim.AdamW([{"params": trunk_params, "lr": cfg.lr},
+                             {"params": list(net.head.parameters()), "lr": cfg.lr * 10}],
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lr * 10],
+                                                total_steps=steps * cfg.epochs, pct_start=0.15)
+    return opt, sched
+
+
+def _finetune_epoch(net: M.MusicnnTransfer, sampler: CropSampler, opt, sched, cfg: TransferConfig,
+                    rng: np.random.Generator, gen: torch.Generator, device, frozen_front: bool, steps: int,
+                    n_classes: int) -> float:
+    """One epoch of random crops; returns the mean loss."""
+    net.eval()  # BatchNorm statistics stay the pretrained ones (tiny batches, tiny data)
+    net.head.train()  # ... but the head's dropout is on
+    tot = 0.0
+    for _ in range(steps):
+        xb, yb = sampler.batch(cfg.batch_size)
+        x = torch.from_numpy(augment_waves(xb, cfg.aug_gain_db, cfg.aug_noise_snr_db, rng)).to(device)
+        target = F.one_hot(torch.from_numpy(yb).long(), n_classes).float().to(device)
+        x, target = mixup(x, target, cfg.aug_mixup, rng, gen)
+        mel = M.musicnn_frontend(x)
+        if frozen_front:
+            with torch.no_grad():
+                front = net.trunk.front_maps(mel)
+            logits = net.forward_front(front)
+        else:
+            logits = net.logits_from(*M.MusicnnNet.forward(net.trunk, mel, return_embeddings=True))
+        loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
+        opt.step()
+        sched.step()
+        tot += float(loss.detach())
+    return tot / steps
 
 
 def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None) -> Path:
@@ -802,19 +793,16 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     valid_tracks = [t for s in data.with_excerpts("valid") for t in data.parts[s]]
     best = None
     grid = []
+    tag_logits = torch.from_numpy(emb_va["tag_logits"])
     for mname in cfg.zeroshot_mappings:
+        mapping = M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], tuple(base.labels))
         for agg in cfg.zeroshot_aggs:
-            zs = M.MusicnnZeroShot(data.labels, ZEROSHOT_MAPPINGS[mname], agg, tuple(base.labels))
-            p = torch.sigmoid(torch.from_numpy(emb_va["tag_logits"]))
-            m = zs.mapping
-            score = (p[:, None, :] * m[None]).amax(2) if agg == "max" else (p @ m.T) / m.sum(1).clamp(min=1)
-            lg = torch.log(score + zs.EPS).numpy()
+            lg = M.zeroshot_logits(tag_logits, mapping, agg, M.MusicnnZeroShot.EPS).numpy()  # as the card's network
             seg_lg = _split_rows(lg, emb_va["track"], len(y_va))
-            rep = track_metrics(seg_lg, y_va, data.labels, valid_tracks)
-            row = {"mapping": mname, "agg": agg, "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
+            row = _valid_row({"mapping": mname, "agg": agg}, seg_lg, y_va, data.labels, valid_tracks)
             grid.append(row)
             note(f"  zero-shot mapping={mname:<6} agg={agg:<4} valid acc {row['valid_acc']:.1%}")
-            if best is None or (row["valid_acc"], -row["valid_nll"]) > (best[0]["valid_acc"], -best[0]["valid_nll"]):
+            if better(row["valid_acc"], row["valid_nll"], None if best is None else _score(best[0])):
                 best = (row, seg_lg)
     row, seg_lg = best
     mapping = ZEROSHOT_MAPPINGS[row["mapping"]]
@@ -830,9 +818,9 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
                         else ", nor are classical and disco.")),
         license=base.license, source=f"tagger: {base.source}",
     )
-    card.temperature = calibrate(seg_lg, y_va)
+    card.temperature = calibrate_temperature(seg_lg, y_va)
     note(f"temperature {card.temperature:.3f} (calibrated on valid)")
-    card.training = {"mode": "zeroshot", "split": cfg.split, "grid": grid, "command": _command(),
+    card.training = {"mode": "zeroshot", "split": cfg.split, "grid": grid, "command": cfg.command,
                      "n_valid_tracks": len(y_va), "n_test_tracks": len(data.parts["test"]),
                      "config": asdict(cfg)}
     out = Path(cfg.out)
@@ -844,7 +832,7 @@ def run_zeroshot(cfg: TransferConfig, note: Callable[[str], None] = lambda s: No
     card.weights, card.weights_sha256 = bw.name, base.weights_sha256
     cpath = out / f"{card.name}.json"
     save_card(card, cpath)
-    card.metrics = measure(load_model(cpath, cfg.device), data)
+    card.metrics = measure(load_net(cpath, cfg.device), data)
     save_card(card, cpath)
     return cpath
 
@@ -902,13 +890,13 @@ def run_ensemble(cfg: TransferConfig, members: list[str], note: Callable[[str], 
             row = {"members": list(combo), "valid_acc": rep["accuracy"]["soft"], "valid_nll": rep["nll"]}
             grid.append(row)
             note(f"  {' + '.join(Path(c).stem for c in combo):<60} valid acc {row['valid_acc']:.1%} nll {row['valid_nll']:.3f}")
-            if k >= 2 and (best is None or (row["valid_acc"], -row["valid_nll"]) > (best["valid_acc"], -best["valid_nll"])):
+            if k >= 2 and better(row["valid_acc"], row["valid_nll"], None if best is None else _score(best)):
                 best = row
     chosen = [str((Path(cfg.out) / c).resolve()) for c in best["members"]]
     cpath = make_ensemble(chosen, cfg.out, cfg.name)
     card = load_card(cpath)
     card.training = {"mode": "ensemble", "split": cfg.split, "candidates": list(full.card.members),
-                     "grid": grid, "selected_on": "valid soft accuracy (ties: NLL)", "command": _command()}
+                     "grid": grid, "selected_on": "valid soft accuracy (ties: NLL)", "command": cfg.command}
     card.metrics = measure(load_net(cpath, cfg.device), data)
     save_card(card, cpath)
     return cpath

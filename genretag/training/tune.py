@@ -72,7 +72,7 @@ def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genret
     done = sum(1 for t in study.trials if t.state.is_finished())
     study.optimize(objective, n_trials=max(0, trials - done))
     best = asdict(suggest(study.best_trial, base)) if study.best_trial else {}
-    for k in ("out", "name", "data_dir", "resume"):
+    for k in ("out", "name", "data_dir", "resume", "command"):
         best.pop(k, None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "best_params.json").write_text(json.dumps(best, indent=2))

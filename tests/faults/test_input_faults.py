@@ -183,3 +183,111 @@ def test_non_utf8_file_names_keep_the_output_valid_utf8(tmp_path, tiny_model_dir
             assert row["path"].endswith("/caf\\xe9-latin1.wav")
         else:
             assert text.splitlines()[1].startswith(f"{tmp_path}/caf\\xe9-latin1.wav,")
+
+
+
+
+def test_mp3_whose_id3_size_runs_past_the_file(tmp_path, tiny_model_dir):
+    """A damaged ID3v2 size, 1000 bytes past the end of the file: FFmpeg still decodes the frames behind
+    the tag, and the length is counted from them (it was an internal ValueError)."""
+    good = add_cover(make_file(tmp_path / "good.mp3", seconds=2.0), 5_000)
+    data = bytearray(good.read_bytes())
+    size = len(data) + 1000
+    data[6:10] = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])  # syncsafe
+    bad = tmp_path / "bad-id3-size.mp3"
+    bad.write_bytes(bytes(data))
+    assert audio.info(bad).duration == audio.info(good).duration
+    r = run_cli("classify", str(bad), "--model", str(tiny_model_dir), "-f", "jsonl", "-j", "1")
+    assert r.returncode == 0, r.stderr
+    assert_clean_stderr(r.stderr)
+    (row,) = jsonl(r.stdout)
+    assert row["genre"] is not None and row["error"] is None
+
+
+def _specials(folder, tmp_path):
+    """A FIFO, a symlink loop, a link to itself and a dangling link, each with an audio name, in `folder`."""
+    import os
+
+    os.mkfifo(folder / "fifo.mp3")
+    (folder / "dangling.ogg").symlink_to(tmp_path / "nowhere.ogg")
+    (folder / "self.wav").symlink_to(folder / "self.wav")
+    (folder / "loop-dir").symlink_to(folder / "loop-dir")
+    return [folder / "fifo.mp3", folder / "self.wav", folder / "dangling.ogg"]
+
+
+SPECIAL_ERRORS = {"fifo.mp3": "not a regular file (a FIFO)", "self.wav": "symbolic link loop",
+                  "dangling.ogg": "broken symbolic link (its target does not exist)"}
+
+
+@pytest.mark.parametrize("command", ["classify", "tag"])
+def test_fifo_symlink_loop_and_dangling_link(tmp_path, tiny_model_dir, command):
+    """Named on the command line: one error row each (a FIFO is never opened for reading: that would wait for
+    a writer for ever), exit 1, the other files processed. Inside a walked folder: skipped, as every entry
+    that is not a regular file or a folder is."""
+    lib, named = tmp_path / "lib", tmp_path / "named"
+    lib.mkdir()
+    named.mkdir()
+    make_file(lib / "good.wav", seconds=2.0)
+    good = make_file(tmp_path / "good.flac", seconds=2.0)
+    _specials(lib, tmp_path)
+    specials = _specials(named, tmp_path)
+    extra = ["--min-confidence", "0", "--write", "--journal", str(tmp_path / "j.jsonl")] if command == "tag" else []
+    r = run_cli(command, str(lib), *map(str, specials), str(good), "--model", str(tiny_model_dir), "-f", "jsonl",
+                "-j", "1", *extra, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = assert_clean_stderr(r.stderr)
+    assert not [line for line in lines if "error" in line], lines  # the errors are in the rows
+    rows = {row["path"]: row for row in jsonl(r.stdout)}
+    assert set(rows) == {str(lib / "good.wav"), *map(str, specials), str(good)}
+    for p in specials:
+        assert rows[str(p)]["error"] == SPECIAL_ERRORS[p.name], rows[str(p)]
+    for p in (lib / "good.wav", good):
+        row = rows[str(p)]
+        assert row["error"] is None and (row["action"] == "written" if command == "tag" else row["genre"]), row
+
+
+def _damaged_set(tmp_path):
+    """Per format: a good file, one cut in half, one cut inside its header, one with 40 flipped bits."""
+    from audio_factory import FORMATS, add_tags
+    from hostile import bit_flipped, truncated
+
+    good, bad = [], []
+    for i, ext in enumerate(FORMATS):
+        src = make_file(tmp_path / f"good{ext}", seconds=2.0, freq=300.0 + 40 * i)
+        add_tags(src, genre="Rock")
+        good.append(src)
+        bad += [truncated(src, tmp_path / f"half{ext}", 0.5), truncated(src, tmp_path / f"head{ext}", 0.01),
+                bit_flipped(src, tmp_path / f"flipped{ext}", 40, seed=i)]
+    return good, bad
+
+
+def test_truncated_and_bit_flipped_files_of_every_format(tmp_path, tiny_model_dir):
+    """classify: each damaged file is classified or gets a one-line error in its row; the good ones are
+    classified; exit 1 exactly when a row has an error; nothing on stderr but the model line."""
+    good, bad = _damaged_set(tmp_path)
+    r = run_cli("classify", *map(str, good + bad), "--model", str(tiny_model_dir), "-f", "jsonl", "-j", "1")
+    lines = assert_clean_stderr(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("model:"), lines
+    rows = {row["path"]: row for row in jsonl(r.stdout)}
+    assert list(rows) == list(map(str, good + bad))
+    for p in good:
+        assert rows[str(p)]["error"] is None and rows[str(p)]["genre"] is not None, rows[str(p)]
+    failed = [row for row in rows.values() if row["error"] is not None]
+    for row in failed:
+        assert row["genre"] is None and "\n" not in row["error"] and len(row["error"]) <= 200, row
+    assert r.returncode == (1 if failed else 0)
+    assert {rows[str(tmp_path / f"head{ext}")]["error"] is not None for ext in (".flac", ".m4a", ".wav")} == {True}
+
+
+def test_a_fifo_is_refused_by_the_library_without_waiting(tmp_path):
+    import os
+
+    from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
+    from genretag.tags import TagError, read_tags
+
+    fifo = tmp_path / "fifo.flac"
+    os.mkfifo(fifo)
+    for call, err in ((fingerprint, FingerprintError), (file_fingerprint, FingerprintError), (read_tags, TagError),
+                      (audio.info, audio.AudioError)):
+        with pytest.raises(err, match=r"^not a regular file \(a FIFO\)$"):
+            call(fifo)
