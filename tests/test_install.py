@@ -37,7 +37,8 @@ MAX_WHEEL_BYTES = 20 * 1024 * 1024
 
 #: What an extra's modules are: `[train]` must hold exactly what these import beyond the base.
 #: (An engineer adding an extra adds its modules here.)
-EXTRA_MODULES = {"train": ["genretag/training"], "beets": ["beetsplug/genretag.py"]}
+EXTRA_MODULES = {"train": ["genretag/training"], "beets": ["beetsplug/genretag.py"],
+                 "dask": ["genretag/pipeline/cluster.py"]}
 
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".cache", "build", "dist", "runs", "*.egg-info", "__pycache__",
                                      ".pytest_cache", "*.whl")

@@ -19,6 +19,8 @@ from genretag.cli.common import (
     Precision,
     PrecisionOpt,
     RecursiveOpt,
+    SchedulerFileOpt,
+    SchedulerOpt,
     SegmentsOpt,
     TopKOpt,
     Vote,
@@ -26,6 +28,7 @@ from genretag.cli.common import (
     classify_options,
     classify_stream,
     load,
+    open_cluster,
 )
 
 
@@ -42,6 +45,8 @@ def classify_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     jobs: JobsOpt = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
 ) -> None:
     """Say which genre each audio file is.
 
@@ -49,10 +54,11 @@ def classify_cmd(
 
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
-    opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
     from genretag.pipeline.output import ResultWriter
 
     net = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
+    cluster = open_cluster(opts, net, fingerprints=False)  # likewise a scheduler that does not answer
     try:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as e:
@@ -62,7 +68,7 @@ def classify_cmd(
     writer = ResultWriter(stream, fmt.value, top_k)
     try:
         try:
-            for r in classify_stream(paths, opts, net, skipped):
+            for r in classify_stream(paths, opts, net, skipped, cluster):
                 total += 1
                 failed += 0 if r.ok else 1
                 writer.write(r)

@@ -51,6 +51,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Decoding worker processes (default: one per CPU core, at most 8; 1 decodes in this process).")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="tcp://HOST:PORT", help="Run on the Dask cluster of this scheduler (needs genretag[dask]; every worker must see the files at the same paths).")]
+SchedulerFileOpt = Annotated[Path | None, typer.Option("--scheduler-file", metavar="FILE", help="Run on the Dask cluster whose scheduler wrote FILE (dask scheduler --scheduler-file).")]
 
 
 @dataclass
@@ -62,13 +64,41 @@ class ClassifyOptions:
     device: str = "auto"
     jobs: int | None = None
     precision: str = "fp32"
+    scheduler: str | None = None
+    scheduler_file: Path | None = None
 
 
 def classify_options(recursive: bool, vote: Vote, segments: int | None, model: str | None,
-                     device: Device | str, precision: Precision, jobs: int | None) -> ClassifyOptions:
+                     device: Device | str, precision: Precision, jobs: int | None,
+                     scheduler: str | None = None, scheduler_file: Path | None = None) -> ClassifyOptions:
     """The options `classify` and `tag` share, as plain values (typer hands over enums)."""
+    if scheduler is not None and scheduler_file is not None:
+        from genretag.errors import GenretagError
+
+        raise GenretagError("use only one of --scheduler, --scheduler-file", 2)
     return ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
-                           precision.value)
+                           precision.value, scheduler, scheduler_file)
+
+
+def open_cluster(opts: ClassifyOptions, net, cache=None, fingerprints: bool = True):
+    """A `ClusterExecutor` on the scheduler the options name (None without one), connected before any
+    output is written: an unreachable scheduler is a one-line error (exit 1) and nothing is written."""
+    if opts.scheduler is None and opts.scheduler_file is None:
+        return None
+    try:
+        from genretag.pipeline.cluster import ClusterExecutor
+    except ImportError as e:
+        if (e.name or "").split(".")[0] not in ("distributed", "dask"):
+            raise
+        from genretag.errors import GenretagError
+
+        raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
+    ex = ClusterExecutor.connect(net, opts.scheduler, opts.scheduler_file, vote=opts.vote, segments=opts.segments,
+                                 cache=cache, fingerprints=fingerprints, device=opts.device)
+    threads = sum(ex.client.nthreads().values())
+    info(f"cluster: {ex.client.scheduler.address}, {threads} worker threads"
+         + ("" if threads else " (none yet: the run waits for workers to join)"))
+    return ex
 
 
 def load(opts: ClassifyOptions):
@@ -94,16 +124,34 @@ def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = N
 
 
 def classify_stream(paths: list[str], opts: ClassifyOptions, net=None,
-                    skipped: list[str] | None = None) -> Iterator:
+                    skipped: list[str] | None = None, cluster=None) -> Iterator:
     """Yield TrackResults for everything under `paths`, with a progress bar on a terminal.
 
-    Folders that could not be read are appended to `skipped`."""
+    Folders that could not be read are appended to `skipped`. With `cluster` (see `open_cluster`)
+    the work runs there, and the cluster's client is closed at the end."""
     from genretag.pipeline.inference import classify, default_jobs
 
     net = net or load(opts)
     jobs = opts.jobs or default_jobs()
-    results = classify(iter_inputs(paths, opts.recursive, skipped), net, vote=opts.vote,
-                       segments=opts.segments, jobs=jobs)
+    inputs = iter_inputs(paths, opts.recursive, skipped)
+    if cluster is not None:
+        yield from with_progress(on_cluster(cluster, inputs))
+        return
+    yield from with_progress(classify(inputs, net, vote=opts.vote, segments=opts.segments, jobs=jobs))
+
+
+def on_cluster(cluster, inputs) -> Iterator:
+    """`cluster.classify(inputs)`, then the cluster's client closed (also on Ctrl-C or an early stop)."""
+    results = cluster.classify(inputs)
+    try:
+        yield from results
+    finally:
+        results.close()  # cancels what is still running before the client goes
+        cluster.close()
+
+
+def with_progress(results: Iterator) -> Iterator:
+    """`results`, counted on a progress bar on stderr when it is a terminal."""
     if state.quiet or not sys.stderr.isatty():
         yield from results
         return

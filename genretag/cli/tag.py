@@ -20,12 +20,16 @@ from genretag.cli.common import (
     Precision,
     PrecisionOpt,
     RecursiveOpt,
+    SchedulerFileOpt,
+    SchedulerOpt,
     SegmentsOpt,
     Vote,
     VoteOpt,
     classify_options,
     iter_inputs,
     load,
+    on_cluster,
+    open_cluster,
 )
 from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan, load_genre_names
 
@@ -142,6 +146,8 @@ def tag_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     jobs: JobsOpt = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
 ) -> None:
     """Write each file's genre into its tags (a dry run unless --write).
 
@@ -179,10 +185,13 @@ def tag_cmd(
         except OSError as e:
             fail(f"cannot create the journal folder {tagger.journal.path.parent}: {e.strerror}", 2)
 
-    opts = classify_options(recursive, vote, segments, model, device, precision, jobs)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
     net = load(opts)
+    cluster = open_cluster(opts, net)  # before anything is written: an unreachable scheduler changes nothing
     cache = None if no_cache else _open_cache()
-    stats = CacheStats()
+    stats = CacheStats() if cluster is None else cluster.stats
+    if cluster is not None:
+        cluster.cache = cache
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
@@ -191,8 +200,9 @@ def tag_cmd(
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
 
-    results = classify_cached(inputs(), net, vote=opts.vote, segments=opts.segments,
-                              jobs=opts.jobs or default_jobs(), cache=cache, stats=stats)
+    results = on_cluster(cluster, inputs()) if cluster is not None else classify_cached(
+        inputs(), net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(), cache=cache,
+        stats=stats)
     report = _Report(write, fmt)
     try:
         for plan in tagger.run(results):

@@ -1,0 +1,463 @@
+"""Classifying on a Dask cluster (the `[dask]` extra): the same results as a local run, many machines.
+
+    client = connect("tcp://scheduler:8786")
+    with ClusterExecutor(client, genretag.load_model(), vote="soft") as ex:
+        for r in ex.classify(paths):           # one TrackResult per path, in input order
+            print(r.path, r.genre)
+
+The workers do all the per-track work (decoding, cutting, the network, the
+vote, the audio fingerprint) and send back only the results, under a
+kilobyte each: a decoded track is about 2 MB of waveform. Files go in chunks
+(`chunk` files per task) with a bounded window of chunks in flight (twice the
+cluster's worker threads), so a library of any size starts at once and the
+client's memory stays flat; nothing maps a whole library up front.
+
+The model reaches every worker once: its card and safetensors bytes travel in
+a `distributed.WorkerPlugin`, are checked against the card's sha256 on the
+worker and loaded there lazily, once per worker process, by the first task
+that needs them (not in the worker's event loop).
+
+The client keeps what must happen in one place: the output, the SQLite
+result cache (filled from the fingerprints the workers send back) and, in
+`genretag tag`, the tag writes and their journal. With a cache, each chunk is
+fingerprinted on the workers first and only the files the cache cannot
+answer are classified.
+
+Every worker must see the audio files at the same path (a shared file
+system); a file a worker cannot read is that file's error result, as in a
+local run. A worker that dies mid-chunk has its chunk rerun elsewhere by
+the scheduler; a chunk that keeps killing workers is split into single
+files, and a file that kills a worker on its own becomes an error result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import distributed
+from distributed import KilledWorker, WorkerPlugin, as_completed
+
+from genretag.errors import GenretagError, ModelError, one_line
+from genretag.pipeline.cache import CacheStats, ResultCache, model_id
+from genretag.pipeline.inference import TrackResult, error_result
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for the scheduler (`GENRETAG_SCHEDULER_TIMEOUT` overrides).
+CONNECT_TIMEOUT = 10.0
+TIMEOUT_ENV = "GENRETAG_SCHEDULER_TIMEOUT"
+#: Files per task: enough that the task overhead (milliseconds) is small next to the work (seconds).
+DEFAULT_CHUNK = 16
+
+
+class ClusterError(GenretagError):
+    """The scheduler cannot be reached, or the cluster cannot run the work."""
+
+
+# ----------------------------------------------------------------------------- connecting
+
+def connect(address: str | None = None, scheduler_file: str | os.PathLike | None = None,
+            timeout: float | None = None) -> distributed.Client:
+    """A client of an existing scheduler, by address or scheduler file; never starts a cluster.
+
+    Raises ClusterError (exit 1) when the scheduler does not answer within
+    `timeout` seconds, and (exit 2) when neither or both are given or the
+    scheduler file does not exist.
+    """
+    if (address is None) == (scheduler_file is None):
+        raise ClusterError("give either a scheduler address or a scheduler file", 2)
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV) or CONNECT_TIMEOUT)
+        except ValueError:
+            raise ClusterError(f"{TIMEOUT_ENV} must be a number of seconds", 2) from None
+    where = address if address is not None else f"the scheduler in {scheduler_file}"
+    if scheduler_file is not None:
+        if not Path(scheduler_file).is_file():
+            raise ClusterError(f"no scheduler file at {scheduler_file}", 2)
+        kwargs = {"scheduler_file": os.fspath(scheduler_file)}
+    else:
+        kwargs = {"address": address}
+    try:
+        return distributed.Client(**kwargs, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        raise ClusterError(f"cannot reach the Dask scheduler at {where}: {one_line(e)}") from None
+
+
+# ----------------------------------------------------------------------------- the model on the workers
+
+def model_files(card_path: str | os.PathLike) -> tuple[str, dict[str, bytes]]:
+    """A model as flat files: (main card name, {file name: bytes}), ensemble members included.
+
+    Member cards and weights get names of their own in one folder, so the
+    bundle can be written anywhere and loaded with `load_net`.
+    """
+    files: dict[str, bytes] = {}
+
+    def add(path: Path, name: str) -> str:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{path}: cannot read the model card ({one_line(e)})") from None
+        if data.get("members"):
+            data["members"] = [add(path.parent / m, f"{name}.{i}") for i, m in enumerate(data["members"])]
+        else:
+            weights = path.parent / (data.get("weights") or path.with_suffix(".safetensors").name)
+            try:
+                files[f"{name}.safetensors"] = weights.read_bytes()
+            except OSError as e:
+                raise ModelError(f"{weights}: cannot read the weights ({e.strerror})") from None
+            data["weights"] = f"{name}.safetensors"
+        files[f"{name}.json"] = json.dumps(data).encode("utf-8")
+        return f"{name}.json"
+
+    card_path = Path(card_path)
+    return add(card_path, card_path.stem), files
+
+
+class ModelPlugin(WorkerPlugin):
+    """A model's card and weights on every worker, loaded once per worker process, on first use."""
+
+    idempotent = True  # registered again (a second run, a second client): the loaded model stays
+
+    def __init__(self, card_path: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> None:
+        self.main, self.files = model_files(card_path)
+        self.device, self.precision = device, precision
+        digest = hashlib.sha256()
+        for name in sorted(self.files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+        self.name = f"genretag-model-{digest.hexdigest()[:16]}-{device}-{precision}"
+        self.loads = 0
+        self._model = None
+
+    def setup(self, worker) -> None:  # in the worker's event loop: keep it cheap
+        self._lock = threading.Lock()
+        self._dir = None
+        self._model = None
+        self.loads = 0
+        self._local = getattr(worker, "local_directory", None) or tempfile.gettempdir()
+
+    def teardown(self, worker) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def model(self):
+        """The loaded model (the first call in this process writes, verifies and loads it)."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+                self.loads += 1
+            return self._model
+
+    def _load(self):
+        # genretag.cli.heap depends on nothing in genretag; it is the CLI's process setup, and a worker
+        # process running genretag's tasks wants the same
+        from genretag.cli.heap import keep_freed_memory
+        from genretag.pipeline.threads import prefer_passive_openmp
+
+        prefer_passive_openmp()  # before torch starts its threads, as the CLI does
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc from raising its
+        # mmap threshold: every batch's multi-megabyte buffers were then page-faulted afresh, half of a
+        # worker's CPU time (docs/cluster.md). Keep freed memory in the heap, as the CLI does.
+        keep_freed_memory()
+        from genretag.store.load import load_net
+
+        folder = Path(tempfile.mkdtemp(prefix="genretag-model-", dir=self._local))
+        self._dir = folder
+        for name, data in self.files.items():
+            if name.endswith(".safetensors"):
+                card = json.loads(self.files[name.removesuffix(".safetensors") + ".json"])
+                want = card.get("weights_sha256")
+                if want and hashlib.sha256(data).hexdigest() != want:
+                    raise ModelError(f"{name}: sha256 does not match the model card (corrupted on the way)")
+            (folder / name).write_bytes(data)
+        net = load_net(folder / self.main, self.device, verify=True, precision=self.precision)
+        net.tune()
+        log.debug("loaded %s on this worker", net.card.name)
+        return net
+
+
+def model_loads(dask_worker) -> dict[str, int]:
+    """How many times this worker process loaded each genretag model (for `client.run`)."""
+    return {name: p.loads for name, p in dask_worker.plugins.items() if isinstance(p, ModelPlugin)}
+
+
+# ----------------------------------------------------------------------------- what a task runs
+
+@dataclass(frozen=True)
+class _Settings:
+    plugin: str
+    vote: str
+    segments: int | None
+    batch_segments: int | None
+
+
+def _worker_model(plugin_name: str):
+    worker = distributed.get_worker()
+    plugin = worker.plugins.get(plugin_name)
+    if not isinstance(plugin, ModelPlugin):
+        raise ModelError(f"the model plugin {plugin_name} is not on worker {worker.address}")
+    return plugin.model()
+
+
+def fingerprint_chunk(paths: list[str]) -> list[str | None]:
+    """The audio fingerprint of each file (None for one that cannot be read), on a worker."""
+    from genretag.audio.containers import FingerprintError, fingerprint
+
+    out: list[str | None] = []
+    for p in paths:
+        try:
+            out.append(fingerprint(p))
+        except (FingerprintError, OSError):
+            out.append(None)
+    return out
+
+
+def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Settings,
+                   with_fingerprints: bool) -> list[TrackResult]:
+    """Decode, cut, run and vote a chunk of files on a worker, as the local pipeline does.
+
+    A file that cannot be decoded is an error result, as locally; the task
+    itself fails only when the model cannot be loaded.
+    """
+    from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
+    from genretag.pipeline.inference import default_batch_segments, run_model
+    from genretag.pipeline.prepare import prepare_file
+
+    net = _worker_model(settings.plugin)
+    if fps is None:
+        fps = fingerprint_chunk(paths) if with_fingerprints else [None] * len(paths)
+    prepared = (prepare_file(p, net.card.audio, settings.segments) for p in paths)
+    early = DEFAULT_EARLY_EXIT if settings.segments is None else None
+    results = list(run_model(prepared, net, settings.vote,
+                             settings.batch_segments or default_batch_segments(net), early))
+    for r, fp in zip(results, fps):
+        r.fingerprint = fp
+    return results
+
+
+# ----------------------------------------------------------------------------- the client side
+
+@dataclass
+class _Chunk:
+    index: int
+    paths: list[str]
+    results: list[TrackResult | None] = field(default_factory=list)
+    fps: list[str | None] | None = None
+    todo: list[int] = field(default_factory=list)  # positions still to classify
+
+    @property
+    def done(self) -> bool:
+        return all(r is not None for r in self.results)
+
+
+class ClusterExecutor:
+    """A model, its settings and a Dask client, held once: paths in, one TrackResult each out, in order.
+
+    `cache` (a `ResultCache`) answers files classified before and stores new
+    results, as `Classifier` does locally; `fingerprints` (default on) puts
+    each file's audio fingerprint on its result, which `genretag.tags.Tagger`
+    needs. `window` bounds the chunks in flight (default: twice the cluster's
+    worker threads, looked up again as workers come and go).
+    """
+
+    def __init__(self, client: distributed.Client, model, *, vote: str = "soft", segments: int | None = None,
+                 cache: ResultCache | None = None, fingerprints: bool = True, chunk: int = DEFAULT_CHUNK,
+                 window: int | None = None, batch_segments: int | None = None, device: str = "auto") -> None:
+        if model.path is None:
+            raise ModelError("a model without a card file cannot be sent to a cluster")
+        self.client = client
+        self.model = model
+        self.vote, self.segments, self.cache = vote, segments, cache
+        self.fingerprints = fingerprints or cache is not None
+        self.chunk = max(1, int(chunk))
+        self.window = window
+        self.stats = CacheStats()
+        self.model_id = model_id(model)
+        self.n_segments = int(segments or 0)
+        self.plugin = ModelPlugin(model.path, device, model.precision)
+        self.settings = _Settings(self.plugin.name, vote, segments, batch_segments)
+        self._registered = False
+        self._owns_client = False
+        self._threads = (0.0, 1)  # (when looked up, total worker threads)
+
+    def __enter__(self) -> ClusterExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def connect(cls, model, address: str | None = None, scheduler_file: str | os.PathLike | None = None,
+                timeout: float | None = None, **kwargs) -> ClusterExecutor:
+        """An executor on its own client of the scheduler at `address` (or in `scheduler_file`)."""
+        ex = cls(connect(address, scheduler_file, timeout), model, **kwargs)
+        ex._owns_client = True
+        return ex
+
+    def close(self) -> None:
+        """Close the client if this executor opened it (`ClusterExecutor.connect`)."""
+        if self._owns_client:
+            self.client.close()
+
+    def register(self) -> None:
+        """Send the model to every worker (and to those that join later), once."""
+        if not self._registered:
+            try:
+                self.client.register_plugin(self.plugin)
+            except Exception as e:  # noqa: BLE001 - the scheduler went away, a worker refused it
+                raise ClusterError(f"cannot send the model to the workers: {one_line(e)}") from None
+            self._registered = True
+
+    def worker_threads(self) -> int:
+        """The cluster's worker threads (looked up at most every 5 s)."""
+        when, n = self._threads
+        if time.monotonic() - when > 5.0:
+            n = max(1, sum(self.client.nthreads().values()))
+            self._threads = (time.monotonic(), n)
+        return n
+
+    def _in_flight_limit(self) -> int:
+        return self.window or max(2, 2 * self.worker_threads())
+
+    # ------------------------------------------------------------------------- the stream
+
+    def classify(self, paths: Iterable[str]) -> Iterator[TrackResult]:
+        """One result per path, in input order; stopping early (or Ctrl-C) cancels the work in flight."""
+        self.register()
+        it = iter(paths)
+        exhausted = False
+        next_index = 0  # the next chunk to read
+        next_out = 0  # the next chunk to yield
+        chunks: dict[int, _Chunk] = {}
+        running: dict[distributed.Future, tuple[_Chunk, str, list[int]]] = {}
+        ac = as_completed(loop=self.client.loop)
+
+        ahead: deque[str] = deque()  # paths read, not yet in a chunk
+        source_done = False
+
+        def read_chunk() -> _Chunk | None:
+            """The next chunk: `self.chunk` files, smaller towards the end of the input, so that the
+            last files spread over every worker thread instead of queueing behind one full chunk."""
+            nonlocal exhausted, source_done, next_index
+            threads = self.worker_threads()
+            while not source_done and len(ahead) < 2 * threads * self.chunk:
+                p = next(it, None)
+                if p is None:
+                    source_done = True
+                else:
+                    ahead.append(os.fspath(p))
+            size = self.chunk if not source_done else min(self.chunk, max(1, -(-len(ahead) // (2 * threads))))
+            paths = [ahead.popleft() for _ in range(min(size, len(ahead)))]
+            exhausted = source_done and not ahead
+            if not paths:
+                return None
+            c = _Chunk(next_index, paths, [None] * len(paths))
+            next_index += 1
+            chunks[c.index] = c
+            return c
+
+        def submit(c: _Chunk, phase: str, positions: list[int]) -> None:
+            ps = [c.paths[i] for i in positions]
+            if phase == "fingerprint":
+                fut = self.client.submit(fingerprint_chunk, ps, pure=False)
+            else:
+                fps = None if c.fps is None else [c.fps[i] for i in positions]
+                fut = self.client.submit(classify_chunk, ps, fps, self.settings, self.fingerprints, pure=False)
+            running[fut] = (c, phase, positions)
+            ac.add(fut)
+
+        def start(c: _Chunk) -> None:
+            if self.cache is not None:
+                submit(c, "fingerprint", list(range(len(c.paths))))
+            else:
+                submit(c, "classify", list(range(len(c.paths))))
+
+        def finished(fut: distributed.Future) -> None:
+            c, phase, positions = running.pop(fut)
+            try:
+                value = fut.result()
+            except KilledWorker as e:  # the chunk killed worker after worker: one file at a time, then give up
+                if len(positions) > 1:
+                    for i in positions:
+                        submit(c, phase, [i])
+                    return
+                value = [None] if phase == "fingerprint" else [error_result(
+                    c.paths[positions[0]], f"cannot decode: the decoder crashed ({type(e).__name__})")]
+            except GenretagError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a task never raises for a file; this is the cluster
+                raise ClusterError(f"a cluster task failed: {one_line(e)}") from None
+            if phase == "fingerprint":
+                self._answer_from_cache(c, positions, value)
+                if c.todo:
+                    todo, c.todo = c.todo, []
+                    submit(c, "classify", todo)
+                return
+            fresh = []
+            for i, r in zip(positions, value):
+                r.path = c.paths[i]
+                c.results[i] = r
+                self.stats.classified += 1
+                if r.fingerprint and self.cache is not None:
+                    fresh.append((r.fingerprint, self.model_id, self.vote, self.n_segments, r))
+            if fresh:
+                self.cache.put_many(fresh)
+
+        try:
+            while True:
+                # keep the window full; read at most a few windows ahead of the output (a straggler
+                # holds back the output, and then the reading too)
+                limit = self._in_flight_limit()
+                while (not exhausted and len({c.index for c, _, _ in running.values()}) < limit
+                       and next_index - next_out < 4 * limit):
+                    c = read_chunk()
+                    if c is None:
+                        break
+                    start(c)
+                while next_out in chunks and chunks[next_out].done:
+                    c = chunks.pop(next_out)
+                    next_out += 1
+                    yield from c.results
+                if running:
+                    finished(next(ac))
+                elif exhausted and not chunks:
+                    return
+                elif chunks:  # the oldest chunk waits for nothing: never expected
+                    raise ClusterError("internal error: a chunk has no task running")
+        except GenretagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the scheduler lost, a comm closed: one line, not a traceback
+            raise ClusterError(f"the cluster failed: {one_line(e)}") from None
+        finally:
+            if running:  # stopped early, interrupted or failed: nothing more runs for this stream
+                try:
+                    self.client.cancel(list(running))
+                except Exception:  # noqa: BLE001 - the client is gone already: so is the work
+                    log.debug("cancelling the tasks in flight failed", exc_info=True)
+                running.clear()
+
+    def _answer_from_cache(self, c: _Chunk, positions: list[int], fps: list[str | None]) -> None:
+        if c.fps is None:
+            c.fps = [None] * len(c.paths)
+        for i, fp in zip(positions, fps):
+            c.fps[i] = fp
+            hit = self.cache.get(fp, self.model_id, self.vote, self.n_segments) if fp else None
+            if hit is None:
+                c.todo.append(i)
+                continue
+            hit.path, hit.fingerprint = c.paths[i], fp
+            c.results[i] = hit
+            self.stats.cached += 1
+
