@@ -242,8 +242,8 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
 
 
 def test_decoding_in_rounds_or_streaming_gives_the_same_results_in_order(tmp_path) -> None:
-    """A CPU model decodes in rounds (overlap=False), a GPU model streams: same files, same
-    order, same samples, bad files reported in place, more files than one window."""
+    """Streaming (the default) and rounds (GENRETAG_SCHEDULE=rounds): same files, same order,
+    same samples, bad files reported in place, more files than one window."""
     files = [make_file(tmp_path / f"f{i:02d}.wav", seconds=0.5 + 0.25 * i, freq=200.0 + 50 * i)
              for i in range(11)]
     files.insert(5, tmp_path / "missing.wav")
@@ -259,6 +259,20 @@ def test_decoding_in_rounds_or_streaming_gives_the_same_results_in_order(tmp_pat
             assert (a.waves is None) == (b.waves is None)
             if a.waves is not None:
                 np.testing.assert_array_equal(a.waves, b.waves)
+
+
+def test_schedule_streams_unless_rounds_are_asked_for(monkeypatch) -> None:
+    import torch
+
+    from genretag.pipeline.inference import _streams
+
+    for device in ("cpu", "cuda"):
+        monkeypatch.delenv("GENRETAG_SCHEDULE", raising=False)
+        assert _streams(torch.device(device))
+        monkeypatch.setenv("GENRETAG_SCHEDULE", "rounds")
+        assert not _streams(torch.device(device))
+        monkeypatch.setenv("GENRETAG_SCHEDULE", "stream")
+        assert _streams(torch.device(device))
 
 
 @pytest.mark.parametrize("overlap", [True, False])

@@ -155,13 +155,12 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     library. The window defaults to 4 files per worker, at least 16, i.e.
     several model batches.
 
-    * ``overlap=True`` (a model on a GPU, or no model): a new file is
-      submitted whenever the consumer takes one, so decoding never stops.
-    * ``overlap=False`` (a model on the CPU, whose threads use every core):
-      decoding goes in rounds. A whole window is decoded while the consumer
-      waits, then the consumer runs the model on it while the pool waits, so
-      decoders and the network's threads never fight over the same cores
-      (faster than streaming on a shared CPU; measured in docs/performance.md).
+    * ``overlap=True`` (the default schedule): a new file is submitted
+      whenever the consumer takes one, so decoding never stops.
+    * ``overlap=False`` (``GENRETAG_SCHEDULE=rounds``): decoding goes in
+      rounds. A whole window is decoded while the consumer waits, then the
+      consumer runs the model on it while the pool waits, so decoders and the
+      network's threads never run at the same time.
 
     A worker that dies (a decoder segfault, the OOM killer) takes the pool
     and the files in flight with it: the file at the head is then retried on
@@ -235,6 +234,16 @@ def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int
         return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
 
 
+def _streams(device) -> bool:
+    """Decode while the network runs (``stream``, the default) or in rounds: ``$GENRETAG_SCHEDULE``.
+
+    With passive OpenMP waiting, streaming keeps both the decoders and the
+    network busy and beat rounds on the CPU both quiet and beside busy
+    processes (docs/performance.md); rounds stay available for machines
+    where the network's threads and the decoders fight over few cores."""
+    return os.environ.get("GENRETAG_SCHEDULE", "").strip().lower() != "rounds"
+
+
 def default_jobs() -> int:
     """Decoding worker processes: one per core, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -273,7 +282,7 @@ def classify(
             for i, x in enumerate(inputs))
     else:
         prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
-                                  overlap=net.device.type != "cpu")
+                                  overlap=_streams(net.device))
     results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
     if net.device.type != "cpu":
         yield from results
