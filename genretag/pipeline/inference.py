@@ -234,7 +234,7 @@ def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int
         return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
 
 
-def _streams(device) -> bool:
+def _streams() -> bool:
     """Decode while the network runs (``stream``, the default) or in rounds: ``$GENRETAG_SCHEDULE``.
 
     With passive OpenMP waiting, streaming keeps both the decoders and the
@@ -282,7 +282,7 @@ def classify(
             for i, x in enumerate(inputs))
     else:
         prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
-                                  overlap=_streams(net.device))
+                                  overlap=_streams())
     results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
     if net.device.type != "cpu":
         yield from results

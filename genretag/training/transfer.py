@@ -651,12 +651,6 @@ def _load_heads(net: M.MusicnnTransfer, states: list[dict]) -> None:
             h.load_state_dict(st)
 
 
-def _pooled_score(lv: np.ndarray, track: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    probs = np.array([softmax(lg).mean(0) for lg in _split_rows(lv, track, len(y))])
-    return (float((probs.argmax(1) == y).mean()),
-            float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()))
-
-
 def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: dict, y_va: np.ndarray,
                n_classes: int, cfg: TransferConfig, note: Callable[[str], None]
                ) -> tuple[list[dict], list[int], list[dict]]:
@@ -685,10 +679,10 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
             logits.append(h.eval()(xva).numpy())
     grid, pick = [], None
     for k in sizes:
-        acc, nll = _pooled_score(np.mean(logits[:k], axis=0), emb_va["track"], y_va)
+        acc, nll = track_score(_split_rows(np.mean(logits[:k], axis=0), emb_va["track"], len(y_va)), y_va)
         grid.append({"heads": k, "valid_acc": acc, "valid_nll": nll})
         note(f"  bag of {k} head(s): valid acc {acc:.1%} nll {nll:.3f}")
-        if pick is None or (acc, -nll) > (pick[1], -pick[2]):
+        if better(acc, nll, None if pick is None else pick[1:]):
             pick = (k, acc, nll)
     k = pick[0]
     return states[:k], epochs[:k], grid
