@@ -96,8 +96,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert {"genretag.cli.app", "genretag.store.resolve", "genretag.store.index"} <= set(graph)
-    assert "genretag.cli.heap" in graph["genretag.cli.app"]  # imported inside main(): function level counts
+    assert "genretag.pipeline.heap" in graph["genretag.cli.app"]  # imported inside main(): function level counts
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_nothing_outside_the_cli_imports_the_cli():
+    """The CLI is a thin layer over the library: library code a user imports never reaches up into it."""
+    graph = import_graph()
+    upward = {mod: sorted(e for e in edges if e == "genretag.cli" or e.startswith("genretag.cli."))
+              for mod, edges in graph.items()
+              if mod != "genretag.cli" and not mod.startswith("genretag.cli.") and mod != "genretag.__main__"}
+    assert {mod: e for mod, e in upward.items() if e} == {}
+    assert "genretag.pipeline.heap" in graph["genretag.pipeline.cluster"]  # what the cluster worker shares
 
 
 def test_the_cycle_finder_finds_a_function_level_cycle():

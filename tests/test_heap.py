@@ -1,4 +1,4 @@
-"""genretag.cli.heap: large buffers come from the heap (reused) instead of fresh mmap()s."""
+"""genretag.pipeline.heap: large buffers come from the heap (reused) instead of fresh mmap()s."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "tuned":
-    from genretag.cli.heap import keep_freed_memory
+    from genretag.pipeline.heap import keep_freed_memory
     assert keep_freed_memory()
 before = libc.mallinfo2().hblkhd
 buf = bytearray(8 << 20)  # 8 MB: above glibc's default mmap threshold (128 kB)

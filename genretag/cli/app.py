@@ -144,7 +144,7 @@ def _root(
 
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
-    from genretag.cli.heap import keep_freed_memory
+    from genretag.pipeline.heap import keep_freed_memory
     from genretag.pipeline.threads import prefer_passive_openmp
 
     keep_freed_memory()  # genretag owns this process: batch-sized buffers are reused, not re-faulted

@@ -161,9 +161,8 @@ class ModelPlugin(WorkerPlugin):
             return self._model
 
     def _load(self):
-        # genretag.cli.heap depends on nothing in genretag; it is the CLI's process setup, and a worker
-        # process running genretag's tasks wants the same
-        from genretag.cli.heap import keep_freed_memory
+        # the same process setup as the CLI's (genretag.cli.app.main), for a worker process running genretag's tasks
+        from genretag.pipeline.heap import keep_freed_memory
         from genretag.pipeline.threads import prefer_passive_openmp
 
         prefer_passive_openmp()  # before torch starts its threads, as the CLI does
