@@ -24,6 +24,7 @@ distributed = pytest.importorskip("distributed")
 from genretag.audio.containers import fingerprint  # noqa: E402
 from genretag.cli import app  # noqa: E402
 from genretag.pipeline import cluster as cluster_mod  # noqa: E402
+from genretag.pipeline.cache import default_cache_path  # noqa: E402
 from genretag.pipeline.inference import classify  # noqa: E402
 from genretag.store.load import load_net  # noqa: E402
 from genretag.tags.journal import read_entries  # noqa: E402
@@ -116,6 +117,7 @@ def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, ti
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv(cluster_mod.TIMEOUT_ENV, "1")
+    snapshot = {p: p.read_bytes() for p in sorted(library.rglob("*")) if p.is_file()}
     out = tmp_path / "out.jsonl"
     r = runner.invoke(app, ["classify", str(library), "--model", str(tiny_model_dir), "-o", str(out),
                             "--scheduler", f"tcp://127.0.0.1:{port}"])
@@ -124,6 +126,11 @@ def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, ti
     assert len(lines) == 2 and lines[0].startswith("model: tiny-test"), r.stderr
     assert lines[1].startswith(f"genretag: error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
     assert not out.exists()
+    r = runner.invoke(app, ["-q", "tag", str(library), "--model", str(tiny_model_dir), "--write",
+                            "--scheduler", f"tcp://127.0.0.1:{port}"])
+    assert r.exit_code == 1 and r.stderr.strip().startswith("genretag: error: cannot reach the Dask scheduler")
+    assert not default_cache_path().exists()  # the result cache is opened only once the scheduler answered
+    assert snapshot == {p: p.read_bytes() for p in sorted(library.rglob("*")) if p.is_file()}
     r = runner.invoke(app, ["-q", "tag", str(library), "--model", str(tiny_model_dir),
                             "--scheduler-file", str(tmp_path / "no-such.json")])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [

@@ -81,21 +81,30 @@ def classify_options(recursive: bool, vote: Vote, segments: int | None, model: s
                            precision.value, scheduler, scheduler_file)
 
 
-def open_cluster(opts: ClassifyOptions, net, cache=None, fingerprints: bool = True):
+def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool = True):
     """A `ClusterExecutor` on the scheduler the options name (None without one), connected before any
-    output is written: an unreachable scheduler is a one-line error (exit 1) and nothing is written."""
+    output is written: an unreachable scheduler is a one-line error (exit 1) and nothing is written.
+
+    `open_cache` (a callable returning a `ResultCache` or None) is called only once the scheduler
+    answered, so a failed connection does not create the result cache either."""
     if opts.scheduler is None and opts.scheduler_file is None:
         return None
     try:
-        from genretag.pipeline.cluster import ClusterExecutor
+        from genretag.pipeline.cluster import ClusterExecutor, connect
     except ImportError as e:
         if (e.name or "").split(".")[0] not in ("distributed", "dask"):
             raise
         from genretag.errors import GenretagError
 
         raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
-    ex = ClusterExecutor.connect(net, opts.scheduler, opts.scheduler_file, vote=opts.vote, segments=opts.segments,
-                                 cache=cache, fingerprints=fingerprints, device=opts.device)
+    client = connect(opts.scheduler, opts.scheduler_file)
+    try:
+        ex = ClusterExecutor(client, net, vote=opts.vote, segments=opts.segments, fingerprints=fingerprints,
+                             cache=open_cache() if open_cache is not None else None, device=opts.device,
+                             close_client=True)
+    except BaseException:
+        client.close()
+        raise
     threads = sum(ex.client.nthreads().values())
     info(f"cluster: {ex.client.scheduler.address}, {threads} worker threads"
          + ("" if threads else " (none yet: the run waits for workers to join)"))

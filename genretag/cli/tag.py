@@ -187,11 +187,13 @@ def tag_cmd(
 
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
     net = load(opts)
-    cluster = open_cluster(opts, net)  # before anything is written: an unreachable scheduler changes nothing
-    cache = None if no_cache else _open_cache()
-    stats = CacheStats() if cluster is None else cluster.stats
-    if cluster is not None:
-        cluster.cache = cache
+    open_cache = None if no_cache else _open_cache
+    # the scheduler answers before the cache or any file is written: an unreachable one changes nothing
+    cluster = open_cluster(opts, net, open_cache)
+    if cluster is None:
+        cache, stats = open_cache() if open_cache is not None else None, CacheStats()
+    else:
+        cache, stats = cluster.cache, cluster.stats
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():

@@ -264,12 +264,14 @@ class ClusterExecutor:
     results, as `Classifier` does locally; `fingerprints` (default on) puts
     each file's audio fingerprint on its result, which `genretag.tags.Tagger`
     needs. `window` bounds the chunks in flight (default: twice the cluster's
-    worker threads, looked up again as workers come and go).
+    worker threads, looked up again as workers come and go). `close_client`
+    makes `close()` close the client too (`ClusterExecutor.connect` sets it).
     """
 
     def __init__(self, client: distributed.Client, model, *, vote: str = "soft", segments: int | None = None,
                  cache: ResultCache | None = None, fingerprints: bool = True, chunk: int = DEFAULT_CHUNK,
-                 window: int | None = None, batch_segments: int | None = None, device: str = "auto") -> None:
+                 window: int | None = None, batch_segments: int | None = None, device: str = "auto",
+                 close_client: bool = False) -> None:
         if model.path is None:
             raise ModelError("a model without a card file cannot be sent to a cluster")
         self.client = client
@@ -284,7 +286,7 @@ class ClusterExecutor:
         self.plugin = ModelPlugin(model.path, device, model.precision)
         self.settings = _Settings(self.plugin.name, vote, segments, batch_segments)
         self._registered = False
-        self._owns_client = False
+        self._owns_client = close_client
         self._threads = (0.0, 1)  # (when looked up, total worker threads)
 
     def __enter__(self) -> ClusterExecutor:
@@ -297,9 +299,7 @@ class ClusterExecutor:
     def connect(cls, model, address: str | None = None, scheduler_file: str | os.PathLike | None = None,
                 timeout: float | None = None, **kwargs) -> ClusterExecutor:
         """An executor on its own client of the scheduler at `address` (or in `scheduler_file`)."""
-        ex = cls(connect(address, scheduler_file, timeout), model, **kwargs)
-        ex._owns_client = True
-        return ex
+        return cls(connect(address, scheduler_file, timeout), model, close_client=True, **kwargs)
 
     def close(self) -> None:
         """Close the client if this executor opened it (`ClusterExecutor.connect`)."""
