@@ -77,14 +77,18 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 def container_of(path: str | os.PathLike) -> str | None:
     """The container of a file, by its content (an ID3v2 tag in front of FLAC is looked past)."""
     with open_regular(path) as f:
-        start = _skip_id3v2(f, 0)
-        f.seek(start)
-        head = f.read(12)
-        if start and head[:4] == b"fLaC":
-            return "flac"
-        if start:
-            return "mp3"
-        return sniff(head)
+        return _container_of_file(f)
+
+
+def _container_of_file(f: BinaryIO) -> str | None:
+    start = _skip_id3v2(f, 0)
+    f.seek(start)
+    head = f.read(12)
+    if start and head[:4] == b"fLaC":
+        return "flac"
+    if start:
+        return "mp3"
+    return sniff(head)
 
 
 def fingerprint(path: str | os.PathLike) -> str:
@@ -95,7 +99,7 @@ def fingerprint(path: str | os.PathLike) -> str:
     try:
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            kind = container_of(path) or "raw"
+            kind = _container_of_file(f) or "raw"  # the same open file: a file replaced meanwhile is not mixed in
             try:
                 regions, mask = _payload(f, kind, size)
             except (ValueError, struct.error, EOFError):
