@@ -19,7 +19,7 @@ descendants, e.g. the decoding workers) is sampled from /proc every 0.2 s.
     python bench/throughput.py [--source DIR] [--tracks N] [--json FILE]
     python bench/throughput.py --memory [--json FILE]     # (b) at 1,000 vs 10,000 tracks
 
-See bench/README.md for the results and how they were measured.
+bench/README.md describes the stages, options and JSON fields; docs/performance.md has the results.
 """
 
 from __future__ import annotations

@@ -204,8 +204,8 @@ class _ConvBN2d(nn.Module):
         ``a * relu(min z) + b`` where ``a < 0``. And ``min z = -max(-z)``, where ``-z`` is the
         conv with negated weights and bias, so the channels with ``a < 0`` are convolved with
         negated filters and a single ``amax`` pass over the conv output replaces the ReLU, BN
-        and max passes (``amax`` is 3x faster than ``aminmax`` over 59 bands: profile in
-        bench/README.md).
+        and max passes (``amax`` is 3x faster than ``aminmax`` over 59 bands: 3.2 vs 9.7 ms for
+        a batch of 4 x 204 channels x 187 frames on 2 threads).
 
         A filter whose weights are all exactly zero gives ``z = bias`` everywhere, so only the
         others are convolved. The MSD musicnn's training left most front-end filters dead

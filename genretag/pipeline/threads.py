@@ -20,7 +20,7 @@ def prefer_passive_openmp() -> None:
     libgomp's default keeps an idle thread spinning for a while after each parallel
     region. On a machine with other work that spinning takes the cores the decoders and
     the other programs need, and a team of spinning threads waits on a preempted member
-    (bench/README.md: 100 clips with two busy processes, 30.4 s by default, 18.8 s
+    (docs/performance.md: 60 clips on a busy machine, 42.1 CPU seconds spinning, 16.2
     passive). Takes effect only before torch first starts OpenMP, so the CLI calls it at
     start-up; a library user sets ``OMP_WAIT_POLICY`` in the environment instead.
     """
