@@ -199,7 +199,7 @@ def test_tag_write_on_the_cluster_writes_and_journals_as_locally(dask_cluster, l
 
 
 def test_a_worker_killed_mid_run_still_gives_every_result_once(dask_cluster, library, tiny_model_dir):
-    lc, client = dask_cluster
+    _, client = dask_cluster
     net = load_net(str(tiny_model_dir), "cpu")
     paths = sorted(str(p) for p in library.rglob("*") if p.suffix != ".txt") * 3
     want = [r.to_json() for r in classify(paths, net, jobs=1)]

@@ -87,7 +87,7 @@ def test_subsets_come_from_the_manifest_and_agree_with_the_lists(data) -> None:
 
 
 def test_bad_manifests_are_one_line_errors(data, tmp_path: Path) -> None:
-    whole, ex = data
+    _, ex = data
     with pytest.raises(DatasetError, match="no manifest.csv"):
         load_excerpts(tmp_path)
     with pytest.raises(DatasetError, match="fault-filtered"):
