@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from genretag.nets import musicnn as M  # noqa: E402
 from genretag.store.card import load_card  # noqa: E402
 from genretag.training import transfer as T  # noqa: E402
+from genretag.training.common import softmax  # noqa: E402
 
 POOLINGS = {"musicnn": list(M.DEFAULT_POOLING), "vgg": list(M.VGG_EMBEDDING_DIMS)}
 
@@ -58,7 +59,7 @@ def features(embs: dict[str, dict], trunks: tuple[str, ...], subset: str) -> np.
 
 def scores(seg_logits: list[np.ndarray], y: np.ndarray, n_tracks: int) -> dict:
     """Valid accuracy: tracks (soft vote), excerpts (one row each), pooled."""
-    pred = np.array([T._softmax(lg).mean(0).argmax() for lg in seg_logits])
+    pred = np.array([softmax(lg).mean(0).argmax() for lg in seg_logits])
     ok = pred == y
     return {"valid_tracks": float(ok[:n_tracks].mean()), "valid_excerpts": float(ok[n_tracks:].mean()),
             "valid_pooled": float(ok.mean()), "n": [int(n_tracks), int(len(y) - n_tracks)]}
@@ -72,11 +73,13 @@ def main() -> None:
     ap.add_argument("--hidden", default="0,256")
     ap.add_argument("--weight-decay", default="0.1,1,10")
     ap.add_argument("--extra-repeat", default="1,5")
+    ap.add_argument("--train-crops", type=int, default=T.TransferConfig.train_crops,
+                    help="overlapping crops per training track (as transfer)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    cfg = T.TransferConfig(data_dir=args.data, extra=args.extra, device="cpu")
+    cfg = T.TransferConfig(data_dir=args.data, extra=args.extra, device="cpu", train_crops=args.train_crops)
     data = T.load_data(cfg)
     trunks = args.trunks.split(",")
     embs = {t: trunk_embeddings(data, t, cfg.train_crops) for t in trunks}
@@ -124,14 +127,13 @@ def main() -> None:
 
     # zero-shot blend: head logits + w * log(zero-shot score) of the MSD tags, per sub-track
     if "msd-musicnn" in trunks:
-        tags = tuple(load_card(REPO / "models" / "msd-musicnn.json").labels)
         e = embs["msd-musicnn"]
         tag_lg = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
         va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
         for mname in ("proxy", "strict"):
-            zs = M.MusicnnZeroShot(data.labels, T.ZEROSHOT_MAPPINGS[mname], "max", tags)
-            score = (torch.sigmoid(tag_lg)[:, None, :] * zs.mapping[None]).amax(2)
-            zlog = torch.log(score + zs.EPS).numpy()
+            # what `transfer --prior-weight` adds to the head's logits (training.transfer.choose_prior)
+            zlog = M.zeroshot_prior(tag_lg, M.zeroshot_matrix(data.labels, T.ZEROSHOT_MAPPINGS[mname],
+                                                              M.MSD_TAGS)).numpy()
             for combo, seg in best_logits.items():
                 head_lg = np.concatenate(seg)
                 for w in (0.25, 0.5, 1.0, 2.0):
@@ -145,7 +147,7 @@ def main() -> None:
     singles = [c for c in best_logits if len(c) == 1]
     for k in (2, 3, 4):
         for combo in itertools.combinations(singles, k):
-            probs = [np.mean([T._softmax(best_logits[c][i]) for c in combo], axis=0) for i in range(len(y_va))]
+            probs = [np.mean([softmax(best_logits[c][i]) for c in combo], axis=0) for i in range(len(y_va))]
             row = {"ensemble": [c[0] for c in combo], **scores([np.log(p) for p in probs], y_va, n_va)}
             rows.append(row)
             log(f"ensemble {'+'.join(c[0] for c in combo):<36} tracks {row['valid_tracks']:.1%} "

@@ -215,3 +215,30 @@ def test_zero_shot_prior_is_added_to_the_head_logits(refit_model: Path, tmp_path
     prior[:, reggae] = zs[:, mapped].mean(dim=1)
     torch.testing.assert_close(got, plain(wave) + 0.5 * prior)
     assert not torch.allclose(got, plain(wave))
+
+
+def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path: Path) -> None:
+    """scripts/transfer_experiments.py (the multi-trunk figures of docs/results.md) on the tiny folder:
+    one row per trunk, trunk pair, zero-shot blend and ensemble, all scored on valid items only."""
+    import subprocess
+    import sys
+
+    whole, ex = data
+    out = tmp_path / "exp.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "transfer_experiments.py"
+    r = subprocess.run([sys.executable, str(script), str(whole), "--extra", str(ex),
+                        "--trunks", "msd-musicnn,mtt-musicnn", "--hidden", "0", "--weight-decay", "0.01",
+                        "--extra-repeat", "1", "--train-crops", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "GENRETAG_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    heads = [row for row in rows if "trunks" in row and "blend" not in row]
+    assert [row["trunks"] for row in heads] == [["msd-musicnn"], ["mtt-musicnn"], ["msd-musicnn", "mtt-musicnn"]]
+    assert {row["blend"] for row in rows if "blend" in row} == {"zeroshot-proxy", "zeroshot-strict"}
+    assert [row["ensemble"] for row in rows if "ensemble" in row] == [["msd-musicnn", "mtt-musicnn"]]
+    # 2 valid clips per genre whole, 1 valid excerpt per genre: the test subsets never enter
+    assert all(row["n"] == [6, 3] for row in rows if "n" in row)
+    assert all(0.0 <= row["valid_pooled"] <= 1.0 for row in rows)
+    msd = heads[0]
+    assert msd["valid_pooled"] > 1 / 3  # three clearly different signals: better than chance
