@@ -373,6 +373,20 @@ def test_checksum_mismatch_is_not_papered_over_by_fallback(served, monkeypatch):
         find_card("remote")
 
 
+def test_a_missing_bundled_default_is_a_broken_install_not_a_name(tmp_path, monkeypatch):
+    bundled = Path(tmp_path / "bundled")
+    for f in bundled.glob("tiny.*"):
+        f.unlink()  # DEFAULT still names "tiny"
+    with pytest.raises(hub.ModelError) as e:
+        find_card(None)
+    assert e.value.exit_code == 1
+    assert str(e.value) == f"the default model 'tiny' is missing from {bundled} (reinstall genretag, or pass --model)"
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    r = runner.invoke(app, ["classify", str(wav)])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [f"genretag: error: {e.value}"]
+
+
 def test_find_card_downloads_and_falls_back(served, monkeypatch, tmp_path, model_files):
     monkeypatch.setenv(hub.INDEX_ENV, served.url("index.json"))
     assert find_card("remote") == cache() / "remote.json"

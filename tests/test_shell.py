@@ -247,6 +247,20 @@ def test_every_command_help_has_an_example(path):
     assert "Example" in r.stdout, f"`genretag {' '.join(path)} --help` has no 'Example: ...' line"
 
 
+@pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
+def test_help_shows_bracketed_words_rich_would_take_for_markup(path, monkeypatch):
+    """`genretag[dask]` in an option's help must reach the user, not vanish as a Rich style tag."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "400")
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    words = {w.replace("\\[", "[") for p in cmd.params for w in re.findall(r"\S*\[\w+\]\S*", p.help or "")}
+    out = run(*path, "--help").stdout
+    assert [w for w in words if w.strip(".,;()") not in out] == []
+
+
 def test_exit_codes():
     assert run("classify", "--no-such-option").exit_code == 2  # usage error
     assert run("models", "info", "no-such-model").exit_code == 2

@@ -360,6 +360,16 @@ def test_undo_default_journal(tmp_path, fake_model, tiny):
     assert [i.status for i in undo()] == ["skipped"]
 
 
+def test_a_folder_as_journal_is_a_usage_error_before_any_work(tmp_path, fake_model, tiny):
+    p = af.make_file(tmp_path / "a.flac", genre="Rock")
+    before = p.read_bytes()
+    res = run("tag", p, "--write", "--journal", tmp_path, "--model", tiny)
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"genretag: error: --journal {tmp_path} is a folder: give the journal's file name")
+    assert p.read_bytes() == before
+
+
 def test_undo_of_a_file_without_genre_removes_it(tmp_path):
     p = af.make_file(tmp_path / "a.m4a")
     j = tmp_path / "j.jsonl"
@@ -887,7 +897,7 @@ def test_undo_reports_malformed_entries_and_goes_on(tmp_path, fake_model, tiny):
     assert len(warnings) == 8 and all("j.jsonl:" in w and "skipped" in w for w in warnings)
     assert "'old' is not a list of strings" in res.stderr and "'path' is not a non-empty string" in res.stderr
     assert "'fingerprint_before' is missing" in res.stderr and "not valid JSON" in res.stderr
-    assert "8 bad journal line" in res.stderr and "2 restored" in res.stderr
+    assert "8 bad journal lines" in res.stderr and "2 restored" in res.stderr
     assert af.genre_values(lib / "song.flac") == ["Rock"] and af.genre_values(lib / "song.mp3") == ["Rock"]
     # a line torn by a crash at the very end is a warning, not a failure
     torn = tmp_path / "torn.jsonl"

@@ -44,3 +44,13 @@ def test_passive_openmp_only_when_the_user_did_not_choose(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     prefer_passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_decoding_workers_follow_the_cores_this_process_may_use(monkeypatch):
+    from genretag.pipeline.inference import default_jobs
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under `taskset -c 0`
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_jobs() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert default_jobs() == 8

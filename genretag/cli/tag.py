@@ -180,6 +180,8 @@ def tag_cmd(
     tagger = Tagger("overwrite" if overwrite else "append" if append else "keep-existing", min_confidence, top_k,
                     names, separator, keep_mtime, journal, write, split_hard_links)
     if write:
+        if tagger.journal.path.is_dir():
+            fail(f"--journal {tagger.journal.path} is a folder: give the journal's file name", 2)
         try:
             tagger.journal.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -219,7 +221,7 @@ def tag_cmd(
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
     folders = f", {len(unreadable)} unreadable folder{'s' * (len(unreadable) != 1)}" if unreadable else ""
-    info(f"{report.total} files: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed{folders} "
+    info(f"{report.total} file{'s' * (report.total != 1)}: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed{folders} "
          f"({stats.classified} classified, {stats.cached} from cache)"
          + ("" if write else "; dry run, nothing changed (use --write)"))
     if report.failed or unreadable:
@@ -253,7 +255,8 @@ def undo_cmd(
     Example: genretag undo --dry-run
 
     Exit code 0 when nothing was refused or failed and every journal line
-    was readable, 1 otherwise.
+    was readable, 1 otherwise; 2 when the journal named with --journal does
+    not exist.
     """
     from genretag.tags.journal import default_journal_path, undo
 
@@ -277,7 +280,8 @@ def undo_cmd(
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
     except OSError as e:
         fail(f"cannot read journal {jpath}: {e.strerror}", 1)
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing to undo"
+    nouns = ("bad journal line", "warning")  # the other statuses are verbs: "2 restored"
+    summary = ", ".join(f"{n} {s}{'s' * (s in nouns and n != 1)}" for s, n in counts.items()) or "nothing to undo"
     info(summary + (" (dry run)" if dry_run else ""))
     if counts.get("refused") or counts.get("error") or counts.get("bad journal line"):
         raise typer.Exit(1)

@@ -245,8 +245,10 @@ def _streams() -> bool:
 
 
 def default_jobs() -> int:
-    """Decoding worker processes: one per core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Decoding worker processes: one per core this process may use (taskset, cgroup cpusets), at most 8."""
+    from genretag.pipeline.threads import usable_cores
+
+    return min(8, usable_cores())
 
 
 def classify(

@@ -30,15 +30,20 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
     found = find_local(name_or_path)
     if found is not None:
         return found
-    name = str(name_or_path)
+    default = name_or_path in (None, "", "default")
+    name = default_model_name() if default else str(name_or_path)
     try:
         downloaded = ensure_model(name)
     except OfflineError as e:
         return offline_fallback(name, e)
     if downloaded is not None:
         return downloaded
-    named = name_or_path not in (None, "", "default")  # a missing bundled default is a broken install
-    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)", 2 if named else 1)
+    if default:  # the bundled default is missing: a broken install, not a wrong name
+        from genretag.paths import bundled_models_dir
+
+        raise ModelError(f"the default model {name!r} is missing from {bundled_models_dir()} "
+                         "(reinstall genretag, or pass --model)", 1)
+    raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)", 2)
 
 
 def offline_fallback(name: str, err: Exception) -> Path:
