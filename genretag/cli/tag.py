@@ -177,8 +177,9 @@ def tag_cmd(
             names = load_genre_names(genre_names)
         except ValueError as e:
             fail(str(e), 2)
-    tagger = Tagger("overwrite" if overwrite else "append" if append else "keep-existing", min_confidence, top_k,
-                    names, separator, keep_mtime, journal, write, split_hard_links)
+    tagger = Tagger(policy="overwrite" if overwrite else "append" if append else "keep-existing",
+                    min_confidence=min_confidence, top_k=top_k, names=names, separator=separator,
+                    keep_mtime=keep_mtime, journal=journal, write=write, split_hard_links=split_hard_links)
     if write:
         if tagger.journal.path.is_dir():
             fail(f"--journal {tagger.journal.path} is a folder: give the journal's file name", 2)

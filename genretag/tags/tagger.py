@@ -37,7 +37,7 @@ from genretag.tags.plan import (
 from genretag.tags.safe_write import cleanup_stray_temps, write_genres_safely, write_problem
 
 
-@dataclass
+@dataclass(kw_only=True)  # nine settings, three of them flags in a row: by name only, never by position
 class Tagger:
     """Plans and applies genre writes for classified files.
 
