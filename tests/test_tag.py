@@ -131,7 +131,10 @@ def test_genre_names(tmp_path):
     assert load_genre_names(lines) == {"hiphop": "Hip Hop", "rock": "Rock & Roll"}
     bad = tmp_path / "bad.txt"
     bad.write_text("hiphop\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bad.txt:1: expected label=Name, got 'hiphop'"):
+        load_genre_names(bad)
+    bad.write_text('["hiphop", "Rap"]')
+    with pytest.raises(ValueError, match=r"bad.txt: expected a JSON object of label -> name .*not a list"):
         load_genre_names(bad)
 
 

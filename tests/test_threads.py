@@ -16,9 +16,28 @@ def test_default_is_one_thread_per_usable_core(monkeypatch):
 
 
 @pytest.mark.parametrize(("value", "want"), [("1", 1), ("3", 3), (" 2 ", 2), ("0", None), ("many", None)])
-def test_environment_overrides_with_a_positive_count(monkeypatch, value, want):
+def test_environment_overrides_with_a_positive_count(monkeypatch, caplog, value, want):
     monkeypatch.setenv(THREADS_ENV, value)
-    assert network_threads() == (want if want is not None else usable_cores())
+    with caplog.at_level("WARNING", logger="genretag"):
+        assert network_threads() == (want if want is not None else usable_cores())
+        network_threads()
+    warned = [r.getMessage() for r in caplog.records]
+    if want is None:  # said once per process, not once per call
+        assert warned == [f"GENRETAG_THREADS={value!r} ignored: expected a positive number or 'load'"]
+    else:
+        assert warned == []
+
+
+def test_an_unknown_schedule_is_warned_about_and_streams(monkeypatch, caplog):
+    from genretag.pipeline.inference import _streams
+
+    monkeypatch.setenv("GENRETAG_SCHEDULE", "Rounds")
+    assert _streams() is False
+    monkeypatch.setenv("GENRETAG_SCHEDULE", "bogus")
+    with caplog.at_level("WARNING", logger="genretag"):
+        assert _streams() is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "GENRETAG_SCHEDULE='bogus' ignored: expected 'stream' or 'rounds'"]
 
 
 def test_load_leaves_out_busy_cores(monkeypatch):

@@ -241,7 +241,12 @@ def _streams() -> bool:
     network busy and beat rounds on the CPU both quiet and beside busy
     processes (docs/performance.md); rounds stay available for machines
     where the network's threads and the decoders fight over few cores."""
-    return os.environ.get("GENRETAG_SCHEDULE", "").strip().lower() != "rounds"
+    from genretag.pipeline.threads import warn_ignored
+
+    schedule = os.environ.get("GENRETAG_SCHEDULE", "").strip().lower()
+    if schedule not in ("", "stream", "rounds"):
+        warn_ignored("GENRETAG_SCHEDULE", schedule, "'stream' or 'rounds'")
+    return schedule != "rounds"
 
 
 def default_jobs() -> int:

@@ -8,10 +8,23 @@ honours taskset, cgroup cpusets and container limits) and how busy they already 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
 THREADS_ENV = "GENRETAG_THREADS"
+
+log = logging.getLogger(__name__)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_ignored(variable: str, value: str, expected: str) -> None:
+    """One warning per process for an environment setting genretag cannot use (its default applies)."""
+    if (variable, value) not in _warned:
+        _warned.add((variable, value))
+        log.warning("%s=%r ignored: expected %s", variable, value, expected)
 
 
 def prefer_passive_openmp() -> None:
@@ -42,6 +55,8 @@ def network_threads() -> int:
     want = os.environ.get(THREADS_ENV, "").strip().lower()
     if want.isdigit() and int(want) > 0:
         return int(want)
+    if want and want != "load":
+        warn_ignored(THREADS_ENV, want, "a positive number or 'load'")
     if want == "load":
         try:
             busy = os.getloadavg()[0]

@@ -196,6 +196,9 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
         raise ModelError(f"{wpath}: not a readable safetensors file ({one_line(e)})") from None
     try:
         net = build_net(card)
+    except (ValueError, KeyError, TypeError) as e:  # the card asks for a network genretag cannot build
+        raise ModelError(f"{card_path}: not a valid model card: {one_line(e)}") from None
+    try:
         state = {k: v.float() for k, v in state.items()}
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as e:

@@ -43,6 +43,8 @@ def load_genre_names(path: str | os.PathLike) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if text.lstrip().startswith("["):
+        raise ValueError(f"{path}: expected a JSON object of label -> name (or label=Name lines), not a list")
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)

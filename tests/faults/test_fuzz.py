@@ -9,8 +9,8 @@ contract of `fuzzing.check_decode` and `fuzzing.check_tags`: a one-line
 a refused write leaves the file byte-identical, a write keeps the audio and
 every other field byte-identical.
 
-GENRETAG_FUZZ_EXAMPLES sets the examples per format (default 25: about a
-minute on two cores for all nine seeds); `bench/fuzz.py` runs thousands and
+GENRETAG_FUZZ_EXAMPLES sets the examples per seed file (default 200, 1,800
+in all for the nine seeds); `bench/fuzz.py` runs thousands and
 writes a JSON report. Hypothesis runs derandomized with no example database, and
 its home folder is a temporary one, so nothing is written outside pytest's temporary folders.
 """

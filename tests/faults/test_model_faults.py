@@ -55,6 +55,7 @@ def card_copy(tiny_model_dir, tmp_path, **changes):
     ({"labels": []}, "'labels' must be a non-empty list"),
     ({"temperature": 0}, "'temperature' must be a number"),
     ({"audio": [1, 2]}, "'audio' must be an object"),
+    ({"architecture__name": "transformer"}, "unknown architecture 'transformer'"),
 ])
 def test_invalid_local_card_is_one_line_naming_the_file_once(tiny_model_dir, tmp_path, changes, says):
     path = card_copy(tiny_model_dir, tmp_path, **changes)
