@@ -39,9 +39,18 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
     )
 
 
+def searched(trial, base: TrainConfig) -> dict:
+    """The TrainConfig fields the search set in `trial`, as `suggest` set them (``width`` becomes
+    ``widths``, for resnet only): the budget (epochs, patience, steps, device, jobs) stays out, so
+    that `train --params` takes it from its own flags."""
+    cfg = asdict(suggest(trial, base))
+    keys = [k for k in trial.params if k != "width"] + (["widths"] if base.arch == "resnet" else [])
+    return {k: cfg[k] for k in keys}
+
+
 def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genretag",
          out: str | Path = "runs/tune", on_note: Callable[[str], None] | None = None) -> dict:
-    """Run (or resume) a study; write `<out>/best_params.json`; return it."""
+    """Run (or resume) a study; write `<out>/best_params.json` (the searched fields of the best trial); return it."""
     import optuna
 
     note = on_note or (lambda s: None)
@@ -71,9 +80,7 @@ def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genret
 
     done = sum(1 for t in study.trials if t.state.is_finished())
     study.optimize(objective, n_trials=max(0, trials - done))
-    best = asdict(suggest(study.best_trial, base)) if study.best_trial else {}
-    for k in ("out", "name", "data_dir", "resume", "command"):
-        best.pop(k, None)
+    best = searched(study.best_trial, base)
     out.mkdir(parents=True, exist_ok=True)
     (out / "best_params.json").write_text(json.dumps(best, indent=2))
     return {"best_value": study.best_value, "best_params": best, "trials": len(study.trials)}
