@@ -260,6 +260,38 @@ def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, t
     assert (seen[-1].epochs, seen[-1].lr, seen[-1].dropout) == (7, 0.01, 0.2)  # flags given win
 
 
+@pytest.mark.parametrize("text, key", [
+    ("[1, 2]", "JSON object"),
+    ('{"epochs": "ten"}', "epochs"),
+    ('{"bogus_field": 1}', "bogus_field"),
+    ('{"widths": [8, "x"]}', "widths"),
+    ('{"aug_specaugment": 1}', "aug_specaugment"),
+])
+def test_train_params_with_a_bad_key_or_value_is_a_usage_error(tiny_gtzan, tmp_path, text, key):
+    params = tmp_path / "p.json"
+    params.write_text(text)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(params), "--out", str(run)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"genretag: error: --params {params}: ") and key in lines[0]
+    assert not run.exists()
+
+
+def test_config_from_dict_checks_keys_and_types_for_both_configs():
+    from genretag.errors import ConfigError
+    from genretag.training.transfer import TransferConfig
+
+    cfg = TrainConfig.from_dict({"lr": 1, "widths": [8, 16], "aug_pitch": [-2, 2], "balance": False})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.aug_pitch == [-2.0, 2.0] and cfg.balance is False
+    assert TransferConfig.from_dict({"poolings": ["all"], "head_lr": 0.01}).poolings == ["all"]
+    for cls, bad, key in ((TransferConfig, {"head_lrr": 0.01}, "head_lrr"), (TransferConfig, {"epochs": 2.5}, "epochs"),
+                          (TrainConfig, {"lr": None}, "lr"), (TrainConfig, {"epochs": True}, "epochs")):
+        with pytest.raises(ConfigError, match=key) as e:
+            cls.from_dict(bad)
+        assert e.value.exit_code == 2
+
+
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
     """With valid trained on there is nothing held out: no valid accuracy or loss anywhere (not the epoch)."""
     import csv

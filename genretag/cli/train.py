@@ -110,6 +110,7 @@ def train_cmd(
 
     Example: genretag train ../shared/data/gtzan --epochs 40 --pitch=-2,2 --out runs/resnet
     """
+    from genretag.errors import ConfigError
     from genretag.training.train import TrainConfig, train
 
     base = {}
@@ -118,6 +119,10 @@ def train_cmd(
             base = json.loads(params.read_text())
         except (OSError, json.JSONDecodeError) as e:
             fail(f"cannot read --params {params}: {e}", 2)
+        try:
+            TrainConfig.from_dict(base)  # the file's own keys and values, before the flags join them
+        except ConfigError as e:
+            fail(f"--params {params}: {e}", 2)
     if arch_preset not in ARCH_PRESETS:
         fail(f"unknown --arch {arch_preset!r}", 2)
     arch_given = ctx.get_parameter_source("arch_preset").name != "DEFAULT"

@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From a mapping of field names (e.g. a --params file); `ConfigError` naming a bad key or value."""
+        return common.config_from_dict(cls, d)
 
 
 def make_card(cfg: TrainConfig, labels: list[str]) -> ModelCard:
