@@ -292,6 +292,27 @@ def test_config_from_dict_checks_keys_and_types_for_both_configs():
         assert e.value.exit_code == 2
 
 
+def test_evaluate_output_paths_are_checked_before_the_work(tiny_card, tiny_gtzan, tmp_path):
+    """A --json/--plot folder that is not there is a usage error before any model is loaded (a missing model
+    would be another error); a write that fails at the end is exit 1 after the table is printed."""
+    for flag in ("--json", "--plot"):
+        target = tmp_path / "no-such-dir" / "x.out"
+        r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--model", "no-such-model", flag, str(target)])
+        assert r.exit_code == 2
+        assert r.stderr.strip().splitlines() == [
+            f"genretag: error: {flag} {target}: folder {target.parent} does not exist"]
+    r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--model", "no-such-model", "--json", str(tmp_path)])
+    assert r.exit_code == 2 and r.stderr.strip() == f"genretag: error: --json {tmp_path}: is a folder"
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to fill")
+    r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--split", "kfold:3", "--seed", "1",
+                            "--model", str(tiny_card), "--json", "/dev/full"])
+    assert r.exit_code == 1
+    assert "kfold:3/test: 9 tracks" in r.stdout and "recall" in r.stdout  # the results came first
+    assert r.stderr.strip().splitlines()[-1] == "genretag: error: cannot write /dev/full: No space left on device"
+    assert "Traceback" not in r.stderr
+
+
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
     """With valid trained on there is nothing held out: no valid accuracy or loss anywhere (not the epoch)."""
     import csv

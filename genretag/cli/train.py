@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -196,6 +197,9 @@ def evaluate_cmd(
 
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
+    for flag, path in (("--json", json_out), ("--plot", plot)):
+        if path is not None:
+            _check_writable(flag, path)
     nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
     found = scan(data_dir)
     tracks = do_split(found, split, seed, fold)[subset]
@@ -211,13 +215,29 @@ def evaluate_cmd(
     if excerpts:
         info(f"and {len(excerpts)} {subset} excerpts of {extra}")
         rep["excerpts"] = ev.report(ev.predict_tracks(nets, excerpts), split, f"{subset} excerpts")
-    if json_out:
-        json_out.write_text(json.dumps(rep, indent=2))
-    if plot:
-        ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}")
     _print_report(rep)
     if excerpts:
         _print_excerpts(rep["excerpts"])
+    writes = [(json_out, lambda: json_out.write_text(json.dumps(rep, indent=2))),
+              (plot, lambda: ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}"))]
+    for path, write in writes:
+        if path is None:
+            continue
+        try:
+            write()
+        except OSError as e:
+            fail(f"cannot write {path}: {e.strerror or e}", 1)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """A usage error unless `path` can be written: its folder exists and is writable, and it is not a folder."""
+    folder = path.parent
+    if path.is_dir():
+        fail(f"{flag} {path}: is a folder", 2)
+    if not folder.is_dir():
+        fail(f"{flag} {path}: folder {folder} does not exist", 2)
+    if not os.access(folder, os.W_OK) and not (path.exists() and os.access(path, os.W_OK)):
+        fail(f"{flag} {path}: folder {folder} is not writable", 2)
 
 
 def _print_report(rep: dict) -> None:
