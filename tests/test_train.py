@@ -313,6 +313,18 @@ def test_evaluate_output_paths_are_checked_before_the_work(tiny_card, tiny_gtzan
     assert "Traceback" not in r.stderr
 
 
+def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_study(tmp_path):
+    bad = tmp_path / "notgtzan"
+    (bad / "stuff").mkdir(parents=True)
+    (bad / "stuff" / "song.wav").write_bytes(b"RIFF")
+    t = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "run")])
+    r = runner.invoke(app, ["tune", str(bad), "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "tune")])
+    assert r.exit_code == t.exit_code == 2
+    assert r.stderr.strip().splitlines() == t.stderr.strip().splitlines() == [
+        f"genretag: error: {bad}: no tracks in GTZAN layout (<genre>/<genre>.NNNNN.<ext>)"]
+    assert not (tmp_path / "tune").exists()  # no study.sqlite, no trial folder
+
+
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
     """With valid trained on there is nothing held out: no valid accuracy or loss anywhere (not the epoch)."""
     import csv

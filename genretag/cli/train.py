@@ -288,7 +288,6 @@ def tune_cmd(
 
     if arch not in ("resnet", "cnn1d"):
         fail("--arch must be resnet or cnn1d for tuning", 2)
-    out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.sqlite').resolve()}"
     base = TrainConfig(data_dir=str(data_dir), split=split, arch=arch, epochs=epochs, seed=seed,
                        steps_per_epoch=steps_per_epoch, device=getattr(device, "value", device), jobs=jobs,
