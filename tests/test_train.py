@@ -210,6 +210,18 @@ def tiny_card(tiny_gtzan, tmp_path_factory) -> Path:
     return train(tiny_config(tiny_gtzan, tmp_path_factory.mktemp("card"), epochs=1, steps_per_epoch=2))
 
 
+@pytest.fixture()
+def tiny_params(tmp_path) -> Path:
+    """A --params file of the tiny network and data settings (no budget: epochs, patience come from flags)."""
+    cfg = tiny_config(Path("."), Path("."))
+    keys = ("layers", "widths", "stem_stride", "sample_rate", "segment_seconds", "max_segments", "n_fft",
+            "hop_length", "n_mels", "steps_per_epoch", "batch_size", "aug_noise_snr_db", "aug_mixup", "jobs",
+            "seed", "half_weights")
+    path = tmp_path / "tiny-params.json"
+    path.write_text(json.dumps({k: getattr(cfg, k) for k in keys}))
+    return path
+
+
 def test_evaluate_figures_match_the_card(tiny_card, tiny_gtzan, tmp_path):
     """evaluate on the split the model was measured on (same seed) gives the card's test figures."""
     out = tmp_path / "rep.json"
@@ -323,6 +335,23 @@ def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_stud
     assert r.stderr.strip().splitlines() == t.stderr.strip().splitlines() == [
         f"genretag: error: {bad}: no tracks in GTZAN layout (<genre>/<genre>.NNNNN.<ext>)"]
     assert not (tmp_path / "tune").exists()  # no study.sqlite, no trial folder
+
+
+def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(tiny_params), "--split", "kfold:3",
+                            "--epochs", "1", "--resume", "--out", str(run), "--name", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert f"no checkpoint in {run}: starting from scratch" in r.stderr.splitlines()
+    assert (run / "tiny.json").exists() and (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "0"), ("--lr", "-1"), ("--dropout", "5"), ("--dropout", "-0.1")])
+def test_out_of_range_hyper_parameters_are_usage_errors(tiny_gtzan, tmp_path, flag, value):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), flag, value, "--out", str(run)])
+    assert r.exit_code == 2 and flag in r.stderr and "Traceback" not in r.stderr
+    assert not run.exists()
 
 
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):

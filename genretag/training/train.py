@@ -200,6 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False,
     if resume and ckpt_path.exists():
         run = _load_checkpoint(ckpt_path, net, opt, sched, rng, gen)
         note(f"resumed after epoch {run.epoch}")
+    elif resume:
+        note(f"no checkpoint in {out}: starting from scratch")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     for epoch in range(run.epoch, cfg.epochs):
