@@ -48,6 +48,12 @@ class DatasetError(GenretagError):
     exit_code = 2
 
 
+class ConfigError(GenretagError):
+    """Settings (a --params file) that do not fit a config: not an object, an unknown key, a wrong type."""
+
+    exit_code = 2
+
+
 class ModelError(GenretagError):
     """A model that cannot be found or loaded."""
 

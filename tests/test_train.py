@@ -16,11 +16,13 @@ from audio_factory import write_audio
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from genretag.cli import app
 from genretag.training import metrics
 from genretag.training.dataset import scan, split
 from genretag.training.evaluate import Predictions, report
 from genretag.training.train import TrainConfig, train
 
+runner = CliRunner()
 SR = 8000
 GENRES = ("blues", "classical", "country")  # stand-ins: tone / noise / clicks
 
@@ -48,6 +50,11 @@ def tiny_gtzan(tmp_path_factory) -> Path:
             ext = ".wav" if k % 2 else ".flac"
             write_audio(root / g / f"{g}.{k:05d}{ext}", signal(g, k), SR)
     return root
+
+
+#: What `genretag tune` searches (tune.suggest), as TrainConfig fields.
+SEARCHED = {"lr", "weight_decay", "dropout", "label_smoothing", "aug_mixup", "aug_gain_db", "aug_noise_snr_db",
+            "aug_specaugment", "segment_seconds", "widths"}
 
 
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
@@ -179,15 +186,172 @@ def test_cli_train_evaluate_and_tune(tiny_gtzan, tmp_path):
             "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
-    assert rep["n_tracks"] == 9 and 0 <= rep["accuracy"]["soft"] <= 1 and png.stat().st_size > 1000
+    assert rep["n_tracks"] == 9 and png.stat().st_size > 1000
     assert sum(map(sum, rep["confusion"])) == 9
+    hits = sum(rep["confusion"][i][i] for i in range(len(rep["labels"])))
+    assert rep["accuracy"]["soft"] == pytest.approx(hits / 9)  # the figure is the table's diagonal
     r = cli("tune", str(tiny_gtzan), "--trials", "2", "--epochs", "1", "--steps-per-epoch", "2",
             "--split", "kfold:3", "--out", str(tmp_path / "tune"))
     assert r.returncode == 0, r.stderr
     best = json.loads((tmp_path / "tune" / "best_params.json").read_text())
-    assert "lr" in best and "weight_decay" in best
+    assert set(best) == SEARCHED  # the trial's parameters, under their TrainConfig names
+    assert not set(best) & {"epochs", "patience", "steps_per_epoch", "device", "jobs", "seed", "split", "arch"}
+    w = best["widths"][0]
+    assert best["widths"] == [w, 2 * w, 4 * w, 8 * w] and w in (16, 24, 32)
+    assert 3e-4 <= best["lr"] <= 5e-3 and isinstance(best["aug_specaugment"], bool)
+    assert TrainConfig.from_dict(best).epochs == TrainConfig().epochs  # a valid --params file, without a budget
     r = cli("evaluate", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tiny_gtzan, tmp_path_factory) -> Path:
+    """A tiny model trained for one short epoch on `tiny_gtzan` (kfold:3, seed 1)."""
+    return train(tiny_config(tiny_gtzan, tmp_path_factory.mktemp("card"), epochs=1, steps_per_epoch=2))
+
+
+@pytest.fixture()
+def tiny_params(tmp_path) -> Path:
+    """A --params file of the tiny network and data settings (no budget: epochs, patience come from flags)."""
+    cfg = tiny_config(Path("."), Path("."))
+    keys = ("layers", "widths", "stem_stride", "sample_rate", "segment_seconds", "max_segments", "n_fft",
+            "hop_length", "n_mels", "steps_per_epoch", "batch_size", "aug_noise_snr_db", "aug_mixup", "jobs",
+            "seed", "half_weights")
+    path = tmp_path / "tiny-params.json"
+    path.write_text(json.dumps({k: getattr(cfg, k) for k in keys}))
+    return path
+
+
+def test_evaluate_figures_match_the_card(tiny_card, tiny_gtzan, tmp_path):
+    """evaluate on the split the model was measured on (same seed) gives the card's test figures."""
+    out = tmp_path / "rep.json"
+    r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--split", "kfold:3", "--seed", "1",
+                            "--model", str(tiny_card), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rep, card = json.loads(out.read_text()), json.loads(tiny_card.read_text())
+    assert rep["accuracy"]["soft"] == pytest.approx(card["metrics"]["test"]["accuracy_soft"])
+    assert rep["macro_f1"] == pytest.approx(card["metrics"]["test"]["macro_f1"])
+
+
+def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, tmp_path, monkeypatch):
+    """`train --params best_params.json`: the searched values from the file, epochs/patience from train's own
+    defaults or flags (a file of tune's choices never carries tune's short budget)."""
+    import genretag.training.train as training
+    from genretag.training.tune import searched
+
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append(cfg)
+        card = tmp_path / "card.json"
+        card.write_text(json.dumps({"metrics": {}}))
+        return card
+
+    class Trial:  # what searched() reads of an Optuna trial
+        params = {"width": 16, "lr": 1e-3, "weight_decay": 0.05, "dropout": 0.2, "label_smoothing": 0.0,
+                  "aug_mixup": 0.1, "aug_gain_db": 3.0, "aug_noise_snr_db": 20.0, "aug_specaugment": False,
+                  "segment_seconds": 2.0}
+
+        def __getattr__(self, name):  # suggest_float/suggest_categorical: the stored choice
+            return lambda key, *a, **k: self.params[key]
+
+    tune_base = TrainConfig(epochs=1, patience=3, steps_per_epoch=2, device="cpu", jobs=1)
+    best = searched(Trial(), tune_base)
+    assert set(best) == SEARCHED and best["widths"] == [16, 32, 64, 128]
+    assert "widths" not in searched(Trial(), replace(tune_base, arch="cnn1d", widths=[]))
+    params = tmp_path / "best_params.json"
+    params.write_text(json.dumps(best))
+    monkeypatch.setattr(training, "train", fake_train)
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(params), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    cfg = seen[-1]
+    assert (cfg.epochs, cfg.patience, cfg.steps_per_epoch, cfg.device, cfg.jobs) == (30, 12, 0, "auto", 2)
+    assert (cfg.lr, cfg.dropout, cfg.widths, cfg.aug_specaugment) == (1e-3, 0.2, [16, 32, 64, 128], False)
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(params), "--epochs", "7", "--lr", "0.01"])
+    assert r.exit_code == 0, r.output
+    assert (seen[-1].epochs, seen[-1].lr, seen[-1].dropout) == (7, 0.01, 0.2)  # flags given win
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[1, 2]", "JSON object"),
+    ('{"epochs": "ten"}', "epochs"),
+    ('{"bogus_field": 1}', "bogus_field"),
+    ('{"widths": [8, "x"]}', "widths"),
+    ('{"aug_specaugment": 1}', "aug_specaugment"),
+])
+def test_train_params_with_a_bad_key_or_value_is_a_usage_error(tiny_gtzan, tmp_path, text, key):
+    params = tmp_path / "p.json"
+    params.write_text(text)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(params), "--out", str(run)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"genretag: error: --params {params}: ") and key in lines[0]
+    assert not run.exists()
+
+
+def test_config_from_dict_checks_keys_and_types_for_both_configs():
+    from genretag.errors import ConfigError
+    from genretag.training.transfer import TransferConfig
+
+    cfg = TrainConfig.from_dict({"lr": 1, "widths": [8, 16], "aug_pitch": [-2, 2], "balance": False})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.aug_pitch == [-2.0, 2.0] and cfg.balance is False
+    assert TransferConfig.from_dict({"poolings": ["all"], "head_lr": 0.01}).poolings == ["all"]
+    for cls, bad, key in ((TransferConfig, {"head_lrr": 0.01}, "head_lrr"), (TransferConfig, {"epochs": 2.5}, "epochs"),
+                          (TrainConfig, {"lr": None}, "lr"), (TrainConfig, {"epochs": True}, "epochs")):
+        with pytest.raises(ConfigError, match=key) as e:
+            cls.from_dict(bad)
+        assert e.value.exit_code == 2
+
+
+def test_evaluate_output_paths_are_checked_before_the_work(tiny_card, tiny_gtzan, tmp_path):
+    """A --json/--plot folder that is not there is a usage error before any model is loaded (a missing model
+    would be another error); a write that fails at the end is exit 1 after the table is printed."""
+    for flag in ("--json", "--plot"):
+        target = tmp_path / "no-such-dir" / "x.out"
+        r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--model", "no-such-model", flag, str(target)])
+        assert r.exit_code == 2
+        assert r.stderr.strip().splitlines() == [
+            f"genretag: error: {flag} {target}: folder {target.parent} does not exist"]
+    r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--model", "no-such-model", "--json", str(tmp_path)])
+    assert r.exit_code == 2 and r.stderr.strip() == f"genretag: error: --json {tmp_path}: is a folder"
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to fill")
+    r = runner.invoke(app, ["evaluate", str(tiny_gtzan), "--split", "kfold:3", "--seed", "1",
+                            "--model", str(tiny_card), "--json", "/dev/full"])
+    assert r.exit_code == 1
+    assert "kfold:3/test: 9 tracks" in r.stdout and "recall" in r.stdout  # the results came first
+    assert r.stderr.strip().splitlines()[-1] == "genretag: error: cannot write /dev/full: No space left on device"
+    assert "Traceback" not in r.stderr
+
+
+def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_study(tmp_path):
+    bad = tmp_path / "notgtzan"
+    (bad / "stuff").mkdir(parents=True)
+    (bad / "stuff" / "song.wav").write_bytes(b"RIFF")
+    t = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "run")])
+    r = runner.invoke(app, ["tune", str(bad), "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "tune")])
+    assert r.exit_code == t.exit_code == 2
+    assert r.stderr.strip().splitlines() == t.stderr.strip().splitlines() == [
+        f"genretag: error: {bad}: no tracks in GTZAN layout (<genre>/<genre>.NNNNN.<ext>)"]
+    assert not (tmp_path / "tune").exists()  # no study.sqlite, no trial folder
+
+
+def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(tiny_params), "--split", "kfold:3",
+                            "--epochs", "1", "--resume", "--out", str(run), "--name", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert f"no checkpoint in {run}: starting from scratch" in r.stderr.splitlines()
+    assert (run / "tiny.json").exists() and (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "0"), ("--lr", "-1"), ("--dropout", "5"), ("--dropout", "-0.1")])
+def test_out_of_range_hyper_parameters_are_usage_errors(tiny_gtzan, tmp_path, flag, value):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_gtzan), flag, value, "--out", str(run)])
+    assert r.exit_code == 2 and flag in r.stderr and "Traceback" not in r.stderr
+    assert not run.exists()
 
 
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):

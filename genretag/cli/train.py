@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -83,9 +84,9 @@ def train_cmd(
     widths: Annotated[str | None, typer.Option(help="ResNet stage widths, e.g. '32,64,128,256'.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
-    lr: float = 2e-3,
+    lr: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate (the peak of the one-cycle schedule).")] = 2e-3,
     weight_decay: float = 1e-2,
-    dropout: float = 0.3,
+    dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.3,
     label_smoothing: float = 0.1,
     segment_seconds: float = 3.0,
     train_subsets: Annotated[str, typer.Option("--train-on", help="Subsets to train on: 'train' or 'train+valid' (no early stopping, no valid figures).")] = "train",
@@ -102,7 +103,7 @@ def train_cmd(
     name: Annotated[str, typer.Option(help="Model name (file names and card).")] = "gtzan-resnet",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs, curves, the model.")] = Path("runs/latest"),
     params: Annotated[Path | None, typer.Option(help="JSON of TrainConfig fields (e.g. from `genretag tune`); flags given here win.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint (none there: a note, then a new run).")] = False,
     device: DeviceOpt = Device.auto,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 2,
 ) -> None:
@@ -110,6 +111,7 @@ def train_cmd(
 
     Example: genretag train ../shared/data/gtzan --epochs 40 --pitch=-2,2 --out runs/resnet
     """
+    from genretag.errors import ConfigError
     from genretag.training.train import TrainConfig, train
 
     base = {}
@@ -118,6 +120,10 @@ def train_cmd(
             base = json.loads(params.read_text())
         except (OSError, json.JSONDecodeError) as e:
             fail(f"cannot read --params {params}: {e}", 2)
+        try:
+            TrainConfig.from_dict(base)  # the file's own keys and values, before the flags join them
+        except ConfigError as e:
+            fail(f"--params {params}: {e}", 2)
     if arch_preset not in ARCH_PRESETS:
         fail(f"unknown --arch {arch_preset!r}", 2)
     arch_given = ctx.get_parameter_source("arch_preset").name != "DEFAULT"
@@ -191,6 +197,9 @@ def evaluate_cmd(
 
     if subset not in ("train", "valid", "test"):
         fail("--subset must be train, valid or test", 2)
+    for flag, path in (("--json", json_out), ("--plot", plot)):
+        if path is not None:
+            _check_writable(flag, path)
     nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
     found = scan(data_dir)
     tracks = do_split(found, split, seed, fold)[subset]
@@ -206,13 +215,29 @@ def evaluate_cmd(
     if excerpts:
         info(f"and {len(excerpts)} {subset} excerpts of {extra}")
         rep["excerpts"] = ev.report(ev.predict_tracks(nets, excerpts), split, f"{subset} excerpts")
-    if json_out:
-        json_out.write_text(json.dumps(rep, indent=2))
-    if plot:
-        ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}")
     _print_report(rep)
     if excerpts:
         _print_excerpts(rep["excerpts"])
+    writes = [(json_out, lambda: json_out.write_text(json.dumps(rep, indent=2))),
+              (plot, lambda: ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}"))]
+    for path, write in writes:
+        if path is None:
+            continue
+        try:
+            write()
+        except OSError as e:
+            fail(f"cannot write {path}: {e.strerror or e}", 1)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """A usage error unless `path` can be written: its folder exists and is writable, and it is not a folder."""
+    folder = path.parent
+    if path.is_dir():
+        fail(f"{flag} {path}: is a folder", 2)
+    if not folder.is_dir():
+        fail(f"{flag} {path}: folder {folder} does not exist", 2)
+    if not os.access(folder, os.W_OK) and not (path.exists() and os.access(path, os.W_OK)):
+        fail(f"{flag} {path}: folder {folder} is not writable", 2)
 
 
 def _print_report(rep: dict) -> None:
@@ -263,7 +288,6 @@ def tune_cmd(
 
     if arch not in ("resnet", "cnn1d"):
         fail("--arch must be resnet or cnn1d for tuning", 2)
-    out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.sqlite').resolve()}"
     base = TrainConfig(data_dir=str(data_dir), split=split, arch=arch, epochs=epochs, seed=seed,
                        steps_per_epoch=steps_per_epoch, device=getattr(device, "value", device), jobs=jobs,

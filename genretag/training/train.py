@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From a mapping of field names (e.g. a --params file); `ConfigError` naming a bad key or value."""
+        return common.config_from_dict(cls, d)
 
 
 def make_card(cfg: TrainConfig, labels: list[str]) -> ModelCard:
@@ -200,6 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False,
     if resume and ckpt_path.exists():
         run = _load_checkpoint(ckpt_path, net, opt, sched, rng, gen)
         note(f"resumed after epoch {run.epoch}")
+    elif resume:
+        note(f"no checkpoint in {out}: starting from scratch")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     for epoch in range(run.epoch, cfg.epochs):

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from genretag.training.common import (
     augment_waves,
     better,
     calibrate_temperature,
+    config_from_dict,
     mixup,
     net_logits,
     softmax,
@@ -132,8 +133,8 @@ class TransferConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransferConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From a mapping of field names (e.g. a --params file); `ConfigError` naming a bad key or value."""
+        return config_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------

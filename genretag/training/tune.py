@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+from genretag.training.dataset import scan, split
 from genretag.training.train import TrainConfig, train
 
 
@@ -39,17 +40,41 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
     )
 
 
+def searched(trial, base: TrainConfig) -> dict:
+    """The TrainConfig fields the search set in `trial`, as `suggest` set them (``width`` becomes
+    ``widths``, for resnet only): the budget (epochs, patience, steps, device, jobs) stays out, so
+    that `train --params` takes it from its own flags."""
+    cfg = asdict(suggest(trial, base))
+    keys = [k for k in trial.params if k != "width"] + (["widths"] if base.arch == "resnet" else [])
+    return {k: cfg[k] for k in keys}
+
+
+def check_data(base: TrainConfig) -> None:
+    """Scan and split `base.data_dir` as a trial would: `DatasetError` (or ValueError without training or
+    valid tracks) before any study exists."""
+    parts = split(scan(base.data_dir), base.split, base.seed, base.fold)
+    if not parts["train"]:
+        raise ValueError(f"no training tracks in {base.data_dir} with split {base.split}")
+    if not parts["valid"]:
+        raise ValueError(f"no valid tracks in {base.data_dir} with split {base.split}: trials are scored on valid")
+
+
 def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genretag",
          out: str | Path = "runs/tune", on_note: Callable[[str], None] | None = None) -> dict:
-    """Run (or resume) a study; write `<out>/best_params.json`; return it."""
+    """Run (or resume) a study; write `<out>/best_params.json` (the searched fields of the best trial); return it.
+
+    The data folder is scanned and split first: a folder that is not in GTZAN layout is a `DatasetError`
+    before `out` or the study is made."""
     import optuna
 
     note = on_note or (lambda s: None)
+    check_data(base)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
-    out = Path(out)
 
     def objective(trial) -> float:
         cfg = suggest(trial, base)
@@ -71,9 +96,6 @@ def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genret
 
     done = sum(1 for t in study.trials if t.state.is_finished())
     study.optimize(objective, n_trials=max(0, trials - done))
-    best = asdict(suggest(study.best_trial, base)) if study.best_trial else {}
-    for k in ("out", "name", "data_dir", "resume", "command"):
-        best.pop(k, None)
-    out.mkdir(parents=True, exist_ok=True)
+    best = searched(study.best_trial, base)
     (out / "best_params.json").write_text(json.dumps(best, indent=2))
     return {"best_value": study.best_value, "best_params": best, "trials": len(study.trials)}
