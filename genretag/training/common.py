@@ -3,11 +3,10 @@ the temperature, training crops and their augmentations, and running a network o
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,63 +23,31 @@ C = TypeVar("C")
 
 def config_from_dict(cls: type[C], d: Any) -> C:
     """A `cls` config (a dataclass) from a mapping of its field names, each value checked against the
-    field's type (an int is taken for a float). `ConfigError` (one line, naming the key) when `d` is not
-    a mapping, a key is not a field, or a value has the wrong type."""
+    field's type by pydantic, strictly (no "10" for 10, no 1 for true; an int is taken for a float).
+
+    `ConfigError` (one line, naming the key) when `d` is not a mapping, a key is not a field, or a
+    value has the wrong type. The check reads the values as JSON, the form a --params file has."""
+    import pydantic
+
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object of {cls.__name__} fields, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    unknown = [k for k in d if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                          f"(not a {cls.__name__} field)")
-    values = {}
-    for k, v in d.items():
-        ok, value = _typed(hints[k], v)
-        if not ok:
-            raise ConfigError(f"{k}={v!r}: expected {_type_name(hints[k])}")
-        values[k] = value
-    return cls(**values)
+    try:
+        return _adapter(cls).validate_json(json.dumps(d))
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or cls.__name__
+        if err["type"] == "unexpected_keyword_argument":
+            raise ConfigError(f"unknown key {key!r} (not a {cls.__name__} field)") from None
+        raise ConfigError(f"{key}={err.get('input')!r}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
+    except (TypeError, ValueError) as e:  # a value JSON cannot hold
+        raise ConfigError(f"not JSON values: {e}") from None
 
 
-def _typed(kind: Any, v: Any) -> tuple[bool, Any]:
-    """(whether `v` is a `kind`, `v` as one): bool is not a number, an int is a float."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        for k in typing.get_args(kind):
-            ok, value = _typed(k, v)
-            if ok:
-                return True, value
-        return False, v
-    if origin is list:
-        if not isinstance(v, list):
-            return False, v
-        (item,) = typing.get_args(kind)
-        out = [_typed(item, x) for x in v]
-        return all(ok for ok, _ in out), [x for _, x in out]
-    if kind is type(None):
-        return v is None, v
-    if kind is bool:
-        return isinstance(v, bool), v
-    if kind is int:
-        return isinstance(v, int) and not isinstance(v, bool), v
-    if kind is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool), float(v) if isinstance(v, (int, float)) else v
-    if kind is str:
-        return isinstance(v, str), v
-    return True, v  # a type this check does not know: left to the config
+@functools.cache
+def _adapter(cls: type):
+    import pydantic
 
-
-def _type_name(kind: Any) -> str:
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(k) for k in typing.get_args(kind))
-    if origin is list:
-        item = typing.get_args(kind)[0]
-        return "a list of " + {bool: "true/false values", int: "whole numbers", float: "numbers",
-                               str: "strings"}.get(item, _type_name(item))
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-            type(None): "null"}.get(kind, getattr(kind, "__name__", str(kind)))
+    return pydantic.TypeAdapter(pydantic.with_config(pydantic.ConfigDict(strict=True, extra="forbid"))(cls))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
