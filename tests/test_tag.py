@@ -373,6 +373,18 @@ def test_a_folder_as_journal_is_a_usage_error_before_any_work(tmp_path, fake_mod
     assert p.read_bytes() == before
 
 
+def test_an_unusable_result_cache_is_a_warning_and_tagging_goes_on(tmp_path, fake_model, tiny, monkeypatch):
+    p = af.make_file(tmp_path / "a.ogg", genre="Rock")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("GENRETAG_CACHE_DIR", str(blocker))  # the cache's folder cannot be made
+    res = run("tag", p, "--write", "--overwrite", "--journal", tmp_path / "j.jsonl", "--model", tiny)
+    assert res.exit_code == 0 and af.genre_values(p) == ["Jazz"]
+    warned = [line for line in res.stderr.splitlines() if "result cache" in line]
+    assert len(warned) == 1 and warned[0].startswith("genretag: warning: result cache unavailable (")
+    assert warned[0].endswith("; classifying everything")
+
+
 def test_undo_of_a_file_without_genre_removes_it(tmp_path):
     p = af.make_file(tmp_path / "a.m4a")
     j = tmp_path / "j.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -235,7 +236,7 @@ def _open_cache():
     try:
         return ResultCache()
     except Exception as e:  # a broken cache must not stop tagging
-        info(f"genretag: warning: result cache unavailable ({e}); classifying everything")
+        logging.getLogger("genretag.cli").warning("result cache unavailable (%s); classifying everything", e)
         return None
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genretag.cli.app import app, command_line, err_console, fail, info, out_console, state
-from genretag.cli.common import Device, DeviceOpt, Precision, PrecisionOpt
+from genretag.cli.common import MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
@@ -176,7 +176,7 @@ def evaluate_cmd(
     seed: int = 0,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name or card path; repeat for an ensemble (mean of probabilities).")] = None,
     extra: ExtraOpt = None,
-    segments: Annotated[int | None, typer.Option(min=1, help="Most sub-tracks per track (default: the card's).")] = None,
+    segments: Annotated[int | None, typer.Option(min=1, max=MAX_SEGMENTS, help=f"Most sub-tracks per track, 1-{MAX_SEGMENTS} (default: the card's).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the confusion matrix as a PNG.")] = None,
     device: DeviceOpt = Device.auto,
