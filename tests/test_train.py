@@ -335,6 +335,7 @@ def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_stud
     assert r.stderr.strip().splitlines() == t.stderr.strip().splitlines() == [
         f"genretag: error: {bad}: no tracks in GTZAN layout (<genre>/<genre>.NNNNN.<ext>)"]
     assert not (tmp_path / "tune").exists()  # no study.sqlite, no trial folder
+    assert not (tmp_path / "run").exists()  # nor an empty run folder from train
 
 
 def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params, tmp_path):

@@ -179,13 +179,13 @@ def train(cfg: TrainConfig, resume: bool = False,
     """
     note = on_note or (lambda s: None)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    data = _load_data(cfg, note)
+    data = _load_data(cfg, note)  # a data folder that is not GTZAN fails here, before --out is made
+    out.mkdir(parents=True, exist_ok=True)
     card = make_card(cfg, data.labels)
     net = build_net(card).to(device)
     note(f"{cfg.arch} with {count_parameters(net):,} parameters on {device.type}")
@@ -309,7 +309,8 @@ def _save_checkpoint(path: Path, net, opt, sched, rng: np.random.Generator, gen:
 
 def _load_checkpoint(path: Path, net, opt, sched, rng: np.random.Generator, gen: torch.Generator) -> _Progress:
     """Restore the network, optimiser, schedule and random states in place; returns where the run was."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    # tensors, numbers, strings and dicts only: a checkpoint from elsewhere cannot run code when resumed
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     sched.load_state_dict(ck["sched"])
