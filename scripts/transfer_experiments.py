@@ -108,8 +108,9 @@ def main() -> None:
             for hidden in [int(h) for h in args.hidden.split(",")]:
                 for wd in [float(w) for w in args.weight_decay.split(",")]:
                     t0 = time.time()
-                    head, _, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]], xva, va_track, y_va,
-                                                      len(data.labels), hidden, wd, cfg)
+                    head, _, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]],
+                                                      T.HeadSpec(len(data.labels), hidden, wd), cfg,
+                                                      T.ValidRows(xva, va_track, y_va))
                     with torch.no_grad():
                         lv = head(torch.from_numpy(xva)).numpy()
                     seg = T._split_rows(lv, va_track, len(y_va))

@@ -381,28 +381,48 @@ class HeadResult:
     augment_copies: int = 0
 
 
-def train_head(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, va_track: np.ndarray | None,
-               yva: np.ndarray | None, n_classes: int, hidden: int, weight_decay: float, cfg: TransferConfig,
-               stop_epoch: int | None = None) -> tuple[M.GenreHead, float, float, int]:
+@dataclass(frozen=True)
+class HeadSpec:
+    """The head to train: how many genres, its hidden width (0: linear) and its weight decay."""
+
+    n_classes: int
+    hidden: int
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class ValidRows:
+    """Valid embeddings (one row per sub-track), the track of each row, and each track's genre:
+    a head is scored on valid by the tracks' soft votes, as `classify` answers."""
+
+    x: np.ndarray
+    track: np.ndarray
+    y: np.ndarray
+
+
+def train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferConfig,
+               valid: ValidRows | None = None, stop_epoch: int | None = None
+               ) -> tuple[M.GenreHead, float, float, int]:
     """Train one head on train embeddings; keep the epoch with the best valid track accuracy (then NLL).
 
-    With ``xva=None`` there is nothing to select on: the head trains on the same cosine schedule
+    Without `valid` there is nothing to select on: the head trains on the same cosine schedule
     and stops at ``stop_epoch`` (a refit on more data with an epoch chosen earlier on valid);
     accuracy and NLL are then returned as NaN.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: extra threads only spin (and fight other jobs)
     try:
-        return _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, cfg, stop_epoch)
+        return _train_head(xtr, ytr, spec, cfg, valid, stop_epoch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, cfg: TransferConfig,
+def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferConfig, valid: ValidRows | None,
                 stop_epoch: int | None) -> tuple[M.GenreHead, float, float, int]:
+    n_classes, weight_decay = spec.n_classes, spec.weight_decay
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    head = M.GenreHead(xtr.shape[1], n_classes, hidden, cfg.head_dropout)
+    head = M.GenreHead(xtr.shape[1], n_classes, spec.hidden, cfg.head_dropout)
     head.set_standardisation(xtr.mean(0), xtr.std(0))
     counts = np.bincount(ytr, minlength=n_classes).astype(np.float64)
     cw = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0),
@@ -423,15 +443,15 @@ def _train_head(xtr, ytr, xva, va_track, yva, n_classes, hidden, weight_decay, c
             loss.backward()
             opt.step()
             sched.step()
-        if xva is None or (epoch % 5 and epoch != last):
+        if valid is None or (epoch % 5 and epoch != last):
             continue
         head.eval()
         with torch.no_grad():
-            lv = head(torch.from_numpy(xva)).numpy()
-        acc, nll = track_score(_split_rows(lv, va_track, len(yva)), yva)
+            lv = head(torch.from_numpy(valid.x)).numpy()
+        acc, nll = track_score(_split_rows(lv, valid.track, len(valid.y)), valid.y)
         if better(acc, nll, best[:2] if best[3] is not None else None):
             best = (acc, nll, epoch, copy.deepcopy(head.state_dict()))
-    if xva is None:
+    if valid is None:
         head.eval()
         return head, math.nan, math.nan, last
     head.load_state_dict(best[3])
@@ -451,7 +471,8 @@ def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarr
         xva = M.pool_embeddings(emb_va, pooling).astype(np.float32)
         for hidden in cfg.hidden:
             for wd in cfg.weight_decays:
-                head, acc, nll, ep = train_head(xtr, ytr, xva, emb_va["track"], y_va, n_classes, hidden, wd, cfg)
+                head, acc, nll, ep = train_head(xtr, ytr, HeadSpec(n_classes, hidden, wd), cfg,
+                                                ValidRows(xva, emb_va["track"], y_va))
                 row = {"pooling": pname, "hidden": hidden, "weight_decay": wd, "valid_acc": acc,
                        "valid_nll": nll, "epoch": ep}
                 grid.append(row)
@@ -630,8 +651,8 @@ def _refit_head(net: M.MusicnnTransfer, best: HeadResult, epochs: list[int], dat
                                           note=note, repeat_excerpts=best.extra_repeat)
     x = M.pool_embeddings(emb_fit, POOLING_CHOICES[best.pooling]).astype(np.float32)
     y = y_fit[emb_fit["track"]]
-    refits = [train_head(x, y, None, None, None, len(data.labels), best.hidden, best.weight_decay,
-                         _with_seed(cfg, cfg.seed + j), stop_epoch=ep)[0].state_dict()
+    spec = HeadSpec(len(data.labels), best.hidden, best.weight_decay)
+    refits = [train_head(x, y, spec, _with_seed(cfg, cfg.seed + j), stop_epoch=ep)[0].state_dict()
               for j, ep in enumerate(epochs)]
     _load_heads(net, refits)
     note(f"refit the selected head(s) on train + valid ({len(x)} embeddings, {epochs} epochs)")
@@ -668,8 +689,8 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
     xva = torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))
     states, epochs, logits = [best.state], [best.epoch], []
     for j in range(1, max(sizes)):
-        h, acc, nll, ep = train_head(xtr, ytr, xva.numpy(), emb_va["track"], y_va, n_classes, best.hidden,
-                                     best.weight_decay, _with_seed(cfg, cfg.seed + j))
+        h, acc, nll, ep = train_head(xtr, ytr, HeadSpec(n_classes, best.hidden, best.weight_decay),
+                                     _with_seed(cfg, cfg.seed + j), ValidRows(xva.numpy(), emb_va["track"], y_va))
         note(f"  head seed {cfg.seed + j}: valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
         states.append(h.state_dict())
         epochs.append(ep)
