@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from genretag.nets import musicnn as M  # noqa: E402
 from genretag.store.card import load_card  # noqa: E402
 from genretag.training import transfer as T  # noqa: E402
-from genretag.training.common import softmax  # noqa: E402
+from genretag.training.common import softmax, track_probs  # noqa: E402
 
 POOLINGS = {"musicnn": list(M.DEFAULT_POOLING), "vgg": list(M.VGG_EMBEDDING_DIMS)}
 
@@ -59,7 +59,7 @@ def features(embs: dict[str, dict], trunks: tuple[str, ...], subset: str) -> np.
 
 def scores(seg_logits: list[np.ndarray], y: np.ndarray, n_tracks: int) -> dict:
     """Valid accuracy: tracks (soft vote), excerpts (one row each), pooled."""
-    pred = np.array([softmax(lg).mean(0).argmax() for lg in seg_logits])
+    pred = track_probs(seg_logits).argmax(1)
     ok = pred == y
     return {"valid_tracks": float(ok[:n_tracks].mean()), "valid_excerpts": float(ok[n_tracks:].mean()),
             "valid_pooled": float(ok.mean()), "n": [int(n_tracks), int(len(y) - n_tracks)]}

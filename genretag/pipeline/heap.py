@@ -7,9 +7,10 @@ so each came back as fresh pages for the kernel to fault in and zero; keeping
 freed memory in the heap avoids that without raising the peak RSS (figures:
 docs/performance.md, "Why some defaults are what they are").
 
-It changes the whole process, so only the CLI calls it, not the library
-functions a user imports. Not in the decoding workers either: there it costs
-far more memory per worker than the speed it gains.
+It changes the whole process, so only processes genretag owns call it: the CLI
+and the Dask workers running genretag's tasks, never the library functions a
+user imports. Not the decoding workers either: there it costs far more memory
+per worker than the speed it gains.
 """
 
 from __future__ import annotations

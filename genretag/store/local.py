@@ -20,9 +20,14 @@ def default_model_name() -> str:
     return f.read_text().strip() if f.exists() else "default"
 
 
+def means_default(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether a --model value asks for the bundled default (none given, empty, or "default")."""
+    return name_or_path in (None, "", "default")
+
+
 def find_local(name_or_path: str | os.PathLike | None = None) -> Path | None:
     """The card a .json path, a folder holding one, or a bundled/cached model name points at; None if none."""
-    if name_or_path in (None, "", "default"):
+    if means_default(name_or_path):
         name_or_path = default_model_name()
     p = Path(name_or_path)
     if p.suffix == ".json" and p.exists():

@@ -17,7 +17,7 @@ from pathlib import Path
 from genretag.errors import ModelError, OfflineError
 from genretag.paths import bundled_models_dir
 from genretag.store.index import ensure_model
-from genretag.store.local import default_model_name, find_local
+from genretag.store.local import default_model_name, find_local, means_default
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
     found = find_local(name_or_path)
     if found is not None:
         return found
-    default = name_or_path in (None, "", "default")
+    default = means_default(name_or_path)
     name = default_model_name() if default else str(name_or_path)
     try:
         downloaded = ensure_model(name)
@@ -39,8 +39,6 @@ def find_card(name_or_path: str | os.PathLike | None = None) -> Path:
     if downloaded is not None:
         return downloaded
     if default:  # the bundled default is missing: a broken install, not a wrong name
-        from genretag.paths import bundled_models_dir
-
         raise ModelError(f"the default model {name!r} is missing from {bundled_models_dir()} "
                          "(reinstall genretag, or pass --model)", 1)
     raise ModelError(f"model {name!r} not found (not a card path, not bundled, not in the cache)", 2)

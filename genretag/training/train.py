@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    data = _load_data(cfg, note)  # a data folder that is not GTZAN fails here, before --out is made
+    data = load_data(cfg, note)  # a data folder that is not GTZAN fails here, before --out is made
     out.mkdir(parents=True, exist_ok=True)
     card = make_card(cfg, data.labels)
     net = build_net(card).to(device)
@@ -239,7 +239,10 @@ def train(cfg: TrainConfig, resume: bool = False,
     return save_model(net, card, out, half=cfg.half_weights)
 
 
-def _load_data(cfg: TrainConfig, note: Callable[[str], None]) -> _Data:
+def load_data(cfg: TrainConfig, note: Callable[[str], None] = lambda s: None) -> _Data:
+    """Scan, split and (with `cfg.extra`) add the excerpts: what a run trains and selects on.
+
+    `DatasetError` for a folder not in GTZAN layout, ValueError for a split with no training tracks."""
     tracks = scan(cfg.data_dir)
     parts = split(tracks, cfg.split, cfg.seed, cfg.fold)
     train_tracks = [t for s in cfg.train_subsets for t in parts[s]]

@@ -14,8 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-from genretag.training.dataset import scan, split
-from genretag.training.train import TrainConfig, train
+from genretag.training.train import TrainConfig, load_data, train
 
 
 class _Pruned(Exception):
@@ -50,12 +49,9 @@ def searched(trial, base: TrainConfig) -> dict:
 
 
 def check_data(base: TrainConfig) -> None:
-    """Scan and split `base.data_dir` as a trial would: `DatasetError` (or ValueError without training or
-    valid tracks) before any study exists."""
-    parts = split(scan(base.data_dir), base.split, base.seed, base.fold)
-    if not parts["train"]:
-        raise ValueError(f"no training tracks in {base.data_dir} with split {base.split}")
-    if not parts["valid"]:
+    """Load the data as each trial's `train` will (train.load_data), so that a folder not in GTZAN
+    layout fails before any study exists; trials are scored on valid, so valid must hold tracks."""
+    if not load_data(base).valid:
         raise ValueError(f"no valid tracks in {base.data_dir} with split {base.split}: trials are scored on valid")
 
 
