@@ -110,6 +110,17 @@ def test_usage_errors_exit_2_without_traceback(args, needle):
     assert "Traceback" not in r.stderr and needle in r.stderr
 
 
+@pytest.mark.parametrize("command", ["classify", "tag"])
+def test_absurd_jobs_is_a_one_line_usage_error(tmp_path, command):
+    """--jobs is a process count: 100000 is refused before any model is loaded or process started."""
+    song = make_file(tmp_path / "song.wav", seconds=1.0)
+    r = run_cli(command, "--jobs", "100000", str(song))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genretag: error: ") and "--jobs" in lines[0] and "256" in lines[0]
+    assert r.stdout == ""
+
+
 def test_missing_path_is_an_error_row(tmp_path, tiny_model_dir):
     ok = make_file(tmp_path / "ok.wav", seconds=1.5)
     r = run_cli("classify", str(tmp_path / "nope.mp3"), str(ok), "--model", str(tiny_model_dir),

@@ -347,12 +347,49 @@ def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params,
     assert (run / "tiny.json").exists() and (run / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--lr", "0"), ("--lr", "-1"), ("--dropout", "5"), ("--dropout", "-0.1")])
+@pytest.mark.parametrize("flag, value", [
+    ("--lr", "0"), ("--lr", "-1"), ("--dropout", "5"), ("--dropout", "-0.1"),
+    ("--label-smoothing", "1"), ("--label-smoothing", "-0.1"), ("--weight-decay", "-0.01"),
+    ("--segment-seconds", "0"), ("--segment-seconds", "-3"), ("--segment-seconds", "31"), ("--jobs", "100000"),
+])
 def test_out_of_range_hyper_parameters_are_usage_errors(tiny_gtzan, tmp_path, flag, value):
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", str(tiny_gtzan), flag, value, "--out", str(run)])
-    assert r.exit_code == 2 and flag in r.stderr and "Traceback" not in r.stderr
+    args = ["train", str(tiny_gtzan), f"{flag}={value}", "--out", str(run)]
+    r = subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"genretag: error: Invalid value for '{flag}'"), r.stderr
     assert not run.exists()
+
+
+def test_tune_jobs_beyond_the_bound_is_a_usage_error(tiny_gtzan, tmp_path):
+    out = tmp_path / "tune"
+    r = runner.invoke(app, ["tune", str(tiny_gtzan), "--jobs", "100000", "--out", str(out)])
+    assert r.exit_code == 2 and "--jobs" in r.stderr and "256" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_hyper_parameters_at_their_bounds_are_taken(tiny_gtzan, tmp_path, monkeypatch):
+    """The ends of each range are values, not errors: they reach the TrainConfig as given."""
+    import genretag.training.train as training
+
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append(cfg)
+        card = tmp_path / "card.json"
+        card.write_text(json.dumps({"metrics": {}}))
+        return card
+
+    monkeypatch.setattr(training, "train", fake_train)
+    for args, field, value in ((["--label-smoothing", "0.99"], "label_smoothing", 0.99),
+                               (["--weight-decay", "0"], "weight_decay", 0.0),
+                               (["--segment-seconds", "30"], "segment_seconds", 30.0),
+                               (["--segment-seconds", "0.05"], "segment_seconds", 0.05),
+                               (["--jobs", "256"], "jobs", 256)):
+        r = runner.invoke(app, ["train", str(tiny_gtzan), *args, "--out", str(tmp_path / "run")])
+        assert r.exit_code == 0, r.output
+        assert getattr(seen[-1], field) == value
 
 
 def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genretag.cli.app import app, command_line, err_console, fail, info, out_console, state
-from genretag.cli.common import MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
+from genretag.cli.common import MAX_JOBS, MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
@@ -22,6 +22,11 @@ ExtraOpt = Annotated[Path | None, typer.Option(
     "--extra", help="Excerpts folder with a manifest.csv (e.g. ../shared/data/gtzan-excerpts): each excerpt in its "
     "clip's fault-filtered subset; test excerpts are measured apart, never merged with the tracks.")]
 
+
+#: --label-smoothing below 1: at 1 every target is the uniform distribution and nothing is learnt.
+MAX_LABEL_SMOOTHING = 0.99
+#: --segment-seconds: the shortest sub-track a model card accepts (ModelCard.validate), and one GTZAN clip.
+MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 0.05, 30.0
 
 C = TypeVar("C")
 
@@ -85,10 +90,10 @@ def train_cmd(
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
     lr: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate (the peak of the one-cycle schedule).")] = 2e-3,
-    weight_decay: float = 1e-2,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW (decoupled) weight decay, 0 or more.")] = 1e-2,
     dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.3,
-    label_smoothing: float = 0.1,
-    segment_seconds: float = 3.0,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=MAX_LABEL_SMOOTHING, help=f"Cross-entropy label smoothing, 0-{MAX_LABEL_SMOOTHING} (1 would make every target uniform).")] = 0.1,
+    segment_seconds: Annotated[float, typer.Option(min=MIN_SEGMENT_SECONDS, max=MAX_SEGMENT_SECONDS, help=f"Sub-track length in seconds, {MIN_SEGMENT_SECONDS:g}-{MAX_SEGMENT_SECONDS:g} (a GTZAN clip is 30 s; a shorter track is zero-padded).")] = 3.0,
     train_subsets: Annotated[str, typer.Option("--train-on", help="Subsets to train on: 'train' or 'train+valid' (no early stopping, no valid figures).")] = "train",
     extra: ExtraOpt = None,
     aug_pitch: Annotated[str | None, typer.Option("--pitch", help="Precomputed pitch shifts in semitones, e.g. '-2,2'.")] = None,
@@ -105,7 +110,7 @@ def train_cmd(
     params: Annotated[Path | None, typer.Option(help="JSON of TrainConfig fields (e.g. from `genretag tune`); flags given here win.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint (none there: a note, then a new run).")] = False,
     device: DeviceOpt = Device.auto,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")] = 2,
 ) -> None:
     """Train a genre model on a GTZAN-layout folder (split by track, then cut into sub-tracks).
 
@@ -277,7 +282,7 @@ def tune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/tune"),
     seed: int = 0,
     device: DeviceOpt = Device.auto,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1)] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")] = 2,
 ) -> None:
     """Search hyper-parameters with Optuna (pruning, resumable SQLite study); saves best_params.json for `train --params`.
 
