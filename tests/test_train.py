@@ -338,6 +338,54 @@ def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_stud
     assert not (tmp_path / "run").exists()  # nor an empty run folder from train
 
 
+def test_a_failing_trial_stops_tune_with_one_line_and_spends_no_trial(tiny_gtzan, tmp_path, monkeypatch, capfd):
+    """An error inside a trial ends the study with a one-line GenretagError (no Optuna traceback on
+    stderr); the FAILED trials do not count toward --trials, so the resumed study still runs 2 trials."""
+    import optuna
+
+    import genretag.training.tune as tuning
+    from genretag.errors import AudioError, GenretagError
+
+    real_train = tuning.train
+    base = tiny_config(tiny_gtzan, tmp_path, layers=[1, 1, 1, 1], epochs=1, steps_per_epoch=2, patience=3)
+    storage, out = f"sqlite:///{tmp_path / 'study.sqlite'}", tmp_path / "tune"
+
+    def states() -> list[str]:
+        return [t.state.name for t in optuna.load_study(study_name="genretag", storage=storage).trials]
+
+    def fails_with(exc: Exception):
+        def broken_train(cfg, **kw):
+            raise exc
+        return broken_train
+
+    monkeypatch.setattr(tuning, "train", fails_with(AudioError("blues/blues.00003.wav: cannot decode")))
+    with pytest.raises(AudioError) as e:  # a genretag error keeps its class and exit code
+        tuning.tune(base, 2, storage, out=out)
+    assert str(e.value) == "trial 0: blues/blues.00003.wav: cannot decode" and e.value.exit_code == 1
+    assert states() == ["FAIL"]  # the study stopped at the first failure
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Trial 0" not in err, err  # nothing from Optuna's logger
+
+    monkeypatch.setattr(tuning, "train", fails_with(ValueError("no training tracks in this split")))
+    with pytest.raises(GenretagError) as e:  # what `genretag train` makes a usage error
+        tuning.tune(base, 2, storage, out=out)
+    assert str(e.value) == "trial 1 failed: no training tracks in this split" and e.value.exit_code == 2
+    assert isinstance(e.value.__cause__, ValueError)
+
+    monkeypatch.setattr(tuning, "train", fails_with(RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")))
+    r = runner.invoke(app, ["tune", str(tiny_gtzan), "--split", "kfold:3", "--trials", "2", "--out", str(out),
+                            "--storage", storage])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == ["genretag: error: trial 2 failed: CUDA out of memory."]
+    assert states() == ["FAIL"] * 3
+
+    monkeypatch.setattr(tuning, "train", real_train)
+    res = tuning.tune(base, 2, storage, out=out)
+    assert len(states()) == 5 and set(states()[3:]) <= {"COMPLETE", "PRUNED"}  # two trials on top of the failed
+    assert res["trials"] == 5 and json.loads((out / "best_params.json").read_text()).keys() == SEARCHED
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params, tmp_path):
     run = tmp_path / "run"
     r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(tiny_params), "--split", "kfold:3",

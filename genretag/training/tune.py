@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+from genretag.errors import GenretagError, one_line
 from genretag.training.train import TrainConfig, load_data, train
 
 
@@ -55,19 +56,39 @@ def check_data(base: TrainConfig) -> None:
         raise ValueError(f"no valid tracks in {base.data_dir} with split {base.split}: trials are scored on valid")
 
 
+def trial_error(number: int, exc: Exception) -> GenretagError:
+    """The one-line error for trial `number` that raised `exc`: a `GenretagError` keeps its class and
+    exit code; a ValueError (data or settings train refuses) is a usage error (2), as `genretag train`
+    makes it; anything else failed at run time (1)."""
+    if isinstance(exc, GenretagError):
+        return type(exc)(f"trial {number}: {exc}", exc.exit_code)
+    return GenretagError(f"trial {number} failed: {one_line(exc)}", 2 if isinstance(exc, ValueError) else 1)
+
+
+#: The trial states that spend the --trials budget: a FAILED trial (an error) ran nothing to compare.
+SPENT = ("COMPLETE", "PRUNED")
+
+
 def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genretag",
          out: str | Path = "runs/tune", on_note: Callable[[str], None] | None = None) -> dict:
-    """Run (or resume) a study; write `<out>/best_params.json` (the searched fields of the best trial); return it.
+    """Run (or resume) a study of `trials` complete or pruned trials; write `<out>/best_params.json`
+    (the searched fields of the best trial); return it.
 
     The data folder is scanned and split first: a folder that is not in GTZAN layout is a `DatasetError`
-    before `out` or the study is made."""
+    before `out` or the study is made. A trial that raises stops the study with a one-line
+    `GenretagError` (see `trial_error`): the errors a trial meets (a file that does not decode, a
+    split without tracks) are the same in the next trial, so going on would only repeat them. The
+    failed trial stays in the study as FAILED and does not count toward `trials`: a resumed study
+    runs until `trials` trials completed or were pruned."""
     import optuna
 
     note = on_note or (lambda s: None)
     check_data(base)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: Optuna logs a failed trial as a WARNING with the whole traceback; the error it re-raises
+    # is the one line the caller shows.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
@@ -85,12 +106,14 @@ def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genret
             card_path = train(cfg, on_epoch=on_epoch)
         except _Pruned:
             raise optuna.TrialPruned() from None
+        except Exception as e:
+            raise trial_error(trial.number, e) from e
         card = json.loads(Path(card_path).read_text())
         acc = card["training"]["best_valid_accuracy"]
         note(f"trial {trial.number}: valid accuracy {acc:.1%}")
         return float(acc)
 
-    done = sum(1 for t in study.trials if t.state.is_finished())
+    done = sum(1 for t in study.trials if t.state.name in SPENT)
     study.optimize(objective, n_trials=max(0, trials - done))
     best = searched(study.best_trial, base)
     (out / "best_params.json").write_text(json.dumps(best, indent=2))
