@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from audio_factory import make_file
+
 from genretag.pipeline import cache as cache_mod
 from genretag.pipeline import inference
 from genretag.pipeline.cache import Classifier, ResultCache

@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import math
 import logging
+import math
 import os
 import re
 import struct

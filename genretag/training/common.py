@@ -17,7 +17,6 @@ from genretag.pipeline.segments import cut_at
 from genretag.training import metrics
 from genretag.training.dataset import Track, WaveCache
 
-
 C = TypeVar("C")
 
 
