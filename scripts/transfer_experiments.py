@@ -42,19 +42,30 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def trunk_embeddings(data: T.Data, name: str, crops: int) -> dict[str, dict]:
+def trunk_embeddings(data: T.Data, spec: str, crops: int) -> dict[str, dict]:
+    """A trunk's cached embeddings; ``NAME:tags`` takes only its 50 tag logits as the head's input,
+    ``NAME:tags+all`` the tag logits beside the usual pooled embeddings."""
+    name, _, what = spec.partition(":")
     card = load_card(REPO / "models" / f"{name}.json")
     net = T.as_stored(M.load_musicnn(REPO / "models" / card.weights), half=True)
     out = {}
     for subset, dense in (("train", crops), ("train_excerpts", crops), ("valid", 0), ("valid_excerpts", 0)):
         out[subset] = T.cached_embeddings(data, subset, net, card, "cpu", dense=dense, note=log)
-    out["pooling"] = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
+    pooling = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
+    out["pooling"] = {"": pooling, "tags": [], "tags+all": pooling}[what]
+    out["tags"] = what.startswith("tags")
     return out
 
 
 def features(embs: dict[str, dict], trunks: tuple[str, ...], subset: str) -> np.ndarray:
-    return np.concatenate([M.pool_embeddings(embs[t][subset], embs[t]["pooling"]) for t in trunks],
-                          axis=1).astype(np.float32)
+    parts = []
+    for t in trunks:
+        e = embs[t]
+        if e["pooling"]:
+            parts.append(M.pool_embeddings(e[subset], e["pooling"]))
+        if e["tags"]:
+            parts.append(e[subset]["tag_logits"])
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def scores(seg_logits: list[np.ndarray], y: np.ndarray, n_tracks: int) -> dict:
@@ -75,6 +86,9 @@ def main() -> None:
     ap.add_argument("--extra-repeat", default="1,5")
     ap.add_argument("--train-crops", type=int, default=T.TransferConfig.train_crops,
                     help="overlapping crops per training track (as transfer)")
+    ap.add_argument("--trained-prior", default="",
+                    help="zero-shot prior weights to train the head on top of (the prior inside the loss), e.g. '0.5,1,2'")
+    ap.add_argument("--skip-grid", action="store_true", help="only the --trained-prior rows")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -100,7 +114,7 @@ def main() -> None:
         return xtr, tr_track, is_ex, xva, va_track
 
     combos = [(t,) for t in trunks] + [c for k in (2, 4) for c in itertools.combinations(trunks, k)]
-    for combo in combos:
+    for combo in [] if args.skip_grid else combos:
         xtr, tr_track, is_ex, xva, va_track = valid_rows(combo)
         best = None
         for rep in [int(r) for r in args.extra_repeat.split(",")]:
@@ -127,8 +141,9 @@ def main() -> None:
         results.write_text(json.dumps({"rows": rows}, indent=1))
 
     # zero-shot blend: head logits + w * log(zero-shot score) of the MSD tags, per sub-track
-    if "msd-musicnn" in trunks:
-        e = embs["msd-musicnn"]
+    msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
+    if msd:
+        e = embs[msd]
         tag_lg = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
         va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
         for mname in ("proxy", "strict"):
@@ -144,6 +159,33 @@ def main() -> None:
                     rows.append(row)
                     log(f"{'+'.join(combo):<45} + zero-shot {mname} x{w:<4g} tracks {row['valid_tracks']:.1%} "
                         f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}")
+    # the prior inside training: the head learns a residual over w * zero-shot log scores
+    msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
+    for w in [float(x) for x in args.trained_prior.split(",") if x]:
+        e = embs[msd]
+        xtr, tr_track, is_ex, xva, va_track = valid_rows((msd,))
+        tr_tags = torch.from_numpy(np.concatenate([e["train"]["tag_logits"], e["train_excerpts"]["tag_logits"]]))
+        va_tags = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
+        for mname in ("strict", "proxy"):
+            mat = M.zeroshot_matrix(data.labels, T.ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)
+            ztr, zva = (w * M.zeroshot_prior(t, mat).numpy() for t in (tr_tags, va_tags))
+            for rep in [int(r) for r in args.extra_repeat.split(",")]:
+                idx = np.concatenate([np.flatnonzero(~is_ex), np.repeat(np.flatnonzero(is_ex), rep)])
+                for hidden in [int(h) for h in args.hidden.split(",")]:
+                    for wd in [float(x) for x in args.weight_decay.split(",")]:
+                        head, _, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]],
+                                                          T.HeadSpec(len(data.labels), hidden, wd), cfg,
+                                                          T.ValidRows(xva, va_track, y_va, zva), offset=ztr[idx])
+                        with torch.no_grad():
+                            lv = head(torch.from_numpy(xva)).numpy() + zva
+                        row = {"trunks": [msd], "trained_prior": mname, "weight": w, "extra_repeat": rep,
+                               "hidden": hidden, "weight_decay": wd, "epoch": ep, "valid_nll": nll,
+                               **scores(T._split_rows(lv, va_track, len(y_va)), y_va, n_va)}
+                        rows.append(row)
+                        log(f"trained prior {mname:<6} x{w:<4g} rep {rep} h {hidden:<3} wd {wd:<4g} ep {ep:<2} "
+                            f"tracks {row['valid_tracks']:.1%} excerpts {row['valid_excerpts']:.1%} "
+                            f"pooled {row['valid_pooled']:.1%} nll {nll:.3f}")
+                        results.write_text(json.dumps({"rows": rows}, indent=1))
     # ensembles of the single-trunk heads: mean of probabilities
     singles = [c for c in best_logits if len(c) == 1]
     for k in (2, 3, 4):

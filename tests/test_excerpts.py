@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from genretag.store.card import load_card
@@ -242,3 +243,88 @@ def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path:
     assert all(0.0 <= row["valid_pooled"] <= 1.0 for row in rows)
     msd = heads[0]
     assert msd["valid_pooled"] > 1 / 3  # three clearly different signals: better than chance
+
+
+def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(data, tmp_path: Path) -> None:
+    """``NAME:tags`` trains heads on the 50 tag logits alone; ``--trained-prior W`` trains a head on top
+    of W x the zero-shot prior and scores it with the prior added, on valid items only."""
+    import subprocess
+    import sys
+
+    whole, ex = data
+    out = tmp_path / "exp.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "transfer_experiments.py"
+    r = subprocess.run([sys.executable, str(script), str(whole), "--extra", str(ex),
+                        "--trunks", "msd-musicnn:tags", "--hidden", "0", "--weight-decay", "0.01",
+                        "--extra-repeat", "1", "--train-crops", "2", "--trained-prior", "0.5",
+                        "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "GENRETAG_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    heads = [row for row in rows if "trunks" in row and "blend" not in row and "trained_prior" not in row]
+    assert [row["trunks"] for row in heads] == [["msd-musicnn:tags"]]
+    trained = [row for row in rows if "trained_prior" in row]
+    assert sorted(row["trained_prior"] for row in trained) == ["proxy", "strict"]
+    assert all(row["weight"] == 0.5 and row["n"] == [6, 3] for row in trained)
+    assert heads[0]["valid_pooled"] > 1 / 3  # the tags of three clearly different signals: better than chance
+
+
+def test_a_head_trained_on_an_offset_is_scored_with_it() -> None:
+    """train_head(offset=...): the offset joins the head's logits in the loss and in the valid score, so a
+    prior that already names every valid item's genre scores 100% whatever the embeddings say."""
+    from genretag.training import transfer as T
+
+    rng = np.random.default_rng(0)
+    n_classes, dim = 3, 8
+    ytr = np.repeat(np.arange(n_classes), 20)
+    xtr = rng.normal(size=(len(ytr), dim)).astype(np.float32)  # noise: nothing to learn from x
+    y_va = np.arange(n_classes).repeat(4)
+    x_va = rng.normal(size=(len(y_va), dim)).astype(np.float32)
+    track = np.arange(len(y_va))
+    cfg = T.TransferConfig(head_epochs=10)
+    spec = T.HeadSpec(n_classes, 0, 0.01)
+    _, acc_plain, _, _ = T.train_head(xtr, ytr, spec, cfg, T.ValidRows(x_va, track, y_va))
+    prior = 10.0 * np.eye(n_classes, dtype=np.float32)
+    head, acc, nll, _ = T.train_head(xtr, ytr, spec, cfg, T.ValidRows(x_va, track, y_va, prior[y_va]),
+                                     offset=prior[ytr])
+    assert acc == 1.0 and nll < 0.01
+    assert acc_plain < 0.9
+
+
+def test_transfer_trains_heads_on_top_of_the_prior_and_ships_that_prior(data, tmp_path: Path, monkeypatch) -> None:
+    """--prior-in-training: each (mapping, weight > 0) joins the head grid, the heads (bag and refit
+    included) train with the prior in their loss, and the card carries the chosen prior, which the
+    loaded network adds to its head: its valid logits are the ones the selection scored."""
+    from genretag.nets import musicnn as M
+    from genretag.store.load import load_net
+    from genretag.training import transfer as T
+
+    whole, ex = data
+    monkeypatch.setenv("GENRETAG_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = T.TransferConfig(data_dir=str(whole), out=str(tmp_path / "run"), name="tiny-trained-prior", device="cpu",
+                           poolings=["penultimate"], hidden=[0], weight_decays=[1e-2], head_epochs=10,
+                           head_lr=1e-2, train_crops=3, extra=str(ex), heads=[1, 2], prior_weights=[0, 0.5, 2],
+                           prior_in_training=True)
+    path, net, data_ = T.run_head(cfg)
+    card = load_card(path)
+    sel = card.training["selected"]
+    grid = card.training["head_grid"]
+    assert {(r["prior_mapping"], r["prior_weight"]) for r in grid} == {
+        (m, w) for m in ("strict", "proxy") for w in (0.5, 2)}  # weight 0 is no prior to train on
+    assert "prior_grid" not in sel  # chosen with the head, not after it
+    chosen = sel["prior_in_training"]
+    prior = card.architecture["prior"]
+    assert (prior["mapping_name"], prior["weight"]) == (chosen["mapping"], chosen["weight"])
+    best = max(grid, key=lambda r: (r["valid_acc"], -r["valid_nll"]))
+    assert (best["prior_mapping"], best["prior_weight"]) == (chosen["mapping"], chosen["weight"])
+    # the saved network adds the prior: head logits + weight x zero-shot prior of its own tags
+    ln = load_net(path, "cpu")
+    wave = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (2, ln.card.audio.segment_samples))
+                            .astype(np.float32))
+    with torch.no_grad():
+        out = ln.net(wave)
+        tags, emb = M.trunk_outputs(ln.net.trunk, M.musicnn_frontend(wave))
+        head = ln.net.head(M.pool_embeddings(emb, ln.card.architecture["pooling"]))
+    off = T.prior_offset({"tag_logits": tags.numpy()}, list(card.labels), chosen["mapping"], chosen["weight"])
+    assert np.allclose(out.numpy(), head.numpy() + off, atol=1e-4)

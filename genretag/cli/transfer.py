@@ -53,6 +53,10 @@ def transfer_cmd(
     prior_weights: Annotated[str | None, typer.Option("--prior-weight", help="Head: weights of the zero-shot prior (MSD tags mapped to "
                                                     "genres, added to the head's log-probabilities) tried on valid, "
                                                     "e.g. '0,0.5,1'; 0 = none.")] = None,
+    prior_in_training: Annotated[bool, typer.Option("--prior-in-training", help="Head: train the heads on top of "
+                                                    "each zero-shot prior of --prior-weight (w > 0; both mappings), "
+                                                    "so a head learns what to add to the prior; the prior is chosen "
+                                                    "with the head grid on valid.")] = False,
     refit: Annotated[bool, typer.Option("--refit", help="Head: after choosing it on valid, train the chosen head "
                                         "again on train + valid (same epochs; valid is then no longer held out).")] = False,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate of the trunk (the head gets 10x).")] = 1e-4,

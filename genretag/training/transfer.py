@@ -111,6 +111,9 @@ class TransferConfig:
     # zero-shot prior: head logits + w * log(zero-shot score) of the MSD tags; w (0 = none) and the
     # mapping (zeroshot_mappings) chosen on valid after the head
     prior_weights: list[float] = field(default_factory=lambda: [0.0])
+    # the prior inside training: each (mapping, weight > 0) is added to the head's logits in its loss,
+    # so the head learns what to add to the prior; mapping and weight join the head grid
+    prior_in_training: bool = False
     train_crops: int = 19  # embeddings per training track (overlapping crops; 10 eval sub-tracks elsewhere)
     # finetune
     epochs: int = 8
@@ -379,6 +382,7 @@ class HeadResult:
     state: dict
     extra_repeat: int = 1
     augment_copies: int = 0
+    prior: tuple[str, float] | None = None  # (mapping, weight) the head was trained on top of
 
 
 @dataclass(frozen=True)
@@ -398,27 +402,33 @@ class ValidRows:
     x: np.ndarray
     track: np.ndarray
     y: np.ndarray
+    offset: np.ndarray | None = None
 
 
 def train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferConfig,
-               valid: ValidRows | None = None, stop_epoch: int | None = None
+               valid: ValidRows | None = None, stop_epoch: int | None = None, offset: np.ndarray | None = None
                ) -> tuple[M.GenreHead, float, float, int]:
     """Train one head on train embeddings; keep the epoch with the best valid track accuracy (then NLL).
 
     Without `valid` there is nothing to select on: the head trains on the same cosine schedule
     and stops at ``stop_epoch`` (a refit on more data with an epoch chosen earlier on valid);
     accuracy and NLL are then returned as NaN.
+
+    ``offset`` (one row of genre logits per training row, and ``valid.offset`` per valid row) is
+    added to the head's logits in the loss and in the valid score: the head then learns what to
+    add to a fixed prior (the zero-shot tags, already weighted), and weight decay pulls it toward
+    the prior rather than toward uniform.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: extra threads only spin (and fight other jobs)
     try:
-        return _train_head(xtr, ytr, spec, cfg, valid, stop_epoch)
+        return _train_head(xtr, ytr, spec, cfg, valid, stop_epoch, offset)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferConfig, valid: ValidRows | None,
-                stop_epoch: int | None) -> tuple[M.GenreHead, float, float, int]:
+                stop_epoch: int | None, offset: np.ndarray | None = None) -> tuple[M.GenreHead, float, float, int]:
     n_classes, weight_decay = spec.n_classes, spec.weight_decay
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -429,6 +439,7 @@ def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferC
                       dtype=torch.float32)  # balanced classes
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=weight_decay)
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
+    off = None if offset is None else torch.from_numpy(np.asarray(offset, np.float32))
     last = cfg.head_epochs if stop_epoch is None else min(stop_epoch, cfg.head_epochs)
     best = (-1.0, math.inf, 0, None)
     steps_per_epoch = max(1, math.ceil(len(X) / cfg.head_batch))
@@ -438,7 +449,8 @@ def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferC
         perm = torch.randperm(len(X), generator=gen)
         for s in range(0, len(X), cfg.head_batch):
             b = perm[s:s + cfg.head_batch]
-            loss = F.cross_entropy(head(X[b]), Y[b], weight=cw, label_smoothing=cfg.label_smoothing)
+            out = head(X[b]) if off is None else head(X[b]) + off[b]
+            loss = F.cross_entropy(out, Y[b], weight=cw, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -448,6 +460,8 @@ def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferC
         head.eval()
         with torch.no_grad():
             lv = head(torch.from_numpy(valid.x)).numpy()
+        if valid.offset is not None:
+            lv = lv + valid.offset
         acc, nll = track_score(_split_rows(lv, valid.track, len(valid.y)), valid.y)
         if better(acc, nll, best[:2] if best[3] is not None else None):
             best = (acc, nll, epoch, copy.deepcopy(head.state_dict()))
@@ -460,8 +474,13 @@ def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferC
 
 
 def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarray, n_classes: int,
-             cfg: TransferConfig, note: Callable[[str], None]) -> tuple[HeadResult, list[dict]]:
-    """Grid over pooling x hidden x weight decay; the best on valid (accuracy, then NLL)."""
+             cfg: TransferConfig, note: Callable[[str], None],
+             offsets: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[HeadResult, list[dict]]:
+    """Grid over pooling x hidden x weight decay; the best on valid (accuracy, then NLL).
+
+    ``offsets``: (train rows, valid rows) of a fixed prior the heads are trained and scored on top of
+    (see `train_head`)."""
+    off_tr, off_va = offsets or (None, None)
     ytr = y_tr_tracks[emb_tr["track"]]
     grid = []
     best: HeadResult | None = None
@@ -472,7 +491,7 @@ def fit_head(emb_tr: dict, emb_va: dict, y_tr_tracks: np.ndarray, y_va: np.ndarr
         for hidden in cfg.hidden:
             for wd in cfg.weight_decays:
                 head, acc, nll, ep = train_head(xtr, ytr, HeadSpec(n_classes, hidden, wd), cfg,
-                                                ValidRows(xva, emb_va["track"], y_va))
+                                                ValidRows(xva, emb_va["track"], y_va, off_va), offset=off_tr)
                 row = {"pooling": pname, "hidden": hidden, "weight_decay": wd, "valid_acc": acc,
                        "valid_nll": nll, "epoch": ep}
                 grid.append(row)
@@ -574,24 +593,36 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         note("excerpts: " + ", ".join(f"{k} {v}" for k, v in data.excerpts.counts().items())
              + " (test excerpts held out, measured apart)")
     emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
-    best, grid, emb_tr = None, [], None
+    priors: list[tuple[str, float] | None] = [None]
+    if cfg.prior_in_training:
+        if tuple(base.labels) != M.MSD_TAGS:
+            raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+        priors = [(m, w) for m in cfg.zeroshot_mappings for w in cfg.prior_weights if w > 0] or [None]
+    best, grid, emb_tr, best_offsets = None, [], None, None
     for copies in cfg.augment_copies:
         for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
             if copies:
                 note(f"training data + {copies} library version(s) of every training track")
             e_tr, y_tr = augmented_embeddings(data, data.with_excerpts("train"), copies, tagger, base, device,
                                               dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
-            res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note)
-            res.extra_repeat, res.augment_copies = repeat, copies
-            tag = ({"extra_repeat": repeat} if data.excerpts is not None else {}) | (
-                {"augment_copies": copies} if cfg.augment_copies != [0] else {})
-            grid += [dict(row, **tag) for row in g]
-            if better(res.valid_acc, res.valid_nll, None if best is None else (best.valid_acc, best.valid_nll)):
-                best, emb_tr, y_tr_best = res, e_tr, y_tr
+            for pr in priors:
+                offsets = None if pr is None else (prior_offset(e_tr, data.labels, *pr),
+                                                   prior_offset(emb_va, data.labels, *pr))
+                if pr is not None:
+                    note(f"heads trained on top of the zero-shot prior '{pr[0]}' x {pr[1]:g}")
+                res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note, offsets)
+                res.extra_repeat, res.augment_copies, res.prior = repeat, copies, pr
+                tag = ({"extra_repeat": repeat} if data.excerpts is not None else {}) | (
+                    {"augment_copies": copies} if cfg.augment_copies != [0] else {}) | (
+                    {"prior_mapping": pr[0], "prior_weight": pr[1]} if pr is not None else {})
+                grid += [dict(row, **tag) for row in g]
+                if better(res.valid_acc, res.valid_nll, None if best is None else (best.valid_acc, best.valid_nll)):
+                    best, emb_tr, y_tr_best, best_offsets = res, e_tr, y_tr, offsets
     note(f"best head: pooling {best.pooling}, hidden {best.hidden}, weight decay {best.weight_decay:g}: "
          f"valid acc {best.valid_acc:.1%}")
     pooling = POOLING_CHOICES[best.pooling]
-    states, epochs, bag_grid = choose_bag(best, emb_tr, y_tr_best, emb_va, y_va, len(data.labels), cfg, note)
+    states, epochs, bag_grid = choose_bag(best, emb_tr, y_tr_best, emb_va, y_va, len(data.labels), cfg, note,
+                                          best_offsets)
     card = transfer_card(cfg, base, data.labels, best.pooling, best.hidden, finetune=False)
     if len(states) > 1:
         card.architecture["head"]["n"] = len(states)
@@ -606,17 +637,23 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         lv = net.head(torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))).numpy()
     valid_logits = _split_rows(lv, emb_va["track"], len(y_va))
     prior, prior_grid = None, []
-    if any(w > 0 for w in cfg.prior_weights):
+    if best.prior is not None:  # trained on top of it: the prior is part of the head
+        prior = prior_card(*best.prior)
+        valid_logits = _split_rows(lv + best_offsets[1], emb_va["track"], len(y_va))
+    elif any(w > 0 for w in cfg.prior_weights) and not cfg.prior_in_training:
         prior, valid_logits, prior_grid = choose_prior(lv, emb_va, y_va, data, base, cfg, note)
     if prior is not None:
         card.architecture["prior"] = prior
         card.description += (f" A zero-shot prior (MSD tags mapped to genres, '{prior['mapping_name']}', "
-                             f"weight {prior['weight']:g}) is added to the head's logits.")
+                             f"weight {prior['weight']:g}) is added to the head's logits"
+                             + (", and the head was trained on top of it." if best.prior else "."))
         net.set_prior(prior, data.labels)
     selected = {"pooling": best.pooling, "hidden": best.hidden, "weight_decay": best.weight_decay,
                 "epoch": best.epoch, "valid_accuracy_before_calibration": best.valid_acc}
     if cfg.augment_copies != [0]:
         selected["augment_copies"] = best.augment_copies
+    if best.prior is not None:
+        selected["prior_in_training"] = {"mapping": best.prior[0], "weight": best.prior[1]}
     if bag_grid:
         selected["heads"] = len(states)
         selected["head_epochs"] = epochs
@@ -652,7 +689,8 @@ def _refit_head(net: M.MusicnnTransfer, best: HeadResult, epochs: list[int], dat
     x = M.pool_embeddings(emb_fit, POOLING_CHOICES[best.pooling]).astype(np.float32)
     y = y_fit[emb_fit["track"]]
     spec = HeadSpec(len(data.labels), best.hidden, best.weight_decay)
-    refits = [train_head(x, y, spec, _with_seed(cfg, cfg.seed + j), stop_epoch=ep)[0].state_dict()
+    offset = None if best.prior is None else prior_offset(emb_fit, data.labels, *best.prior)
+    refits = [train_head(x, y, spec, _with_seed(cfg, cfg.seed + j), stop_epoch=ep, offset=offset)[0].state_dict()
               for j, ep in enumerate(epochs)]
     _load_heads(net, refits)
     note(f"refit the selected head(s) on train + valid ({len(x)} embeddings, {epochs} epochs)")
@@ -674,8 +712,8 @@ def _load_heads(net: M.MusicnnTransfer, states: list[dict]) -> None:
 
 
 def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: dict, y_va: np.ndarray,
-               n_classes: int, cfg: TransferConfig, note: Callable[[str], None]
-               ) -> tuple[list[dict], list[int], list[dict]]:
+               n_classes: int, cfg: TransferConfig, note: Callable[[str], None],
+               offsets: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict], list[int], list[dict]]:
     """Head bag size (cfg.heads) on valid: the chosen head's recipe trained again from seeds seed+1, ...
 
     Each extra head keeps its own best valid epoch; the bag's logits are the heads' mean.
@@ -687,10 +725,13 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
     xtr = M.pool_embeddings(emb_tr, pooling).astype(np.float32)
     ytr = y_tr_tracks[emb_tr["track"]]
     xva = torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))
+    off_tr, off_va = offsets or (None, 0.0)
     states, epochs, logits = [best.state], [best.epoch], []
     for j in range(1, max(sizes)):
         h, acc, nll, ep = train_head(xtr, ytr, HeadSpec(n_classes, best.hidden, best.weight_decay),
-                                     _with_seed(cfg, cfg.seed + j), ValidRows(xva.numpy(), emb_va["track"], y_va))
+                                     _with_seed(cfg, cfg.seed + j),
+                                     ValidRows(xva.numpy(), emb_va["track"], y_va, None if offsets is None else off_va),
+                                     offset=off_tr)
         note(f"  head seed {cfg.seed + j}: valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
         states.append(h.state_dict())
         epochs.append(ep)
@@ -701,13 +742,25 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
             logits.append(h.eval()(xva).numpy())
     grid, pick = [], None
     for k in sizes:
-        acc, nll = track_score(_split_rows(np.mean(logits[:k], axis=0), emb_va["track"], len(y_va)), y_va)
+        acc, nll = track_score(_split_rows(np.mean(logits[:k], axis=0) + off_va, emb_va["track"], len(y_va)), y_va)
         grid.append({"heads": k, "valid_acc": acc, "valid_nll": nll})
         note(f"  bag of {k} head(s): valid acc {acc:.1%} nll {nll:.3f}")
         if better(acc, nll, None if pick is None else pick[1:]):
             pick = (k, acc, nll)
     k = pick[0]
     return states[:k], epochs[:k], grid
+
+
+def prior_offset(emb: dict, labels: list[str], mapping: str, weight: float) -> np.ndarray:
+    """``weight`` x the zero-shot prior of each embedding row's MSD tags: what the network adds to its
+    head's logits when the card has that prior (MusicnnTransfer.logits_from)."""
+    m = M.zeroshot_matrix(labels, ZEROSHOT_MAPPINGS[mapping], M.MSD_TAGS)
+    return (weight * M.zeroshot_prior(torch.from_numpy(emb["tag_logits"]), m)).numpy().astype(np.float32)
+
+
+def prior_card(mapping: str, weight: float) -> dict[str, Any]:
+    """The card's ``architecture.prior`` for a zero-shot prior."""
+    return {"mapping": ZEROSHOT_MAPPINGS[mapping], "mapping_name": mapping, "agg": "max", "weight": weight}
 
 
 def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: Data, base: ModelCard,
@@ -733,9 +786,7 @@ def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: 
     row, seg = best
     if row["weight"] == 0:
         return None, seg, grid
-    prior = {"mapping": ZEROSHOT_MAPPINGS[row["mapping"]], "mapping_name": row["mapping"], "agg": "max",
-             "weight": row["weight"]}
-    return prior, seg, grid
+    return prior_card(row["mapping"], row["weight"]), seg, grid
 
 
 def _set_trainable(net: M.MusicnnTransfer, start: str) -> list[torch.nn.Parameter]:
