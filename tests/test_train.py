@@ -278,6 +278,10 @@ def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, t
     ('{"bogus_field": 1}', "bogus_field"),
     ('{"widths": [8, "x"]}', "widths"),
     ('{"aug_specaugment": 1}', "aug_specaugment"),
+    ('{"label_smoothing": 5}', "label_smoothing=5"),
+    ('{"segment_seconds": 100}', "segment_seconds=100"),
+    ('{"weight_decay": -1}', "weight_decay=-1"),
+    ('{"jobs": 0}', "jobs=0"),
 ])
 def test_train_params_with_a_bad_key_or_value_is_a_usage_error(tiny_gtzan, tmp_path, text, key):
     params = tmp_path / "p.json"
@@ -505,3 +509,17 @@ def test_options_named_after_config_fields_fill_them():
     assert cfg.lr == 0.5 and cfg.widths == [4, 8]  # the base wins over a default
     assert cfg.seed == 0 and cfg.out == "runs/x" and cfg.aug_stretch == []  # defaults fill the rest
     assert runner.invoke(app, ["--pitch", "x"]).exit_code != 0  # a bad number is an error, not a field
+
+
+def test_train_flags_and_params_files_share_one_range_per_setting():
+    """The typer bounds of train's flags are the ranges a --params file is checked against."""
+    from genretag.training.limits import RANGES
+    from genretag.training.train import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    for name, (lo, hi) in RANGES.items():
+        option = next(p for p in command.params if p.name == name)
+        assert (option.min, option.max) == (lo, hi), name
+        field = TrainConfig.__dataclass_fields__[name]
+        assert field.metadata["range"] == (lo, hi)
+        assert (lo is None or field.default >= lo) and (hi is None or field.default <= hi)

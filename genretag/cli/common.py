@@ -14,6 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from genretag.cli.app import err_console, info, state
+from genretag.training.limits import MAX_JOBS
 
 
 class Vote(str, Enum):
@@ -51,8 +52,6 @@ SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, max=MAX_SE
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]
-#: --jobs beyond this is a typo, not a machine: each job is a decoding process of its own.
-MAX_JOBS = 256
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Decoding worker processes, 1-{MAX_JOBS} (default: one per CPU core this process may use, at most 8; 1 decodes in this process).")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="tcp://HOST:PORT", help="Run on the Dask cluster of this scheduler (needs genretag\\[dask]; every worker must see the files at the same paths).")]
 SchedulerFileOpt = Annotated[Path | None, typer.Option("--scheduler-file", metavar="FILE", help="Run on the Dask cluster whose scheduler wrote FILE (dask scheduler --scheduler-file).")]

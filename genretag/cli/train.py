@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genretag.cli.app import app, command_line, err_console, fail, info, out_console, state
-from genretag.cli.common import MAX_JOBS, MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
+from genretag.cli.common import MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
+from genretag.training.limits import MAX_JOBS, MAX_LABEL_SMOOTHING, MAX_SEGMENT_SECONDS, MIN_LR, MIN_SEGMENT_SECONDS
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
@@ -22,11 +23,6 @@ ExtraOpt = Annotated[Path | None, typer.Option(
     "--extra", help="Excerpts folder with a manifest.csv (e.g. ../shared/data/gtzan-excerpts): each excerpt in its "
     "clip's fault-filtered subset; test excerpts are measured apart, never merged with the tracks.")]
 
-
-#: --label-smoothing below 1: at 1 every target is the uniform distribution and nothing is learnt.
-MAX_LABEL_SMOOTHING = 0.99
-#: --segment-seconds: the shortest sub-track a model card accepts (ModelCard.validate), and one GTZAN clip.
-MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 0.05, 30.0
 
 C = TypeVar("C")
 
@@ -89,7 +85,7 @@ def train_cmd(
     widths: Annotated[str | None, typer.Option(help="ResNet stage widths, e.g. '32,64,128,256'.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
-    lr: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate (the peak of the one-cycle schedule).")] = 2e-3,
+    lr: Annotated[float, typer.Option(min=MIN_LR, help="AdamW learning rate (the peak of the one-cycle schedule).")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW (decoupled) weight decay, 0 or more.")] = 1e-2,
     dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.3,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=MAX_LABEL_SMOOTHING, help=f"Cross-entropy label smoothing, 0-{MAX_LABEL_SMOOTHING} (1 would make every target uniform).")] = 0.1,

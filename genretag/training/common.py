@@ -3,6 +3,7 @@ the temperature, training crops and their augmentations, and running a network o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -16,6 +17,7 @@ from genretag.errors import ConfigError
 from genretag.pipeline.segments import cut_at
 from genretag.training import metrics
 from genretag.training.dataset import Track, WaveCache
+from genretag.training.limits import out_of_range
 
 C = TypeVar("C")
 
@@ -24,14 +26,14 @@ def config_from_dict(cls: type[C], d: Any) -> C:
     """A `cls` config (a dataclass) from a mapping of its field names, each value checked against the
     field's type by pydantic, strictly (no "10" for 10, no 1 for true; an int is taken for a float).
 
-    `ConfigError` (one line, naming the key) when `d` is not a mapping, a key is not a field, or a
-    value has the wrong type. The check reads the values as JSON, the form a --params file has."""
+    `ConfigError` (one line, naming the key) when `d` is not a mapping, a key is not a field, a
+    value has the wrong type, or is outside the range its field carries (training.limits). The check reads the values as JSON, the form a --params file has."""
     import pydantic
 
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object of {cls.__name__} fields, got {type(d).__name__}")
     try:
-        return _adapter(cls).validate_json(json.dumps(d))
+        cfg = _adapter(cls).validate_json(json.dumps(d))
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"]) or cls.__name__
@@ -40,6 +42,10 @@ def config_from_dict(cls: type[C], d: Any) -> C:
         raise ConfigError(f"{key}={err.get('input')!r}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
     except (TypeError, ValueError) as e:  # a value JSON cannot hold
         raise ConfigError(f"not JSON values: {e}") from None
+    for f in dataclasses.fields(cls):
+        if "range" in f.metadata and (msg := out_of_range(f.name, getattr(cfg, f.name), *f.metadata["range"])):
+            raise ConfigError(msg)
+    return cfg
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from genretag.training import common
 from genretag.training import evaluate as ev
 from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, wave_cache
 from genretag.training.excerpts import Excerpts, load_excerpts
+from genretag.training.limits import bounded
 
 
 @dataclass
@@ -51,9 +52,9 @@ class TrainConfig:
     layers: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     stem_stride: int = 2
-    dropout: float = 0.3
+    dropout: float = bounded("dropout", 0.3)
     sample_rate: int = 22050
-    segment_seconds: float = 3.0
+    segment_seconds: float = bounded("segment_seconds", 3.0)
     max_segments: int = 10
     n_fft: int = 1024
     hop_length: int = 512
@@ -61,9 +62,9 @@ class TrainConfig:
     epochs: int = 30
     steps_per_epoch: int = 0  # 0: about 8 crops per training track per epoch
     batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.1
+    lr: float = bounded("lr", 2e-3)
+    weight_decay: float = bounded("weight_decay", 1e-2)
+    label_smoothing: float = bounded("label_smoothing", 0.1)
     schedule: str = "onecycle"  # onecycle | cosine | constant
     balance: bool = True
     aug_gain_db: float = 6.0  # 0: off
@@ -76,7 +77,7 @@ class TrainConfig:
     patience: int = 12
     seed: int = 0
     device: str = "auto"
-    jobs: int = 2
+    jobs: int = bounded("jobs", 2)
     half_weights: bool = True  # store weights as float16 (halves the file, same accuracy)
     command: str = ""  # the command line that started the run, recorded in the card (the CLI passes its own)
 
