@@ -233,11 +233,10 @@ def test_evaluate_figures_match_the_card(tiny_card, tiny_gtzan, tmp_path):
     assert rep["macro_f1"] == pytest.approx(card["metrics"]["test"]["macro_f1"])
 
 
-def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, tmp_path, monkeypatch):
-    """`train --params best_params.json`: the searched values from the file, epochs/patience from train's own
-    defaults or flags (a file of tune's choices never carries tune's short budget)."""
+@pytest.fixture
+def trained_configs(tmp_path, monkeypatch) -> list:
+    """`genretag train` without the training: the TrainConfig each call would train, in order."""
     import genretag.training.train as training
-    from genretag.training.tune import searched
 
     seen = []
 
@@ -246,6 +245,17 @@ def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, t
         card = tmp_path / "card.json"
         card.write_text(json.dumps({"metrics": {}}))
         return card
+
+    monkeypatch.setattr(training, "train", fake_train)
+    return seen
+
+
+def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, tmp_path, trained_configs):
+    """`train --params best_params.json`: the searched values from the file, epochs/patience from train's own
+    defaults or flags (a file of tune's choices never carries tune's short budget)."""
+    from genretag.training.tune import searched
+
+    seen = trained_configs
 
     class Trial:  # what searched() reads of an Optuna trial
         params = {"width": 16, "lr": 1e-3, "weight_decay": 0.05, "dropout": 0.2, "label_smoothing": 0.0,
@@ -261,7 +271,6 @@ def test_train_params_take_only_the_file_keys_and_flags_the_budget(tiny_gtzan, t
     assert "widths" not in searched(Trial(), replace(tune_base, arch="cnn1d", widths=[]))
     params = tmp_path / "best_params.json"
     params.write_text(json.dumps(best))
-    monkeypatch.setattr(training, "train", fake_train)
     r = runner.invoke(app, ["train", str(tiny_gtzan), "--params", str(params), "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     cfg = seen[-1]
@@ -421,19 +430,9 @@ def test_tune_jobs_beyond_the_bound_is_a_usage_error(tiny_gtzan, tmp_path):
     assert not out.exists()
 
 
-def test_hyper_parameters_at_their_bounds_are_taken(tiny_gtzan, tmp_path, monkeypatch):
+def test_hyper_parameters_at_their_bounds_are_taken(tiny_gtzan, tmp_path, trained_configs):
     """The ends of each range are values, not errors: they reach the TrainConfig as given."""
-    import genretag.training.train as training
-
-    seen = []
-
-    def fake_train(cfg, **kw):
-        seen.append(cfg)
-        card = tmp_path / "card.json"
-        card.write_text(json.dumps({"metrics": {}}))
-        return card
-
-    monkeypatch.setattr(training, "train", fake_train)
+    seen = trained_configs
     for args, field, value in ((["--label-smoothing", "0.99"], "label_smoothing", 0.99),
                                (["--weight-decay", "0"], "weight_decay", 0.0),
                                (["--segment-seconds", "30"], "segment_seconds", 30.0),
