@@ -328,3 +328,24 @@ def test_transfer_trains_heads_on_top_of_the_prior_and_ships_that_prior(data, tm
         head = ln.net.head(M.pool_embeddings(emb, ln.card.architecture["pooling"]))
     off = T.prior_offset({"tag_logits": tags.numpy()}, list(card.labels), chosen["mapping"], chosen["weight"])
     assert np.allclose(out.numpy(), head.numpy() + off, atol=1e-4)
+
+
+def test_prior_in_training_without_a_weight_is_a_usage_error(data, tmp_path: Path) -> None:
+    from genretag.cli import app
+
+    whole, _ = data
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["transfer", str(whole), "--mode", "head", "--prior-in-training", "--device", "cpu",
+                                 "--out", str(out)])
+    assert r.exit_code == 2
+    assert "--prior-in-training needs --prior-weight with a weight above 0" in r.stderr
+    assert "Traceback" not in r.output and not out.exists()
+
+
+def test_an_offset_of_the_wrong_shape_is_refused() -> None:
+    from genretag.training import transfer as T
+
+    x = np.zeros((6, 4), np.float32)
+    y = np.arange(6) % 3
+    with pytest.raises(ValueError, match="one row of 3 logits per training row"):
+        T.train_head(x, y, T.HeadSpec(3, 0, 0.01), T.TransferConfig(head_epochs=5), offset=np.zeros((5, 3)))

@@ -440,6 +440,8 @@ def _train_head(xtr: np.ndarray, ytr: np.ndarray, spec: HeadSpec, cfg: TransferC
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=weight_decay)
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
     off = None if offset is None else torch.from_numpy(np.asarray(offset, np.float32))
+    if off is not None and off.shape != (len(X), n_classes):
+        raise ValueError(f"offset is {tuple(off.shape)}, not one row of {n_classes} logits per training row")
     last = cfg.head_epochs if stop_epoch is None else min(stop_epoch, cfg.head_epochs)
     best = (-1.0, math.inf, 0, None)
     steps_per_epoch = max(1, math.ceil(len(X) / cfg.head_batch))
@@ -586,6 +588,13 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     tagger, base = _load_tagger(cfg, device)
+    priors: list[tuple[str, float] | None] = [None]
+    if cfg.prior_in_training:
+        if tuple(base.labels) != M.MSD_TAGS:
+            raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+        priors = [(m, w) for m in cfg.zeroshot_mappings for w in cfg.prior_weights if w > 0]
+        if not priors:
+            raise ValueError("--prior-in-training needs --prior-weight with a weight above 0")
     data = data or load_data(cfg, base.audio.sample_rate)
     note(f"{data.n_found} tracks found; split {cfg.split}: "
          + ", ".join(f"{k} {len(v)}" for k, v in data.parts.items()))
@@ -593,11 +602,6 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         note("excerpts: " + ", ".join(f"{k} {v}" for k, v in data.excerpts.counts().items())
              + " (test excerpts held out, measured apart)")
     emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
-    priors: list[tuple[str, float] | None] = [None]
-    if cfg.prior_in_training:
-        if tuple(base.labels) != M.MSD_TAGS:
-            raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
-        priors = [(m, w) for m in cfg.zeroshot_mappings for w in cfg.prior_weights if w > 0] or [None]
     best, grid, emb_tr, best_offsets = None, [], None, None
     for copies in cfg.augment_copies:
         for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
