@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,32 @@ def test_schedule_streams_unless_rounds_are_asked_for(monkeypatch) -> None:
     assert not _streams()
     monkeypatch.setenv("GENRETAG_SCHEDULE", "stream")
     assert _streams()
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_worker_killed_while_sending_its_result_does_not_hang_the_run(tmp_path, overlap: bool) -> None:
+    """The wedge a SIGKILL mid-send leaves: half a message in the pool's result pipe (loky's manager
+    thread waits for the rest of it, so it never sees the dead worker) and a dead worker. Made here
+    by hand, then the run must notice, break the pool, and decode every file on a fresh one."""
+    import signal
+    import struct
+    import threading
+
+    from genretag.pipeline.inference import _executor
+
+    files = [make_file(tmp_path / f"w{i:02d}.flac", seconds=1.0, freq=300.0 + 20 * i) for i in range(6)]
+    ex = _executor(2)
+    assert ex.submit(os.getpid).result(timeout=60)  # the workers are up
+    os.write(ex._result_queue._writer.fileno(), struct.pack("!i", 1000) + b"half a message")
+    time.sleep(0.5)  # the manager thread is now reading a message that never ends
+    os.kill(next(iter(ex._processes.values())).pid, signal.SIGKILL)
+    got: list = []
+    run = threading.Thread(target=lambda: got.extend(_decode_all(files, 2, overlap)), daemon=True)
+    run.start()
+    run.join(timeout=120)
+    assert not run.is_alive(), "the run waited on a wedged pool"
+    assert [p.path for p in got] == [str(f) for f in files]
+    assert all(p.error is None and p.waves.shape == (1, 16000) for p in got), [p.error for p in got]
 
 
 @pytest.mark.parametrize("overlap", [True, False])

@@ -193,7 +193,7 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
         while len(window) < prefetch and submit():
             pass
         if not overlap:  # the round decodes while the consumer waits
-            wait([f for _, f in window])
+            watched(lambda t: _all_done([f for _, f in window], t), executor)
 
     try:
         while True:
@@ -203,7 +203,7 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
                     break
             path, fut = window.popleft()
             try:
-                result = fut.result()
+                result = watched(fut.result, executor)
             except Exception:  # the pool broke: prepare_file itself never raises
                 result = _retry_alone(path, params, segments, jobs)
                 executor = _executor(jobs)
@@ -218,6 +218,61 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
             fut.cancel()
 
 
+#: How often a wait on the decoding pool looks for a worker that died without the pool noticing.
+WATCH_SECONDS = 1.0
+
+
+def watched(call, executor):
+    """``call(timeout)`` until it returns instead of raising TimeoutError, unwedging `executor`
+    if a worker died under it.
+
+    A worker killed while it writes its result (SIGKILL from the OOM killer) leaves half a
+    message in the pool's result pipe, with the pipe's write lock held: loky's manager
+    thread then waits for the rest of the message and the other workers for the lock, so
+    the pool is never marked broken and a plain ``Future.result()`` waits forever. A dead
+    worker in a pool that is still not broken one look later is that case: the remaining
+    workers are killed and the parent's copy of the pipe's write end is closed, so the
+    manager thread reads end-of-file, the pool breaks, and the futures raise
+    (prepare_stream then decodes the files in flight again on a fresh pool).
+    """
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    suspect = False
+    while True:
+        try:
+            return call(WATCH_SECONDS)
+        except FutureTimeout:
+            pass
+        dead = _died(executor)
+        if dead and suspect:
+            _unwedge(executor)
+        suspect = dead
+
+
+def _all_done(futures: list[Future], timeout: float) -> None:
+    """Wait for every future, as Future.result does for one: TimeoutError when some are still running."""
+    if wait(futures, timeout=timeout).not_done:
+        raise TimeoutError
+
+
+def _died(executor) -> bool:
+    """A worker of `executor` ended abnormally (killed or crashed) and the pool is not marked broken."""
+    if executor._flags.broken:
+        return False
+    return any(p.exitcode not in (None, 0) for p in list((executor._processes or {}).values()))
+
+
+def _unwedge(executor) -> None:
+    import contextlib
+    import signal
+
+    for p in list((executor._processes or {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(p.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError, AttributeError):
+        executor._result_queue._writer.close()
+
+
 def _executor(jobs: int):
     """joblib's reusable loky pool, with single-threaded math libraries in the workers."""
     from joblib.externals.loky import get_reusable_executor
@@ -229,7 +284,8 @@ def _executor(jobs: int):
 
 def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int) -> Prepared:
     try:
-        return _executor(jobs).submit(prepare_file, path, params, segments).result()
+        executor = _executor(jobs)
+        return watched(executor.submit(prepare_file, path, params, segments).result, executor)
     except Exception as e:
         return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
 
