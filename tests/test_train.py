@@ -237,6 +237,7 @@ def test_evaluate_figures_match_the_card(tiny_card, tiny_gtzan, tmp_path):
 def trained_configs(tmp_path, monkeypatch) -> list:
     """`genretag train` without the training: the TrainConfig each call would train, in order."""
     import genretag.training.train as training
+    import genretag.training.tune  # noqa: F401  (binds the real train at import: not the stand-in below)
 
     seen = []
 
