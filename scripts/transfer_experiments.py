@@ -144,12 +144,11 @@ def main() -> None:
     msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
     if msd:
         e = embs[msd]
-        tag_lg = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
+        va_tags = {"tag_logits": np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]])}
         va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
         for mname in ("proxy", "strict"):
             # what `transfer --prior-weight` adds to the head's logits (training.transfer.choose_prior)
-            zlog = M.zeroshot_prior(tag_lg, M.zeroshot_matrix(data.labels, T.ZEROSHOT_MAPPINGS[mname],
-                                                              M.MSD_TAGS)).numpy()
+            zlog = T.prior_offset(va_tags, data.labels, mname, 1.0)
             for combo, seg in best_logits.items():
                 head_lg = np.concatenate(seg)
                 for w in (0.25, 0.5, 1.0, 2.0):
@@ -160,15 +159,14 @@ def main() -> None:
                     log(f"{'+'.join(combo):<45} + zero-shot {mname} x{w:<4g} tracks {row['valid_tracks']:.1%} "
                         f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}")
     # the prior inside training: the head learns a residual over w * zero-shot log scores
-    msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
-    for w in [float(x) for x in args.trained_prior.split(",") if x]:
+    trained_weights = [float(x) for x in args.trained_prior.split(",") if x]
+    if trained_weights:
         e = embs[msd]
         xtr, tr_track, is_ex, xva, va_track = valid_rows((msd,))
-        tr_tags = torch.from_numpy(np.concatenate([e["train"]["tag_logits"], e["train_excerpts"]["tag_logits"]]))
-        va_tags = torch.from_numpy(np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]]))
+        tr_tags = {"tag_logits": np.concatenate([e["train"]["tag_logits"], e["train_excerpts"]["tag_logits"]])}
+    for w in trained_weights:
         for mname in ("strict", "proxy"):
-            mat = M.zeroshot_matrix(data.labels, T.ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)
-            ztr, zva = (w * M.zeroshot_prior(t, mat).numpy() for t in (tr_tags, va_tags))
+            ztr, zva = (T.prior_offset(t, data.labels, mname, w) for t in (tr_tags, va_tags))
             for rep in [int(r) for r in args.extra_repeat.split(",")]:
                 idx = np.concatenate([np.flatnonzero(~is_ex), np.repeat(np.flatnonzero(is_ex), rep)])
                 for hidden in [int(h) for h in args.hidden.split(",")]:

@@ -17,6 +17,7 @@ from genretag.cli.app import app, command_line, err_console, fail, info, out_con
 from genretag.cli.common import MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
 from genretag.training.limits import MAX_JOBS, MAX_LABEL_SMOOTHING, MAX_SEGMENT_SECONDS, MIN_LR, MIN_SEGMENT_SECONDS
 
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")]
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="fault-filtered (artist-aware), random (leaky) or kfold:K.")]
 ExtraOpt = Annotated[Path | None, typer.Option(
@@ -106,7 +107,7 @@ def train_cmd(
     params: Annotated[Path | None, typer.Option(help="JSON of TrainConfig fields (e.g. from `genretag tune`); flags given here win.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint (none there: a note, then a new run).")] = False,
     device: DeviceOpt = Device.auto,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")] = 2,
+    jobs: JobsOpt = 2,
 ) -> None:
     """Train a genre model on a GTZAN-layout folder (split by track, then cut into sub-tracks).
 
@@ -278,7 +279,7 @@ def tune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/tune"),
     seed: int = 0,
     device: DeviceOpt = Device.auto,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")] = 2,
+    jobs: JobsOpt = 2,
 ) -> None:
     """Search hyper-parameters with Optuna (pruning, resumable SQLite study); saves best_params.json for `train --params`.
 

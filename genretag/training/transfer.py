@@ -590,8 +590,7 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
     tagger, base = _load_tagger(cfg, device)
     priors: list[tuple[str, float] | None] = [None]
     if cfg.prior_in_training:
-        if tuple(base.labels) != M.MSD_TAGS:
-            raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+        _require_msd_tags(base)
         priors = [(m, w) for m in cfg.zeroshot_mappings for w in cfg.prior_weights if w > 0]
         if not priors:
             raise ValueError("--prior-in-training needs --prior-weight with a weight above 0")
@@ -602,6 +601,7 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
         note("excerpts: " + ", ".join(f"{k} {v}" for k, v in data.excerpts.counts().items())
              + " (test excerpts held out, measured apart)")
     emb_va, y_va = merged_embeddings(data, data.with_excerpts("valid"), tagger, base, device, note=note)
+    va_offsets = {pr: prior_offset(emb_va, data.labels, *pr) for pr in priors if pr is not None}
     best, grid, emb_tr, best_offsets = None, [], None, None
     for copies in cfg.augment_copies:
         for repeat in cfg.extra_repeat if data.excerpts is not None else [1]:
@@ -610,8 +610,7 @@ def run_head(cfg: TransferConfig, note: Callable[[str], None] = lambda s: None,
             e_tr, y_tr = augmented_embeddings(data, data.with_excerpts("train"), copies, tagger, base, device,
                                               dense=cfg.train_crops, note=note, repeat_excerpts=repeat)
             for pr in priors:
-                offsets = None if pr is None else (prior_offset(e_tr, data.labels, *pr),
-                                                   prior_offset(emb_va, data.labels, *pr))
+                offsets = None if pr is None else (prior_offset(e_tr, data.labels, *pr), va_offsets[pr])
                 if pr is not None:
                     note(f"heads trained on top of the zero-shot prior '{pr[0]}' x {pr[1]:g}")
                 res, g = fit_head(e_tr, emb_va, y_tr, y_va, len(data.labels), cfg, note, offsets)
@@ -729,12 +728,12 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
     xtr = M.pool_embeddings(emb_tr, pooling).astype(np.float32)
     ytr = y_tr_tracks[emb_tr["track"]]
     xva = torch.from_numpy(M.pool_embeddings(emb_va, pooling).astype(np.float32))
-    off_tr, off_va = offsets or (None, 0.0)
+    off_tr, off_va = offsets or (None, None)
     states, epochs, logits = [best.state], [best.epoch], []
     for j in range(1, max(sizes)):
         h, acc, nll, ep = train_head(xtr, ytr, HeadSpec(n_classes, best.hidden, best.weight_decay),
                                      _with_seed(cfg, cfg.seed + j),
-                                     ValidRows(xva.numpy(), emb_va["track"], y_va, None if offsets is None else off_va),
+                                     ValidRows(xva.numpy(), emb_va["track"], y_va, off_va),
                                      offset=off_tr)
         note(f"  head seed {cfg.seed + j}: valid acc {acc:.1%} nll {nll:.3f} (epoch {ep})")
         states.append(h.state_dict())
@@ -746,7 +745,8 @@ def choose_bag(best: HeadResult, emb_tr: dict, y_tr_tracks: np.ndarray, emb_va: 
             logits.append(h.eval()(xva).numpy())
     grid, pick = [], None
     for k in sizes:
-        acc, nll = track_score(_split_rows(np.mean(logits[:k], axis=0) + off_va, emb_va["track"], len(y_va)), y_va)
+        bag = np.mean(logits[:k], axis=0)
+        acc, nll = track_score(_split_rows(bag if off_va is None else bag + off_va, emb_va["track"], len(y_va)), y_va)
         grid.append({"heads": k, "valid_acc": acc, "valid_nll": nll})
         note(f"  bag of {k} head(s): valid acc {acc:.1%} nll {nll:.3f}")
         if better(acc, nll, None if pick is None else pick[1:]):
@@ -762,6 +762,11 @@ def prior_offset(emb: dict, labels: list[str], mapping: str, weight: float) -> n
     return (weight * M.zeroshot_prior(torch.from_numpy(emb["tag_logits"]), m)).numpy().astype(np.float32)
 
 
+def _require_msd_tags(base: ModelCard) -> None:
+    if tuple(base.labels) != M.MSD_TAGS:
+        raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+
+
 def prior_card(mapping: str, weight: float) -> dict[str, Any]:
     """The card's ``architecture.prior`` for a zero-shot prior."""
     return {"mapping": ZEROSHOT_MAPPINGS[mapping], "mapping_name": mapping, "agg": "max", "weight": weight}
@@ -772,14 +777,12 @@ def choose_prior(head_logits: np.ndarray, emb_va: dict, y_va: np.ndarray, data: 
     """Blend weight and mapping of the zero-shot prior, chosen on valid (weight 0: no prior).
 
     Returns (the card's ``prior`` or None, the chosen valid sub-track logits, the grid)."""
-    if tuple(base.labels) != M.MSD_TAGS:
-        raise ValueError("the zero-shot prior maps MSD tags: use it with an MSD tagger trunk")
+    _require_msd_tags(base)
     tracks = [t for s in data.with_excerpts("valid") for t in data.parts[s]]
-    tag_logits = torch.from_numpy(emb_va["tag_logits"])
     weights = sorted({0.0, *cfg.prior_weights})
     grid, best = [], None
     for mname in cfg.zeroshot_mappings:
-        zl = M.zeroshot_prior(tag_logits, M.zeroshot_matrix(data.labels, ZEROSHOT_MAPPINGS[mname], M.MSD_TAGS)).numpy()
+        zl = prior_offset(emb_va, data.labels, mname, 1.0)
         for w in weights:
             seg = _split_rows(head_logits + w * zl, emb_va["track"], len(y_va))
             row = _valid_row({"mapping": mname, "weight": w}, seg, y_va, data.labels, tracks)
