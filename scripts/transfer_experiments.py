@@ -13,6 +13,11 @@ never touched here: the chosen recipe is trained with `genretag transfer` and me
 
 Every row reports valid accuracy on the tracks (soft vote), on the excerpts (one sub-track each)
 and pooled (each excerpt counts as one track: the selection figure of `transfer --extra`).
+
+`--augment-copies N` trains on N library versions of every training item beside the clean audio
+(as `transfer --augment-copies`); `--valid-library 1,2` scores every row on those library versions
+of the valid items as well (training/augment.py: mastering, EQ tilt, MP3 round trip), so a recipe's
+robustness to how a real library's files differ from GTZAN's shows beside its clean figure.
 """
 
 from __future__ import annotations
@@ -42,15 +47,32 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def trunk_embeddings(data: T.Data, spec: str, crops: int) -> dict[str, dict]:
+def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
+                     valid_library: tuple[int, ...] = ()) -> dict[str, dict]:
     """A trunk's cached embeddings; ``NAME:tags`` takes only its 50 tag logits as the head's input,
-    ``NAME:tags+all`` the tag logits beside the usual pooled embeddings."""
+    ``NAME:tags+all`` the tag logits beside the usual pooled embeddings.
+
+    ``copies``: the training rows also hold that many library versions of every training item (as
+    ``transfer --augment-copies``; a version's rows keep their item's track number, for its label).
+    ``valid_library``: library versions K of the valid items, under ``valid@K`` and
+    ``valid_excerpts@K``, scored beside the clean valid items and never trained on.
+    """
     name, _, what = spec.partition(":")
     card = load_card(REPO / "models" / f"{name}.json")
     net = T.as_stored(M.load_musicnn(REPO / "models" / card.weights), half=True)
+
+    def embed(d: T.Data, subset: str, dense: int) -> dict:
+        return T.cached_embeddings(d, subset, net, card, "cpu", dense=dense, note=log)
+
     out = {}
-    for subset, dense in (("train", crops), ("train_excerpts", crops), ("valid", 0), ("valid_excerpts", 0)):
-        out[subset] = T.cached_embeddings(data, subset, net, card, "cpu", dense=dense, note=log)
+    for subset in ("train", "train_excerpts"):
+        parts = [embed(data, subset, crops)]
+        parts += [embed(T.library_data(data, [subset], k, log), subset, crops) for k in range(copies)]
+        out[subset] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    for subset in ("valid", "valid_excerpts"):
+        out[subset] = embed(data, subset, 0)
+        for k in valid_library:
+            out[f"{subset}@{k}"] = embed(T.library_data(data, [subset], k, log), subset, 0)
     pooling = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
     out["pooling"] = {"": pooling, "tags": [], "tags+all": pooling}[what]
     out["tags"] = what.startswith("tags")
@@ -89,6 +111,11 @@ def main() -> None:
     ap.add_argument("--trained-prior", default="",
                     help="zero-shot prior weights to train the head on top of (the prior inside the loss), e.g. '0.5,1,2'")
     ap.add_argument("--skip-grid", action="store_true", help="only the --trained-prior rows")
+    ap.add_argument("--augment-copies", type=int, default=0,
+                    help="library versions of every training item added to training (as transfer --augment-copies)")
+    ap.add_argument("--valid-library", default="",
+                    help="library versions K of the valid items to score every row on as well, e.g. '1,2' "
+                         "(robustness to mastering, EQ and codec; never trained on)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -96,13 +123,15 @@ def main() -> None:
     cfg = T.TransferConfig(data_dir=args.data, extra=args.extra, device="cpu", train_crops=args.train_crops)
     data = T.load_data(cfg)
     trunks = args.trunks.split(",")
-    embs = {t: trunk_embeddings(data, t, cfg.train_crops) for t in trunks}
+    libs = tuple(int(k) for k in args.valid_library.split(",") if k)
+    embs = {t: trunk_embeddings(data, t, cfg.train_crops, args.augment_copies, libs) for t in trunks}
     n_tr, n_va = len(data.parts["train"]), len(data.parts["valid"])
     y_tr_tracks = data.y_of(["train", "train_excerpts"])
     y_va = data.y_of(["valid", "valid_excerpts"])
     rows: list[dict] = []
     results = Path(args.json)
     best_logits: dict[tuple, list[np.ndarray]] = {}
+    best_heads: dict[tuple, torch.nn.Module] = {}  # the head behind each best_logits entry
 
     def valid_rows(trunk_set):
         e0 = embs[trunk_set[0]]
@@ -112,6 +141,24 @@ def main() -> None:
         xva = np.concatenate([features(embs, trunk_set, "valid"), features(embs, trunk_set, "valid_excerpts")])
         is_ex = np.concatenate([np.zeros(len(e0["train"]["track"]), bool), np.ones(len(e0["train_excerpts"]["track"]), bool)])
         return xtr, tr_track, is_ex, xva, va_track
+
+    def valid_x(trunk_set, lib: int | None = None) -> np.ndarray:
+        at = "" if lib is None else f"@{lib}"
+        return np.concatenate([features(embs, trunk_set, "valid" + at), features(embs, trunk_set, "valid_excerpts" + at)])
+
+    def valid_tags(trunk: str, lib: int | None = None) -> dict:
+        at = "" if lib is None else f"@{lib}"
+        e = embs[trunk]
+        return {"tag_logits": np.concatenate([e["valid" + at]["tag_logits"], e["valid_excerpts" + at]["tag_logits"]])}
+
+    def on_library(predict, trunk_set) -> dict:
+        """``predict(features, lib)`` -> per-row logits, scored on each library version of valid."""
+        va_track = valid_rows(trunk_set)[4]
+        return {"library": {str(k): scores(T._split_rows(predict(valid_x(trunk_set, k), k), va_track, len(y_va)),
+                                           y_va, n_va) for k in libs}} if libs else {}
+
+    def lib_text(row: dict) -> str:
+        return "".join(f" | lib{k} {v['valid_pooled']:.1%}" for k, v in row.get("library", {}).items())
 
     combos = [(t,) for t in trunks] + [c for k in (2, 4) for c in itertools.combinations(trunks, k)]
     for combo in [] if args.skip_grid else combos:
@@ -128,23 +175,26 @@ def main() -> None:
                     with torch.no_grad():
                         lv = head(torch.from_numpy(xva)).numpy()
                     seg = T._split_rows(lv, va_track, len(y_va))
+                    with torch.no_grad():
+                        on_lib = on_library(lambda x, _k, h=head: h(torch.from_numpy(x)).numpy(), combo)
                     row = {"trunks": list(combo), "extra_repeat": rep, "hidden": hidden, "weight_decay": wd,
-                           "epoch": ep, "valid_nll": nll, **scores(seg, y_va, n_va),
+                           "epoch": ep, "valid_nll": nll, **scores(seg, y_va, n_va), **on_lib,
                            "seconds": round(time.time() - t0, 1)}
                     rows.append(row)
                     log(f"{'+'.join(combo):<45} rep {rep} h {hidden:<3} wd {wd:<4g} ep {ep:<2} "
                         f"tracks {row['valid_tracks']:.1%} excerpts {row['valid_excerpts']:.1%} "
-                        f"pooled {row['valid_pooled']:.1%}")
+                        f"pooled {row['valid_pooled']:.1%}{lib_text(row)}")
                     if best is None or (row["valid_pooled"], -nll) > (best[0]["valid_pooled"], -best[0]["valid_nll"]):
-                        best = (row, seg)
+                        best = (row, seg, head)
         best_logits[combo] = best[1]
+        best_heads[combo] = best[2]
         results.write_text(json.dumps({"rows": rows}, indent=1))
 
     # zero-shot blend: head logits + w * log(zero-shot score) of the MSD tags, per sub-track
     msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
     if msd:
         e = embs[msd]
-        va_tags = {"tag_logits": np.concatenate([e["valid"]["tag_logits"], e["valid_excerpts"]["tag_logits"]])}
+        va_tags = valid_tags(msd)
         va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
         for mname in ("proxy", "strict"):
             # what `transfer --prior-weight` adds to the head's logits (training.transfer.choose_prior)
@@ -153,11 +203,15 @@ def main() -> None:
                 head_lg = np.concatenate(seg)
                 for w in (0.25, 0.5, 1.0, 2.0):
                     blend = T._split_rows(head_lg + w * zlog, va_track, len(y_va))
+
+                    def blended(x, k, h=best_heads[combo], m=mname, w=w):
+                        with torch.no_grad():
+                            return h(torch.from_numpy(x)).numpy() + T.prior_offset(valid_tags(msd, k), data.labels, m, w)
                     row = {"trunks": list(combo), "blend": f"zeroshot-{mname}", "weight": w,
-                           **scores(blend, y_va, n_va)}
+                           **scores(blend, y_va, n_va), **on_library(blended, combo)}
                     rows.append(row)
                     log(f"{'+'.join(combo):<45} + zero-shot {mname} x{w:<4g} tracks {row['valid_tracks']:.1%} "
-                        f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}")
+                        f"excerpts {row['valid_excerpts']:.1%} pooled {row['valid_pooled']:.1%}{lib_text(row)}")
     # the prior inside training: the head learns a residual over w * zero-shot log scores
     trained_weights = [float(x) for x in args.trained_prior.split(",") if x]
     if trained_weights:
@@ -176,13 +230,15 @@ def main() -> None:
                                                           T.ValidRows(xva, va_track, y_va, zva), offset=ztr[idx])
                         with torch.no_grad():
                             lv = head(torch.from_numpy(xva)).numpy() + zva
+                            on_lib = on_library(lambda x, k, h=head, m=mname, w=w: h(torch.from_numpy(x)).numpy()
+                                                + T.prior_offset(valid_tags(msd, k), data.labels, m, w), (msd,))
                         row = {"trunks": [msd], "trained_prior": mname, "weight": w, "extra_repeat": rep,
                                "hidden": hidden, "weight_decay": wd, "epoch": ep, "valid_nll": nll,
-                               **scores(T._split_rows(lv, va_track, len(y_va)), y_va, n_va)}
+                               **scores(T._split_rows(lv, va_track, len(y_va)), y_va, n_va), **on_lib}
                         rows.append(row)
                         log(f"trained prior {mname:<6} x{w:<4g} rep {rep} h {hidden:<3} wd {wd:<4g} ep {ep:<2} "
                             f"tracks {row['valid_tracks']:.1%} excerpts {row['valid_excerpts']:.1%} "
-                            f"pooled {row['valid_pooled']:.1%} nll {nll:.3f}")
+                            f"pooled {row['valid_pooled']:.1%} nll {nll:.3f}{lib_text(row)}")
                         results.write_text(json.dumps({"rows": rows}, indent=1))
     # ensembles of the single-trunk heads: mean of probabilities
     singles = [c for c in best_logits if len(c) == 1]

@@ -247,7 +247,8 @@ def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path:
 
 def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(data, tmp_path: Path) -> None:
     """``NAME:tags`` trains heads on the 50 tag logits alone; ``--trained-prior W`` trains a head on top
-    of W x the zero-shot prior and scores it with the prior added, on valid items only."""
+    of W x the zero-shot prior and scores it with the prior added, on valid items only; ``--valid-library``
+    scores each row on library versions of the valid items as well."""
     import subprocess
     import sys
 
@@ -257,7 +258,7 @@ def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(d
     r = subprocess.run([sys.executable, str(script), str(whole), "--extra", str(ex),
                         "--trunks", "msd-musicnn:tags", "--hidden", "0", "--weight-decay", "0.01",
                         "--extra-repeat", "1", "--train-crops", "2", "--trained-prior", "0.5",
-                        "--json", str(out)],
+                        "--augment-copies", "1", "--valid-library", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=600, check=False,
                        env={**os.environ, "GENRETAG_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -268,6 +269,12 @@ def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(d
     assert sorted(row["trained_prior"] for row in trained) == ["proxy", "strict"]
     assert all(row["weight"] == 0.5 and row["n"] == [6, 3] for row in trained)
     assert heads[0]["valid_pooled"] > 1 / 3  # the tags of three clearly different signals: better than chance
+    # --valid-library 1: every head, blend and trained-prior row is also scored on library version 1 of
+    # the same valid items (--augment-copies 1 trained on library version 0 of the training items)
+    scored = [row for row in rows if "ensemble" not in row]
+    assert scored and all(set(row["library"]) == {"1"} for row in scored)
+    assert all(row["library"]["1"]["n"] == [6, 3] for row in scored)
+    assert heads[0]["library"]["1"]["valid_pooled"] > 1 / 3
 
 
 def test_a_head_trained_on_an_offset_is_scored_with_it() -> None:
