@@ -151,11 +151,18 @@ def main() -> None:
         e = embs[trunk]
         return {"tag_logits": np.concatenate([e["valid" + at]["tag_logits"], e["valid_excerpts" + at]["tag_logits"]])}
 
+    e0 = embs[trunks[0]]
+    va_track_all = np.concatenate([e0["valid"]["track"], e0["valid_excerpts"]["track"] + n_va])
+
     def on_library(predict, trunk_set) -> dict:
         """``predict(features, lib)`` -> per-row logits, scored on each library version of valid."""
-        va_track = valid_rows(trunk_set)[4]
-        return {"library": {str(k): scores(T._split_rows(predict(valid_x(trunk_set, k), k), va_track, len(y_va)),
-                                           y_va, n_va) for k in libs}} if libs else {}
+        out = {}
+        for k in libs:
+            x = valid_x(trunk_set, k)
+            if len(x) != len(va_track_all):  # a library version keeps its item's length, so its sub-tracks
+                raise SystemExit(f"library version {k} of valid has {len(x)} sub-tracks, not {len(va_track_all)}")
+            out[str(k)] = scores(T._split_rows(predict(x, k), va_track_all, len(y_va)), y_va, n_va)
+        return {"library": out} if out else {}
 
     def lib_text(row: dict) -> str:
         return "".join(f" | lib{k} {v['valid_pooled']:.1%}" for k, v in row.get("library", {}).items())
