@@ -52,8 +52,9 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
     """A trunk's cached embeddings; ``NAME:tags`` takes only its 50 tag logits as the head's input,
     ``NAME:tags+all`` the tag logits beside the usual pooled embeddings.
 
-    ``copies``: the training rows also hold that many library versions of every training item (as
-    ``transfer --augment-copies``; a version's rows keep their item's track number, for its label).
+    ``copies``: the training rows also hold that many library versions of every training item
+    (``transfer.augmented_embeddings``, as ``transfer --augment-copies``); each training subset's
+    labels, one per item and version, are under ``y_<subset>``.
     ``valid_library``: library versions K of the valid items, under ``valid@K`` and
     ``valid_excerpts@K``, scored beside the clean valid items and never trained on.
     """
@@ -66,9 +67,8 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
 
     out = {}
     for subset in ("train", "train_excerpts"):
-        parts = [embed(data, subset, crops)]
-        parts += [embed(T.library_data(data, [subset], k, log), subset, crops) for k in range(copies)]
-        out[subset] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
+                                                                 dense=crops, note=log)
     for subset in ("valid", "valid_excerpts"):
         out[subset] = embed(data, subset, 0)
         for k in valid_library:
@@ -125,8 +125,10 @@ def main() -> None:
     trunks = args.trunks.split(",")
     libs = tuple(int(k) for k in args.valid_library.split(",") if k)
     embs = {t: trunk_embeddings(data, t, cfg.train_crops, args.augment_copies, libs) for t in trunks}
-    n_tr, n_va = len(data.parts["train"]), len(data.parts["valid"])
-    y_tr_tracks = data.y_of(["train", "train_excerpts"])
+    e0 = embs[trunks[0]]
+    n_tr, n_va = len(e0["y_train"]), len(data.parts["valid"])  # n_tr: training items x (1 + library versions)
+    y_tr_tracks = np.concatenate([e0["y_train"], e0["y_train_excerpts"]])
+    va_track = np.concatenate([e0["valid"]["track"], e0["valid_excerpts"]["track"] + n_va])
     y_va = data.y_of(["valid", "valid_excerpts"])
     rows: list[dict] = []
     results = Path(args.json)
@@ -134,13 +136,10 @@ def main() -> None:
     best_heads: dict[tuple, torch.nn.Module] = {}  # the head behind each best_logits entry
 
     def valid_rows(trunk_set):
-        e0 = embs[trunk_set[0]]
         tr_track = np.concatenate([e0["train"]["track"], e0["train_excerpts"]["track"] + n_tr])
-        va_track = np.concatenate([e0["valid"]["track"], e0["valid_excerpts"]["track"] + n_va])
         xtr = np.concatenate([features(embs, trunk_set, "train"), features(embs, trunk_set, "train_excerpts")])
-        xva = np.concatenate([features(embs, trunk_set, "valid"), features(embs, trunk_set, "valid_excerpts")])
         is_ex = np.concatenate([np.zeros(len(e0["train"]["track"]), bool), np.ones(len(e0["train_excerpts"]["track"]), bool)])
-        return xtr, tr_track, is_ex, xva, va_track
+        return xtr, tr_track, is_ex, valid_x(trunk_set)
 
     def valid_x(trunk_set, lib: int | None = None) -> np.ndarray:
         at = "" if lib is None else f"@{lib}"
@@ -151,17 +150,14 @@ def main() -> None:
         e = embs[trunk]
         return {"tag_logits": np.concatenate([e["valid" + at]["tag_logits"], e["valid_excerpts" + at]["tag_logits"]])}
 
-    e0 = embs[trunks[0]]
-    va_track_all = np.concatenate([e0["valid"]["track"], e0["valid_excerpts"]["track"] + n_va])
-
     def on_library(predict, trunk_set) -> dict:
         """``predict(features, lib)`` -> per-row logits, scored on each library version of valid."""
         out = {}
         for k in libs:
             x = valid_x(trunk_set, k)
-            if len(x) != len(va_track_all):  # a library version keeps its item's length, so its sub-tracks
-                raise SystemExit(f"library version {k} of valid has {len(x)} sub-tracks, not {len(va_track_all)}")
-            out[str(k)] = scores(T._split_rows(predict(x, k), va_track_all, len(y_va)), y_va, n_va)
+            if len(x) != len(va_track):  # a library version keeps its item's length and sub-track count
+                raise SystemExit(f"library version {k} of valid has {len(x)} sub-tracks, not {len(va_track)}")
+            out[str(k)] = scores(T._split_rows(predict(x, k), va_track, len(y_va)), y_va, n_va)
         return {"library": out} if out else {}
 
     def lib_text(row: dict) -> str:
@@ -169,7 +165,7 @@ def main() -> None:
 
     combos = [(t,) for t in trunks] + [c for k in (2, 4) for c in itertools.combinations(trunks, k)]
     for combo in [] if args.skip_grid else combos:
-        xtr, tr_track, is_ex, xva, va_track = valid_rows(combo)
+        xtr, tr_track, is_ex, xva = valid_rows(combo)
         best = None
         for rep in [int(r) for r in args.extra_repeat.split(",")]:
             idx = np.concatenate([np.flatnonzero(~is_ex), np.repeat(np.flatnonzero(is_ex), rep)])
@@ -200,9 +196,7 @@ def main() -> None:
     # zero-shot blend: head logits + w * log(zero-shot score) of the MSD tags, per sub-track
     msd = next((t for t in trunks if t.partition(":")[0] == "msd-musicnn"), None)
     if msd:
-        e = embs[msd]
         va_tags = valid_tags(msd)
-        va_track = np.concatenate([e["valid"]["track"], e["valid_excerpts"]["track"] + n_va])
         for mname in ("proxy", "strict"):
             # what `transfer --prior-weight` adds to the head's logits (training.transfer.choose_prior)
             zlog = T.prior_offset(va_tags, data.labels, mname, 1.0)
@@ -223,7 +217,7 @@ def main() -> None:
     trained_weights = [float(x) for x in args.trained_prior.split(",") if x]
     if trained_weights:
         e = embs[msd]
-        xtr, tr_track, is_ex, xva, va_track = valid_rows((msd,))
+        xtr, tr_track, is_ex, xva = valid_rows((msd,))
         tr_tags = {"tag_logits": np.concatenate([e["train"]["tag_logits"], e["train_excerpts"]["tag_logits"]])}
     for w in trained_weights:
         for mname in ("strict", "proxy"):
