@@ -209,7 +209,11 @@ def test_a_worker_killed_mid_run_still_gives_every_result_once(dask_cluster, lib
     for r in ex.classify(paths):
         got.append(r.to_json())
         if killed is None:
-            busy = [w for w, keys in client.processing().items() if keys]
+            # the window was refilled just before this result: its new chunks reach the scheduler a
+            # moment later, so look until a worker holds one (a look right away could see none)
+            deadline = time.monotonic() + 10
+            while not (busy := [w for w, keys in client.processing().items() if keys]) and time.monotonic() < deadline:
+                time.sleep(0.005)
             assert busy  # the window keeps both workers busy: the kill lands mid-chunk
             killed = pids[busy[0]]
             os.kill(killed, signal.SIGKILL)
