@@ -18,6 +18,10 @@ and pooled (each excerpt counts as one track: the selection figure of `transfer 
 (as `transfer --augment-copies`); `--valid-library 1,2` scores every row on those library versions
 of the valid items as well (training/augment.py: mastering, EQ tilt, MP3 round trip), so a recipe's
 robustness to how a real library's files differ from GTZAN's shows beside its clean figure.
+`--short-crops K` adds K excerpt-like crops of every training track and version to training: 2-3 s
+from a random start, zero-padded at the end to one sub-track, as an excerpt or a short file is cut;
+`--excerpt-fill tile` fills an excerpt shorter than a sub-track by repeating its audio instead of zero
+padding, in training and in valid alike.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from genretag.nets import musicnn as M  # noqa: E402
+from genretag.pipeline.segments import cut_at  # noqa: E402
 from genretag.store.card import load_card  # noqa: E402
+from genretag.training import evaluate as ev  # noqa: E402
 from genretag.training import transfer as T  # noqa: E402
 from genretag.training.common import softmax, track_probs  # noqa: E402
 
@@ -47,8 +53,38 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
-                     valid_library: tuple[int, ...] = ()) -> dict[str, dict]:
+def short_crops(d: T.Data, subset: str, card, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` excerpt-like sub-tracks per track of ``subset``: 2-3 s of audio from a random start,
+    zero-padded at the end to one sub-track (the excerpts are 2-3 s and cut that way)."""
+    rng = np.random.default_rng(seed)
+    seg, sr = card.audio.segment_samples, card.audio.sample_rate
+    idx = d.cache.index_of()
+    out = []
+    for t in d.parts[subset]:
+        wave = d.cache.wave(idx[t.id])
+        lengths = np.minimum(seg, (rng.uniform(2.0, 3.0, n) * sr).astype(int))
+        starts = [int(rng.integers(0, max(1, len(wave) - k))) for k in lengths]
+        out.append(np.concatenate([cut_at(wave[s:s + k], [0], seg) for s, k in zip(starts, lengths)]))
+    return out
+
+
+def tiled_segments(d: T.Data, subset: str, card) -> list[np.ndarray]:
+    """Each item's sub-tracks as ``evaluate`` cuts them, except that an item shorter than one sub-track
+    is filled by repeating its audio instead of being zero-padded."""
+    seg = card.audio.segment_samples
+    idx = d.cache.index_of()
+    out = []
+    for t in d.parts[subset]:
+        wave = d.cache.wave(idx[t.id])
+        if len(wave) >= seg:
+            out.append(ev.track_segments(d.cache, idx[t.id], seg, card.audio.max_segments))
+        else:
+            out.append(np.tile(wave, -(-seg // len(wave)))[None, :seg].astype(np.float32))
+    return out
+
+
+def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid_library: tuple[int, ...] = (),
+                     short: int = 0, fill: str = "pad") -> dict[str, dict]:
     """A trunk's cached embeddings; ``NAME:tags`` takes only its 50 tag logits as the head's input,
     ``NAME:tags+all`` the tag logits beside the usual pooled embeddings.
 
@@ -57,6 +93,10 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
     labels, one per item and version, are under ``y_<subset>``.
     ``valid_library``: library versions K of the valid items, under ``valid@K`` and
     ``valid_excerpts@K``, scored beside the clean valid items and never trained on.
+    ``short``: that many :func:`short_crops` of every training track and version join the training
+    rows, each numbered as its track (the same draws for every trunk).
+    ``fill="tile"``: every excerpt's rows, training and valid, clean and library versions, come from
+    :func:`tiled_segments` instead.
     """
     name, _, what = spec.partition(":")
     card = load_card(REPO / "models" / f"{name}.json")
@@ -69,10 +109,30 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0,
     for subset in ("train", "train_excerpts"):
         out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
                                                                  dense=crops, note=log)
+    if short:
+        n = len(data.parts["train"])
+        versions = [data] + [T.library_data(data, ["train"], k, log) for k in range(max(0, copies))]
+        extra = [T.extract_embeddings(net, short_crops(d, "train", card, short, seed=j), "cpu")
+                 for j, d in enumerate(versions)]
+        parts = [out["train"]] + [dict(e, track=e["track"] + j * n) for j, e in enumerate(extra)]
+        out["train"] = {key: np.concatenate([p[key] for p in parts]) for key in out["train"]}
+        log(f"{spec}: {sum(len(e['track']) for e in extra)} short crops in training "
+            f"({short} per training track and version)")
     for subset in ("valid", "valid_excerpts"):
         out[subset] = embed(data, subset, 0)
         for k in valid_library:
             out[f"{subset}@{k}"] = embed(T.library_data(data, [subset], k, log), subset, 0)
+    if fill == "tile":
+        def tiled(d: T.Data, subset: str) -> dict:
+            return T.extract_embeddings(net, tiled_segments(d, subset, card), "cpu")
+
+        n = len(data.parts["train_excerpts"])
+        versions = [data] + [T.library_data(data, ["train_excerpts"], k, log) for k in range(max(0, copies))]
+        parts = [dict(e, track=e["track"] + j * n) for j, e in enumerate(tiled(d, "train_excerpts") for d in versions)]
+        out["train_excerpts"] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        out["valid_excerpts"] = tiled(data, "valid_excerpts")
+        for k in valid_library:
+            out[f"valid_excerpts@{k}"] = tiled(T.library_data(data, ["valid_excerpts"], k, log), "valid_excerpts")
     pooling = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
     out["pooling"] = {"": pooling, "tags": [], "tags+all": pooling}[what]
     out["tags"] = what.startswith("tags")
@@ -116,6 +176,11 @@ def main() -> None:
     ap.add_argument("--valid-library", default="",
                     help="library versions K of the valid items to score every row on as well, e.g. '1,2' "
                          "(robustness to mastering, EQ and codec; never trained on)")
+    ap.add_argument("--short-crops", type=int, default=0,
+                    help="excerpt-like crops (2-3 s, zero-padded) of every training track and version added to training")
+    ap.add_argument("--excerpt-fill", choices=("pad", "tile"), default="pad",
+                    help="how an excerpt shorter than a sub-track is filled: zero padding (as classify) or "
+                         "repeating its audio, in training and valid alike")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -124,7 +189,8 @@ def main() -> None:
     data = T.load_data(cfg)
     trunks = args.trunks.split(",")
     libs = tuple(int(k) for k in args.valid_library.split(",") if k)
-    embs = {t: trunk_embeddings(data, t, cfg.train_crops, args.augment_copies, libs) for t in trunks}
+    embs = {t: trunk_embeddings(data, t, cfg.train_crops, args.augment_copies, libs, args.short_crops, args.excerpt_fill)
+            for t in trunks}
     e0 = embs[trunks[0]]
     n_tr, n_va = len(e0["y_train"]), len(data.parts["valid"])  # n_tr: training items x (1 + library versions)
     y_tr_tracks = np.concatenate([e0["y_train"], e0["y_train_excerpts"]])

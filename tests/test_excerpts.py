@@ -248,7 +248,8 @@ def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path:
 def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(data, tmp_path: Path) -> None:
     """``NAME:tags`` trains heads on the 50 tag logits alone; ``--trained-prior W`` trains a head on top
     of W x the zero-shot prior and scores it with the prior added, on valid items only; ``--valid-library``
-    scores each row on library versions of the valid items as well."""
+    scores each row on library versions of the valid items as well; ``--short-crops`` adds excerpt-like
+    crops of the training tracks to training; ``--excerpt-fill tile`` repeats short excerpts' audio."""
     import subprocess
     import sys
 
@@ -258,7 +259,8 @@ def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(d
     r = subprocess.run([sys.executable, str(script), str(whole), "--extra", str(ex),
                         "--trunks", "msd-musicnn:tags", "--hidden", "0", "--weight-decay", "0.01",
                         "--extra-repeat", "1", "--train-crops", "2", "--trained-prior", "0.5",
-                        "--augment-copies", "1", "--valid-library", "1", "--json", str(out)],
+                        "--augment-copies", "1", "--valid-library", "1", "--short-crops", "2",
+                        "--excerpt-fill", "tile", "--json", str(out)],
                        capture_output=True, text=True, timeout=600, check=False,
                        env={**os.environ, "GENRETAG_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -273,6 +275,8 @@ def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(d
     # the same valid items (--augment-copies 1 trained on library version 0 of the training items)
     scored = [row for row in rows if "ensemble" not in row]
     assert scored and all(set(row["library"]) == {"1"} for row in scored)
+    # --short-crops 2: 2 crops of each of the 6 training tracks, clean and library version 0
+    assert "24 short crops in training (2 per training track and version)" in r.stdout
     assert all(row["library"]["1"]["n"] == [6, 3] for row in scored)
     assert heads[0]["library"]["1"]["valid_pooled"] > 1 / 3
 
@@ -356,3 +360,41 @@ def test_an_offset_of_the_wrong_shape_is_refused() -> None:
     y = np.arange(6) % 3
     with pytest.raises(ValueError, match="one row of 3 logits per training row"):
         T.train_head(x, y, T.HeadSpec(3, 0, 0.01), T.TransferConfig(head_epochs=5), offset=np.zeros((5, 3)))
+
+
+def test_the_experiments_scripts_short_crops_and_tiled_excerpts_are_cut_as_described(data) -> None:
+    """The experiments script's excerpt-like crops: 2-3 s of a training track from inside it, zero-padded
+    at the end to one sub-track; the same seed draws the same crops (every trunk sees the same rows).
+    Its tiled excerpts repeat the excerpt's audio to fill the sub-track."""
+    import importlib.util
+
+    from genretag.training import transfer as T
+
+    whole, ex = data
+    path = Path(__file__).resolve().parents[1] / "scripts" / "transfer_experiments.py"
+    spec = importlib.util.spec_from_file_location("transfer_experiments", path)
+    X = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(X)
+    d = T.load_data(T.TransferConfig(data_dir=str(whole), extra=str(ex), device="cpu"))
+    card = load_card(Path(__file__).resolve().parents[1] / "models" / "msd-musicnn.json")
+    seg, sr = card.audio.segment_samples, card.audio.sample_rate
+    crops = X.short_crops(d, "train", card, 3, seed=0)
+    assert len(crops) == len(d.parts["train"]) and all(c.shape == (3, seg) for c in crops)
+    idx = d.cache.index_of()
+    for t, rows in zip(d.parts["train"], crops):
+        wave = d.cache.wave(idx[t.id])
+        for row in rows:
+            audible = int(np.flatnonzero(row)[-1]) + 1
+            assert 2.0 * sr - 2 <= audible <= seg
+            assert not row[audible:].any()
+            starts = [s for s in np.flatnonzero(wave == row[0])
+                      if np.array_equal(wave[s:s + audible], row[:audible])]
+            assert starts and starts[0] + audible <= len(wave)  # a stretch of the track itself
+    again = X.short_crops(d, "train", card, 3, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(crops, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(crops, X.short_crops(d, "train", card, 3, seed=1)))
+    # --excerpt-fill tile: a 2.5 s excerpt fills its one sub-track by repeating, never with zeros
+    for t, rows in zip(d.parts["train_excerpts"], X.tiled_segments(d, "train_excerpts", card)):
+        wave = d.cache.wave(idx[t.id])
+        assert len(wave) < seg and rows.shape == (1, seg)
+        np.testing.assert_array_equal(rows[0], np.concatenate([wave, wave])[:seg])
