@@ -109,15 +109,20 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
     for subset in ("train", "train_excerpts"):
         out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
                                                                  dense=crops, note=log)
+    def versions(subset: str) -> list[T.Data]:
+        """The clean audio and library versions 0..copies-1, in augmented_embeddings' order."""
+        return [data] + [T.library_data(data, [subset], k, log) for k in range(max(0, copies))]
+
+    def numbered(embs: list[dict], n: int) -> dict:
+        """Version j's rows numbered as augmented_embeddings numbers its items (j * n + item)."""
+        return {key: np.concatenate([e[key] + j * n if key == "track" else e[key] for j, e in enumerate(embs)])
+                for key in embs[0]}
+
     if short:
-        n = len(data.parts["train"])
-        versions = [data] + [T.library_data(data, ["train"], k, log) for k in range(max(0, copies))]
-        extra = [T.extract_embeddings(net, short_crops(d, "train", card, short, seed=j), "cpu")
-                 for j, d in enumerate(versions)]
-        parts = [out["train"]] + [dict(e, track=e["track"] + j * n) for j, e in enumerate(extra)]
-        out["train"] = {key: np.concatenate([p[key] for p in parts]) for key in out["train"]}
-        log(f"{spec}: {sum(len(e['track']) for e in extra)} short crops in training "
-            f"({short} per training track and version)")
+        extra = numbered([T.extract_embeddings(net, short_crops(d, "train", card, short, seed=j), "cpu")
+                          for j, d in enumerate(versions("train"))], len(data.parts["train"]))
+        out["train"] = {key: np.concatenate([out["train"][key], extra[key]]) for key in out["train"]}
+        log(f"{spec}: {len(extra['track'])} short crops in training ({short} per training track and version)")
     for subset in ("valid", "valid_excerpts"):
         out[subset] = embed(data, subset, 0)
         for k in valid_library:
@@ -126,10 +131,8 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
         def tiled(d: T.Data, subset: str) -> dict:
             return T.extract_embeddings(net, tiled_segments(d, subset, card), "cpu")
 
-        n = len(data.parts["train_excerpts"])
-        versions = [data] + [T.library_data(data, ["train_excerpts"], k, log) for k in range(max(0, copies))]
-        parts = [dict(e, track=e["track"] + j * n) for j, e in enumerate(tiled(d, "train_excerpts") for d in versions)]
-        out["train_excerpts"] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        out["train_excerpts"] = numbered([tiled(d, "train_excerpts") for d in versions("train_excerpts")],
+                                         len(data.parts["train_excerpts"]))
         out["valid_excerpts"] = tiled(data, "valid_excerpts")
         for k in valid_library:
             out[f"valid_excerpts@{k}"] = tiled(T.library_data(data, ["valid_excerpts"], k, log), "valid_excerpts")
