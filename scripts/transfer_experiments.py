@@ -27,6 +27,7 @@ padding, in training and in valid alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -102,13 +103,9 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
     card = load_card(REPO / "models" / f"{name}.json")
     net = T.as_stored(M.load_musicnn(REPO / "models" / card.weights), half=True)
 
-    def embed(d: T.Data, subset: str, dense: int) -> dict:
-        return T.cached_embeddings(d, subset, net, card, "cpu", dense=dense, note=log)
+    def padded(d: T.Data, subset: str) -> dict:
+        return T.cached_embeddings(d, subset, net, card, "cpu", note=log)
 
-    out = {}
-    for subset in ("train", "train_excerpts"):
-        out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
-                                                                 dense=crops, note=log)
     def versions(subset: str) -> list[T.Data]:
         """The clean audio and library versions 0..copies-1, in augmented_embeddings' order."""
         return [data] + [T.library_data(data, [subset], k, log) for k in range(max(0, copies))]
@@ -118,24 +115,28 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
         return {key: np.concatenate([e[key] + j * n if key == "track" else e[key] for j, e in enumerate(embs)])
                 for key in embs[0]}
 
+    def tiled(d: T.Data, subset: str) -> dict:
+        return T.extract_embeddings(net, tiled_segments(d, subset, card), "cpu")
+
+    tile = fill == "tile"
+    out = {}
+    for subset in ("train", "train_excerpts"):
+        if tile and subset == "train_excerpts":  # tiled instead of the (cached) padded excerpts, never both
+            out[subset] = numbered([tiled(d, subset) for d in versions(subset)], len(data.parts[subset]))
+            out[f"y_{subset}"] = np.tile(data.y(subset), 1 + max(0, copies))
+        else:
+            out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
+                                                                     dense=crops, note=log)
     if short:
         extra = numbered([T.extract_embeddings(net, short_crops(d, "train", card, short, seed=j), "cpu")
                           for j, d in enumerate(versions("train"))], len(data.parts["train"]))
         out["train"] = {key: np.concatenate([out["train"][key], extra[key]]) for key in out["train"]}
         log(f"{spec}: {len(extra['track'])} short crops in training ({short} per training track and version)")
     for subset in ("valid", "valid_excerpts"):
-        out[subset] = embed(data, subset, 0)
+        cut = tiled if tile and subset == "valid_excerpts" else padded
+        out[subset] = cut(data, subset)
         for k in valid_library:
-            out[f"{subset}@{k}"] = embed(T.library_data(data, [subset], k, log), subset, 0)
-    if fill == "tile":
-        def tiled(d: T.Data, subset: str) -> dict:
-            return T.extract_embeddings(net, tiled_segments(d, subset, card), "cpu")
-
-        out["train_excerpts"] = numbered([tiled(d, "train_excerpts") for d in versions("train_excerpts")],
-                                         len(data.parts["train_excerpts"]))
-        out["valid_excerpts"] = tiled(data, "valid_excerpts")
-        for k in valid_library:
-            out[f"valid_excerpts@{k}"] = tiled(T.library_data(data, ["valid_excerpts"], k, log), "valid_excerpts")
+            out[f"{subset}@{k}"] = cut(T.library_data(data, [subset], k, log), subset)
     pooling = POOLINGS["vgg" if isinstance(net, M.VGGNet) else "musicnn"]
     out["pooling"] = {"": pooling, "tags": [], "tags+all": pooling}[what]
     out["tags"] = what.startswith("tags")
@@ -210,10 +211,12 @@ def main() -> None:
         is_ex = np.concatenate([np.zeros(len(e0["train"]["track"]), bool), np.ones(len(e0["train_excerpts"]["track"]), bool)])
         return xtr, tr_track, is_ex, valid_x(trunk_set)
 
+    @functools.cache
     def valid_x(trunk_set, lib: int | None = None) -> np.ndarray:
         at = "" if lib is None else f"@{lib}"
         return np.concatenate([features(embs, trunk_set, "valid" + at), features(embs, trunk_set, "valid_excerpts" + at)])
 
+    @functools.cache
     def valid_tags(trunk: str, lib: int | None = None) -> dict:
         at = "" if lib is None else f"@{lib}"
         e = embs[trunk]
