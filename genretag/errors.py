@@ -83,3 +83,23 @@ def one_line(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
     """
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+#: Top-level modules that only an extra installs -> that extra (pyproject.toml's optional-dependencies).
+EXTRA_OF_MODULE = {"optuna": "train", "matplotlib": "train", "scipy": "train",
+                   "distributed": "dask", "dask": "dask", "beets": "beets"}
+
+
+class MissingExtraError(GenretagError):
+    """An optional dependency is not installed: one line naming the `pip install` that adds it."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"this needs {module}, which is not installed: pip install 'genretag[{extra}]'", 2)
+        self.module, self.extra = module, extra
+
+
+def missing_extra(exc: ImportError) -> MissingExtraError | None:
+    """The `MissingExtraError` for an ImportError of an extra's module (None for any other import)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    return MissingExtraError(top, extra) if extra else None

@@ -256,3 +256,28 @@ def test_the_test_extra_installs_every_other_extra():
     """`.ci/run` installs `.[test]`; the tests exercise every extra's modules."""
     for name, reqs in EXTRAS.items():
         assert reqs <= EXTRAS["test"], f"[{name}] has {sorted(reqs - EXTRAS['test'])} that [test] lacks"
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_the_sdist_carries_the_same_files(built, tmp_path):
+    """What PyPI users of the sdist get: unpack it, build a wheel from it, compare with the tree's wheel."""
+    with tarfile.open(built["sdist"]) as t:
+        t.extractall(tmp_path, filter="data")
+    (src,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-index", str(src), "-w", str(tmp_path / "dist")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (again,) = (tmp_path / "dist").glob("*.whl")
+    ours, theirs = _zip_files(built["wheel"]), _zip_files(again)
+    # RECORD lists hashes of the rest, so equal payloads give equal RECORDs too.
+    assert sorted(theirs) == sorted(ours)
+    assert [n for n in ours if ours[n] != theirs[n]] == []
+
+
+@pytest.mark.slow
+def test_twine_accepts_the_release_files(built):
+    """`twine check` is what PyPI's upload runs on the metadata and the README rendering."""
+    r = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(built["wheel"]), str(built["sdist"])],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.count("PASSED") == 2

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.completion import completion_init
 from typer.core import TyperGroup
 
-from genretag.errors import GenretagError
+from genretag.errors import GenretagError, missing_extra
 from genretag.version import __version__
 
 
@@ -30,6 +30,11 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except GenretagError as e:
             fail(str(e), e.exit_code)
+        except ImportError as e:  # an extra's module, not installed: name the pip install that adds it
+            missing = missing_extra(e)
+            if missing is None:
+                raise
+            fail(str(missing), missing.exit_code)
 
     def make_context(self, info_name, args, parent=None, **extra):
         argv = list(args)  # before parsing consumes them

@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -40,9 +39,10 @@ class Format(str, Enum):
 
 
 # Paths stay the strings given (pathlib would print ./-dash.mp3 as -dash.mp3), and an unreadable
-# one is that path's one-line error (exit 1), not a usage error: no readable check here.
-PathsArg = Annotated[list[str], typer.Argument(help="Audio files and/or folders.", show_default=False,
-                                               shell_complete=click.Path().shell_complete)]
+# one is that path's one-line error (exit 1), not a usage error: no readable check here. The argument
+# offers no completions of its own, so every shell completes file names there (bash's `-o default`,
+# zsh's `_files`, fish's file list).
+PathsArg = Annotated[list[str], typer.Argument(help="Audio files and/or folders.", show_default=False)]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many genres to show per file.")]
 VoteOpt = Annotated[Vote, typer.Option("--vote", help="soft: mean of sub-track probabilities; hard: majority.")]
@@ -93,10 +93,10 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
     try:
         from genretag.pipeline.cluster import ClusterExecutor, connect
     except ImportError as e:
-        if (e.name or "").split(".")[0] not in ("distributed", "dask"):
-            raise
-        from genretag.errors import GenretagError
+        from genretag.errors import GenretagError, missing_extra
 
+        if missing_extra(e) is None:
+            raise
         raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
     client = connect(opts.scheduler, opts.scheduler_file)
     try:
