@@ -320,3 +320,19 @@ def test_usage_errors_are_one_line(args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("genretag: error: ") and message in lines[0], r.stderr
     assert r.stdout == ""
+
+
+def test_path_arguments_complete_file_names_in_every_shell():
+    """The paths argument offers nothing of its own, so each shell falls back to file names: zsh is
+    told `_files`, fish is told the argument takes files (is-args fails), bash gets no words."""
+    words = "genretag classify "
+    r = runner.invoke(app, [], prog_name="genretag",
+                      env={"_GENRETAG_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": words})
+    assert r.stdout.strip() == "_files"
+    r = runner.invoke(app, [], prog_name="genretag",
+                      env={"_GENRETAG_COMPLETE": "complete_fish", "_TYPER_COMPLETE_ARGS": words,
+                           "_TYPER_COMPLETE_FISH_ACTION": "is-args"})
+    assert r.exit_code == 1
+    r = runner.invoke(app, [], prog_name="genretag",
+                      env={"_GENRETAG_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "2"})
+    assert r.stdout.strip() == ""
