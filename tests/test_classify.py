@@ -20,7 +20,7 @@ from genretag.audio.walk import iter_audio_files
 from genretag.store.card import GTZAN_GENRES
 from genretag.store.load import load_net
 
-JSONL_KEYS = {"path", "genre", "confidence", "probabilities", "segments", "error"}
+JSONL_KEYS = {"path", "genre", "confidence", "probabilities", "segments", "error", "would_tag"}
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_all_good_exits_zero_and_csv_and_output_file(tmp_path, tiny_model_dir):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [Path(x["path"]).name for x in rows] == ["a.wav", "b.ogg"]
-    assert list(rows[0]) == ["path", "genre", "confidence", "error"]
+    assert list(rows[0]) == ["path", "genre", "confidence", "error", "would_tag"]
     assert all(x["genre"] in GTZAN_GENRES and x["error"] == "" for x in rows)
 
 

@@ -65,7 +65,11 @@ def classify_cmd(
         fail(f"cannot write {output}: {e.strerror}", 2)
     failed = total = 0
     skipped: list[str] = []
-    writer = ResultWriter(stream, fmt.value, top_k)
+    # each row says whether `tag` (with its default threshold for this model) would write its genre
+    from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
+
+    threshold = net.min_confidence if net.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
+    writer = ResultWriter(stream, fmt.value, top_k, threshold)
     try:
         try:
             for r in classify_stream(paths, opts, net, skipped, cluster):

@@ -129,7 +129,7 @@ def build_net(card: ModelCard) -> GenreNet:
     if name == "cnn1d":
         body = WaveCNN1D(n, arch.get("widths"), float(arch.get("dropout", 0.3)))
         return GenreNet(None, body)
-    if name in ("musicnn", "vgg", "musicnn-transfer", "musicnn-zeroshot"):
+    if name in ("musicnn", "vgg", "musicnn-transfer", "musicnn-zeroshot", "musicnn-broad"):
         from genretag.nets import musicnn  # optional port of the MSD networks
 
         return musicnn.build_net(card)

@@ -705,6 +705,55 @@ class MusicnnTransfer(nn.Module):
         return self.logits_from(*MusicnnNet.forward(self.trunk, x, return_embeddings=True))
 
 
+class MusicnnBroad(MusicnnTransfer):
+    """Architecture "musicnn-broad": a GTZAN transfer model widened with genres the MSD tags name.
+
+    GTZAN teaches ten genres; the MSD tagger underneath its head was trained on tags that also name
+    electronic, folk, soul/R&B, punk, ambient and easy-listening music. This model keeps both and puts
+    them on one scale, with a handful of parameters fitted on labelled recordings
+    (``scripts/broad_model.py``):
+
+    - a label from GTZAN genre ``g``: ``log softmax(gtzan logits / gtzan_temperature)[g] + bias[label]``;
+    - an "evidence" label ``E`` with MSD tags ``S``: ``scale * logit(max_{t in S} sigmoid(tag_t)) + bias[E]``.
+
+    The biases move the GTZAN head's genres toward how often each is right on recordings unlike
+    GTZAN's (its classical, say, is often called jazz on modern recordings of early music).
+
+    The output is the logits over the card's labels (a softmax of them is the genre distribution).
+    ``architecture = {"name": "musicnn-broad", <the musicnn-transfer keys>, "gtzan_labels": [...],
+    "gtzan_temperature": T, "from_gtzan": {label: gtzan genre}, "evidence": {label: [MSD tags]},
+    "scale": a, "bias": {label: b}}``. The state dict is a musicnn-transfer model's.
+    """
+
+    def __init__(self, labels: list[str], gtzan_labels: list[str], from_gtzan: dict[str, str],
+                 evidence: dict[str, list[str]], scale: float, bias: dict[str, float],
+                 gtzan_temperature: float = 1.0, **transfer) -> None:
+        super().__init__(len(gtzan_labels), labels=list(gtzan_labels), **transfer)
+        if set(from_gtzan) & set(evidence) or set(from_gtzan) | set(evidence) != set(labels):
+            raise ValueError("every label comes from exactly one of from_gtzan and evidence")
+        unknown = sorted({g for g in from_gtzan.values()} - set(gtzan_labels))
+        if unknown:
+            raise ValueError(f"from_gtzan names genres the GTZAN head lacks: {unknown}")
+        self.gtzan_temperature, self.scale = float(gtzan_temperature), float(scale)
+        self.register_buffer("gtzan_index", torch.tensor(
+            [gtzan_labels.index(from_gtzan[lab]) if lab in from_gtzan else 0 for lab in labels]), persistent=False)
+        self.register_buffer("is_evidence", torch.tensor([lab in evidence for lab in labels]), persistent=False)
+        self.register_buffer("evidence_map", zeroshot_matrix(list(labels), evidence, MSD_TAGS), persistent=False)
+        self.register_buffer("bias", torch.tensor([float(bias.get(lab, 0.0)) for lab in labels]), persistent=False)
+
+    def broad_logits(self, tag_logits: Tensor, gtzan_logits: Tensor) -> Tensor:
+        """Logits over the broad labels from the trunk's tag logits and the GTZAN head's logits."""
+        ten = F.log_softmax(gtzan_logits / self.gtzan_temperature, dim=-1)[:, self.gtzan_index]
+        p = torch.sigmoid(tag_logits)
+        score = (p[:, None, :] * self.evidence_map[None]).amax(dim=2).clamp(1e-6, 1 - 1e-6)
+        return torch.where(self.is_evidence, self.scale * torch.logit(score), ten) + self.bias
+
+    def forward(self, wave: Tensor, spec_transform=None) -> Tensor:
+        x = _apply_spec_transform(self.features(wave), spec_transform)
+        tag_logits, emb = MusicnnNet.forward(self.trunk, x, return_embeddings=True)
+        return self.broad_logits(tag_logits, self.logits_from(tag_logits, emb))
+
+
 def build_net(card) -> nn.Module:
     """The network a genretag card describes (weights loaded separately): waveform -> logits.
 
@@ -714,6 +763,8 @@ def build_net(card) -> nn.Module:
       ``freq_stride``, default 1: see :meth:`MusicnnNet.set_freq_stride`; ``prior``,
       optional: ``{"mapping", "agg", "weight"}``, the zero-shot tag mapping blended into the logits).
     - ``{"name": "musicnn-zeroshot", "mapping": {genre: [tags]}, "agg": "max"}``.
+    - ``{"name": "musicnn-broad", ...}``: a musicnn-transfer model widened with tag-evidence genres
+      (:class:`MusicnnBroad`).
     """
     arch = card.architecture
     name = arch.get("name")
@@ -733,6 +784,16 @@ def build_net(card) -> nn.Module:
                                int(arch.get("trunk_classes", len(MSD_TAGS))),
                                int(arch.get("freq_stride", 1)), arch.get("prior"), list(card.labels),
                                int(head.get("n", 1)))
+    if name == "musicnn-broad":
+        head = arch.get("head", {})
+        return MusicnnBroad(list(card.labels), list(arch["gtzan_labels"]), dict(arch["from_gtzan"]),
+                            dict(arch["evidence"]), float(arch["scale"]), dict(arch.get("bias", {})),
+                            float(arch.get("gtzan_temperature", 1.0)),
+                            pooling=arch.get("pooling", DEFAULT_POOLING), hidden=int(head.get("hidden", 0)),
+                            dropout=float(head.get("dropout", 0.5)),
+                            trunk_classes=int(arch.get("trunk_classes", len(MSD_TAGS))),
+                            freq_stride=int(arch.get("freq_stride", 1)), prior=arch.get("prior"),
+                            n_heads=int(head.get("n", 1)))
     if name == "musicnn-zeroshot":
         return MusicnnZeroShot(list(card.labels), dict(arch.get("mapping", {})), arch.get("agg", "max"))
     raise ValueError(f"unknown musicnn architecture {name!r}")

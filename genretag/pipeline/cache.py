@@ -15,6 +15,7 @@ warning: the run classifies as if the cache were new.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,9 +55,14 @@ def default_cache_path() -> Path:
 
 
 def model_id(net) -> str:
-    """Card name + weights sha256: a retrained model under the same name is a new model."""
+    """Card name + weights sha256 (+ a digest of the calibration, for a calibrated card): a retrained
+    or recalibrated model under the same name is a new model."""
     card = net.card
     sha = card.weights_sha256 or ",".join(getattr(m.card, "weights_sha256", "") for m in net.members)
+    calibration = card.extra.get("calibration")
+    if calibration:
+        arch = json.dumps([card.architecture, calibration], sort_keys=True).encode()
+        sha += "+" + hashlib.sha256(arch).hexdigest()[:12]
     return f"{card.name}@{sha}"
 
 
@@ -128,7 +134,7 @@ class ResultCache:
         try:
             d = json.loads(row[0])
             return TrackResult("", d["genre"], d["confidence"], d.get("probabilities", {}),
-                               d.get("segments", 0), None)
+                               d.get("segments", 0), None, confidences=d.get("confidences", {}))
         except (ValueError, KeyError, TypeError):
             return None
 

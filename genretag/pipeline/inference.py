@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from genretag.paths import numba_cache_dir
+from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_waveform
 from genretag.pipeline.segments import vote as combine
@@ -42,6 +43,9 @@ class TrackResult:
     #: Audio-payload fingerprint of the file when it was read for classifying (not in the
     #: JSONL output): `genretag.tags.Tagger` writes only if the file still has it.
     fingerprint: str | None = field(default=None, repr=False, compare=False)
+    #: Calibrated confidences of the best labels, for a model whose card is calibrated
+    #: (`genretag.pipeline.calibration`); `confidence` is then the genre's entry here.
+    confidences: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -52,18 +56,34 @@ class TrackResult:
         ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
         return ranked[:max(1, k)]
 
+    def label_confidence(self, label: str) -> float:
+        """How sure the model is of `label`: calibrated where the model is, else its probability."""
+        if label in self.confidences:
+            return self.confidences[label]
+        if self.confidences:  # calibrated model, label outside its best few: below every bar
+            return 0.0
+        return self.probabilities.get(label, self.confidence if label == self.genre else 0.0) or 0.0
+
     def to_json(self) -> dict:
-        """Exactly the keys of the JSONL output."""
-        return {"path": self.path, "genre": self.genre, "confidence": self.confidence,
-                "probabilities": self.probabilities, "segments": self.segments, "error": self.error}
+        """Exactly the keys of the JSONL output (`confidences` only for a calibrated model)."""
+        out = {"path": self.path, "genre": self.genre, "confidence": self.confidence,
+               "probabilities": self.probabilities, "segments": self.segments, "error": self.error}
+        if self.confidences:
+            out["confidences"] = self.confidences
+        return out
 
 
-def result_from_probs(path: str, labels: list[str], seg_probs: np.ndarray, vote: str) -> TrackResult:
-    """Vote (segments, labels) probabilities into one TrackResult."""
+def result_from_probs(path: str, labels: list[str], seg_probs: np.ndarray, vote: str,
+                      calibration: Calibration | None = None) -> TrackResult:
+    """Vote (segments, labels) probabilities into one TrackResult (calibrated with `calibration`)."""
     dist = combine(seg_probs, vote)
     i = int(np.argmax(dist))
     probs = {lab: round(float(p), 6) for lab, p in zip(labels, dist)}
-    return TrackResult(path, labels[i], round(float(dist[i]), 6), probs, int(seg_probs.shape[0]), None)
+    result = TrackResult(path, labels[i], round(float(dist[i]), 6), probs, int(seg_probs.shape[0]), None)
+    if calibration is not None:
+        result.confidences = calibration.top(probs)
+        result.confidence = result.confidences[labels[i]]
+    return result
 
 
 def error_result(path: str, error: str) -> TrackResult:
@@ -99,7 +119,7 @@ def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
             if t.waves is None:
                 yield error_result(t.path, t.error or "cannot decode")
             else:
-                yield result_from_probs(t.path, net.labels, t.probs[t.ran], vote)
+                yield result_from_probs(t.path, net.labels, t.probs[t.ran], vote, net.calibration)
 
     for p in prepared:
         t = _Track(p, len(net.labels), rule)

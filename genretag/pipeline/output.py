@@ -47,16 +47,21 @@ def _is_utf8(path: str) -> bool:
 class ResultWriter:
     """Streams results to a text stream; flushes each line so Ctrl-C keeps what was written."""
 
-    def __init__(self, stream: IO[str], fmt: str, top_k: int = 1) -> None:
+    def __init__(self, stream: IO[str], fmt: str, top_k: int = 1, threshold: float | None = None) -> None:
+        """`threshold`: `tag`'s default --min-confidence for the model; each row then says whether
+        `tag` would write its genre (`would_tag` in JSON lines and CSV, a column in the table)."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
-        self.stream, self.fmt, self.top_k = stream, fmt, top_k
+        self.stream, self.fmt, self.top_k, self.threshold = stream, fmt, top_k, threshold
         self.rows: list[TrackResult] = []
         self._csv = None
         if fmt == "csv":
             self._csv = csv.writer(stream, lineterminator="\n")
-            self._csv.writerow(["path", "genre", "confidence", "error"])
+            self._csv.writerow(["path", "genre", "confidence", "error"] + (["would_tag"] if threshold is not None else []))
             stream.flush()
+
+    def would_tag(self, r: TrackResult) -> bool:
+        return r.ok and r.confidence is not None and self.threshold is not None and r.confidence >= self.threshold
 
     def write(self, r: TrackResult) -> None:
         if self.fmt == "jsonl":
@@ -64,11 +69,14 @@ class ResultWriter:
             raw = path_bytes(r.path)
             if raw is not None:
                 row["path"], row["path_bytes"] = printable_path(r.path), raw
+            if self.threshold is not None:
+                row["would_tag"] = self.would_tag(r)
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.stream.flush()
         elif self.fmt == "csv":
             conf = "" if r.confidence is None else f"{r.confidence:.4f}"
-            self._csv.writerow([printable_path(r.path), r.genre or "", conf, r.error or ""])
+            extra = [] if self.threshold is None else ["yes" if self.would_tag(r) else "no"]
+            self._csv.writerow([printable_path(r.path), r.genre or "", conf, r.error or "", *extra])
             self.stream.flush()
         else:
             self.rows.append(r)
@@ -77,7 +85,7 @@ class ResultWriter:
         """For the table format, print the collected table (to `console`, or the stream)."""
         if self.fmt != "table":
             return
-        table = results_table(self.rows, self.top_k)
+        table = results_table(self.rows, self.top_k, self.threshold)
         if console is not None:
             console.print(table)
         else:
@@ -86,18 +94,24 @@ class ResultWriter:
             Console(file=self.stream, width=160, no_color=True).print(table)
 
 
-def results_table(rows: Iterable[TrackResult], top_k: int = 1) -> Table:
+def results_table(rows: Iterable[TrackResult], top_k: int = 1, threshold: float | None = None) -> Table:
+    """The table `classify` prints; with `threshold`, a `tag` column: "write" where `tag` would write
+    the genre, "-" where its confidence is below the threshold (`tag` leaves such files alone)."""
     t = Table(show_header=True, header_style="bold")
     t.add_column("file", overflow="fold")
     t.add_column("genre")
     t.add_column("confidence", justify="right")
     if top_k > 1:
         t.add_column(f"top {top_k}")
+    if threshold is not None:
+        t.add_column(f"tag (>= {threshold:.0%})")
     t.add_column("error", overflow="fold")
     for r in rows:
         cells = [printable_path(r.path), r.genre or "-", "" if r.confidence is None else f"{r.confidence:.1%}"]
         if top_k > 1:
             cells.append(", ".join(f"{g} {p:.0%}" for g, p in r.top(top_k)) if r.ok else "")
+        if threshold is not None:
+            cells.append(("write" if r.confidence is not None and r.confidence >= threshold else "-") if r.ok else "")
         cells.append(r.error or "")
         t.add_row(*cells, style=None if r.ok else "red")
     return t

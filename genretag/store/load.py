@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from genretag.errors import ModelError, one_line
 from genretag.nets.cnn import GenreNet, build_net
 from genretag.pipeline import inference
+from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
 from genretag.store.card import ModelCard, load_card, save_card, sha256_file
 from genretag.store.resolve import find_card
@@ -67,6 +68,17 @@ class Model:
     @property
     def sample_rate(self) -> int:
         return self.card.audio.sample_rate
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The card's map from probability to real-world confidence (None: the softmax is the confidence)."""
+        return Calibration.from_card(self.card)
+
+    @property
+    def min_confidence(self) -> float | None:
+        """The card's default `tag --min-confidence` (chosen with its calibration), if it has one."""
+        value = self.card.extra.get("min_confidence")
+        return float(value) if isinstance(value, (int, float)) else None
 
     @property
     def loaded(self) -> Model:

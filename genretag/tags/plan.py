@@ -31,10 +31,13 @@ ERROR = "error"
 # --- genre names ----------------------------------------------------------------
 
 def genre_name(label: str, names: dict[str, str] | None = None) -> str:
-    """The readable name for a model label (overrides, then defaults, then Title Case)."""
+    """The readable name for a model label (overrides, then defaults, then Title Case; a label that
+    already has capitals, such as the broad model's "R&B", is kept as it is)."""
     if names and label in names:
         return names[label]
-    return DEFAULT_NAMES.get(label, label.replace("_", " ").title())
+    if label in DEFAULT_NAMES:
+        return DEFAULT_NAMES[label]
+    return label if label != label.lower() else label.replace("_", " ").title()
 
 
 def load_genre_names(path: str | os.PathLike) -> dict[str, str]:
@@ -92,8 +95,10 @@ class TagPlan:
 
 def proposed_genres(result, top_k: int = 1, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                     names: dict[str, str] | None = None) -> list[str]:
-    """Readable names of the top-k labels at or above `min_confidence` (best first)."""
-    ranked = result.top(top_k) if result.probabilities else [(result.genre, result.confidence or 0.0)]
+    """Readable names of the top-k labels whose confidence is at or above `min_confidence` (best
+    first): the calibrated confidence for a calibrated model, else the probability."""
+    ranked = ([(label, result.label_confidence(label)) for label, _ in result.top(top_k)] if result.probabilities
+              else [(result.genre, result.confidence or 0.0)])
     out: list[str] = []
     for label, p in ranked:
         if label is None or p < min_confidence:
