@@ -13,7 +13,8 @@ head's 10 logits for every sub-track of every labelled clip) and:
    versions where the features hold them; `world` clips are outside every genre of the model, so any genre for them is wrong) and
    GTZAN's `valid` tracks and excerpts (which the head was refitted on: the easy half);
 3. picks `tag`'s default threshold: the lowest confidence at which the proxy's written genres are at
-   least 90% right (weighted; measured and by the calibrated estimate);
+   least 90% right (weighted; measured and by the calibrated estimate). Calibration, threshold and
+   every figure use the vote `classify` gives by default (its early exit: genretag.pipeline.early_exit);
 4. writes the card ``models/broad-musicnn.json`` (weights: the default model's file, unchanged) and a
    JSON report of every figure, on the training/calibration clips and, once, on the test subsets
    (GTZAN fault-filtered `test`, GTZAN test excerpts, Emotify `test`), which choose nothing.
@@ -34,8 +35,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from genretag.nets.musicnn import MSD_TAGS
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.store.card import load_card, save_card
-from genretag.store.metrics import CardMetrics
+from genretag.store.metrics import CardMetrics, SubsetMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,6 +126,19 @@ class Broad:
 
     def probs(self, clips: Clips, scale: float, bias) -> np.ndarray:
         return Packed(self, clips).probs(scale, bias)
+
+    def classify_probs(self, clips: Clips, scale: float, bias, rule: EarlyExit | None = DEFAULT_EARLY_EXIT
+                       ) -> np.ndarray:
+        """The soft vote `genretag classify` gives: with its default early exit, over the sub-tracks the
+        rule runs (in its order) rather than all of them."""
+        out = []
+        for tags, gtzan in zip(clips.tags, clips.gtzan):
+            p = np.exp(_log_softmax(self.logits(*self.parts(tags, gtzan), scale, bias)))
+            if rule is not None:
+                p = p[rule.order(len(p))]
+                p = p[:rule.run_count(p)]
+            out.append(p.mean(axis=0))
+        return np.stack(out)
 
 
 class Packed:
@@ -258,6 +273,30 @@ def summary(name: str, clips: Clips, probs: np.ndarray, conf: np.ndarray, thresh
             "coverage": float(written.mean()), "per_label": per_label, "curve": curve(conf, right)}
 
 
+def subset_metrics(broad: Broad, clips: Clips, scale: float, bias: np.ndarray, cal: dict) -> SubsetMetrics:
+    """A card's figures for labelled clips: soft (every sub-track), hard and per-sub-track accuracy,
+    macro F1 over the labels present, and the ECE of the calibrated confidence."""
+    clips = clips.take(clips.label >= 0)
+    pack = Packed(broad, clips)
+    soft = pack.probs(scale, bias)
+    seg = np.exp(_log_softmax(broad.logits(pack.ten, pack.odds, scale, bias))).argmax(axis=1)
+    seg_label = np.repeat(clips.label, pack.counts)
+    hard = np.array([np.bincount(seg[a:a + n], minlength=len(LABELS)).argmax()
+                     for a, n in zip(pack.starts, pack.counts)])
+    pred, y = soft.argmax(axis=1), clips.label
+    f1 = []
+    for c in np.unique(y):
+        tp, fp, fn = np.sum((pred == c) & (y == c)), np.sum((pred == c) & (y != c)), np.sum((pred != c) & (y == c))
+        f1.append(2 * tp / max(2 * tp + fp + fn, 1))
+    conf, right = confidence(soft, cal), (pred == y).astype(float)
+    bins = np.minimum((conf * 10).astype(int), 9)
+    ece = sum(abs(right[bins == b].mean() - conf[bins == b].mean()) * np.mean(bins == b)
+              for b in range(10) if np.any(bins == b))
+    return SubsetMetrics(n_tracks=len(y), accuracy_soft=float(np.mean(right)), accuracy_hard=float(np.mean(hard == y)),
+                         accuracy_segment=float(np.mean(seg == seg_label)), macro_f1=float(np.mean(f1)),
+                         ece=float(ece))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", type=Path, default=REPO / ".cache" / "broad")
@@ -274,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     base = load_card(args.base)
-    broad = Broad(list(base.labels), float(base.temperature or 1.0))
+    # the cached GTZAN logits are already divided by the card's temperature (as the network divides them)
+    broad = Broad(list(base.labels), 1.0)
     gtzan, excerpts, emotify = (load(args.features, s, 0) for s in ("gtzan", "excerpts", "emotify"))
     emotify_lib = load(args.features, "emotify", 1) if (args.features / "emotify-1.npz").exists() else None
 
@@ -304,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     cal_clips = join([real_clips, familiar])
     cal_weight = np.concatenate([np.full(len(real_clips), args.real_share / len(real_clips)),
                                  np.full(len(familiar), (1 - args.real_share) / len(familiar))])
-    cal_probs = broad.probs(cal_clips, scale, bias)
+    cal_probs = broad.classify_probs(cal_clips, scale, bias)
     cal_right = (cal_probs.argmax(axis=1) == cal_clips.label).astype(float)
     cal = fit_calibration(cal_probs, cal_right, cal_weight)
     cal_conf = confidence(cal_probs, cal)
@@ -320,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results, baseline = [], []
     for name, clips in sets.items():
-        probs = broad.probs(clips, scale, bias)
+        probs = broad.classify_probs(clips, scale, bias)
         r = summary(name, clips, probs, confidence(probs, cal), threshold)
         results.append(r)
         print(f"{name}: top1 {r['top1_labelled']}, written {r['written']}/{r['clips']}, "
@@ -356,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "non-commercial) and GTZAN fault-filtered valid tracks and excerpts "
                                       f"({len(familiar)}), half of the weight each",
                   "evidence_fit_data": "GTZAN fault-filtered train tracks and excerpts, Emotify train"}
-    card.metrics = CardMetrics()
+    card.metrics = CardMetrics.from_dict({
+        "test": subset_metrics(broad, gtzan.take(gtzan.subset == "test"), scale, bias, cal).to_dict(),
+        "test_excerpts": subset_metrics(broad, excerpts.take(excerpts.subset == "test"), scale, bias, cal).to_dict(),
+        "emotify_test": subset_metrics(broad, emotify.take(emotify.subset == "test"), scale, bias, cal).to_dict()})
     card.training = {**(card.training or {}), "broad": {"script": "scripts/broad_model.py", "l2": args.l2,
                                                         "emotify_weight": best["emotify_weight"],
                                                         "threshold_target": args.target}}
