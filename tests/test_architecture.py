@@ -280,3 +280,19 @@ def test_production_code_reads_no_test_variable():
         return isinstance(node, ast.Constant) and isinstance(node.value, str) and "GENRETAG_TEST" in node.value
     assert _reads(test_var) == []
     assert [f for f in (PACKAGE / "cli").rglob("*.py") if "GENRETAG_TEST" in f.read_text()] == []
+
+
+def test_every_module_is_on_the_architecture_map():
+    """docs/architecture.md's package map names every module of genretag/ (as `name.py` under its
+    package's line, or its dotted name), so a newcomer finds where each idea lives."""
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "architecture.md").read_text()
+    missing = []
+    for f in sorted((root / "genretag").rglob("*.py")):
+        rel = f.relative_to(root / "genretag")
+        if f.name in ("__init__.py", "__main__.py") or rel.parts[0] == "_models":
+            continue
+        dotted = ".".join(rel.with_suffix("").parts)
+        if f.name not in doc and dotted not in doc and str(rel) not in doc:
+            missing.append(str(rel))
+    assert missing == [], f"not on docs/architecture.md's map: {missing}"
