@@ -47,7 +47,9 @@ class GenreTags:
     id3_version: int | None = None  # 2, 3 or 4 for ID3-tagged formats that have a tag
     others: list[bytes] = field(default_factory=list, repr=False)  # every other field's bytes
     id3v1_genre: int | None = None  # the genre byte of an mp3's ID3v1 tag, as stored (None: no ID3v1 tag)
-    ape_genres: list[str] = field(default_factory=list)  # an mp3's APEv2 `Genre` (read, never written)
+    #: genres held where genretag reads but never writes: an mp3's APEv2 `Genre`, a wav's RIFF INFO `IGNR`,
+    #: the TCON of an ID3v2 tag in front of a FLAC stream
+    other_genres: list[str] = field(default_factory=list)
 
     @property
     def multi_value(self) -> bool:
@@ -103,7 +105,7 @@ class _Id3File:
     extra: list[bytes]  # what else the file's tags hold (ID3v1 but its genre byte; other IFF chunks)
     v1_at: int | None = None  # offset of an ID3v1 tag (mp3)
     v1_genre: int | None = None  # its genre byte
-    ape_genres: list[str] = field(default_factory=list)  # an APEv2 tag's Genre values (mp3)
+    other_genres: list[str] = field(default_factory=list)  # APEv2 Genre (mp3), RIFF INFO IGNR (wav)
     v1_write: int | None = None  # the genre byte a write puts in the ID3v1 tag (None: from the values)
 
     def genres(self) -> list[str]:
@@ -127,17 +129,33 @@ def _parse_id3(f, fmt: str) -> _Id3File:
                 extra, v1_at, v1_genre = [b"ID3v1" + v1[:127]], end - 128, v1[127]
         return _Id3File(tag, extra, v1_at, v1_genre, _ape_genres(f, end - 128 if v1_at is not None else end))
     iff, chunk = _id3_in_iff(f, fmt)
-    extra = []
+    extra, info = [], []
     for c in iff.root.subchunks():
         if c is chunk or c.id in ("data", "SSND"):
             continue
         f.seek(c.data_offset)
         extra.append(c.id.encode("latin-1") + f.read(c.data_size))
+        if fmt == "wav" and c.id == "LIST":
+            info += _riff_info_genres(extra[-1][4:])
     if chunk is None:
-        return _Id3File(id3.Id3Tag(4), extra)
+        return _Id3File(id3.Id3Tag(4), extra, other_genres=info)
     f.seek(chunk.data_offset)
     data = f.read(chunk.data_size)
-    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra)
+    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra, other_genres=info)
+
+
+def _riff_info_genres(body: bytes) -> list[str]:
+    """The `IGNR` of a RIFF `LIST` chunk of type `INFO` (read only; [] when absent or unreadable)."""
+    if body[:4] != b"INFO":
+        return []
+    pos = 4
+    while pos + 8 <= len(body):
+        cid, n = body[pos:pos + 4], int.from_bytes(body[pos + 4:pos + 8], "little")
+        if cid == b"IGNR":
+            text = body[pos + 8:pos + 8 + n].split(b"\0")[0].decode("utf-8", "replace").strip()
+            return [text] if text else []
+        pos += 8 + n + (n & 1)
+    return []
 
 
 def _id3_total(head: bytes) -> int:
@@ -244,7 +262,16 @@ def _ape_genres(f, end: int) -> list[str]:
 def _parse_flac(f, fmt: str):
     f.seek(0)
     head = f.read(id3.HEADER)
-    return vorbis.parse_flac(f, _id3_total(head) if head[:3] == b"ID3" else 0)
+    if head[:3] != b"ID3":
+        return vorbis.parse_flac(f, 0)
+    total = _id3_total(head)
+    meta = vorbis.parse_flac(f, total)
+    f.seek(0)
+    try:  # an ID3v2 tag in front of the stream: its genre is read (never written), for --keep-existing
+        meta.front_genres = TCON_genres(id3.parse(f.read(total)).genres())
+    except DamagedTagError:
+        meta.front_genres = []
+    return meta
 
 
 def _write_flac(path: str, parsed, values: list[str]) -> None:
@@ -307,8 +334,8 @@ def _parse(path: str) -> tuple[str, Any]:
 def _state(fmt: str, parsed) -> GenreTags:
     if isinstance(parsed, _Id3File):
         return GenreTags(fmt, parsed.genres(), parsed.tag.major if parsed.tag.size else None, parsed.others(),
-                         parsed.v1_genre, list(parsed.ape_genres))
-    return GenreTags(fmt, parsed.genres(), None, parsed.others())
+                         parsed.v1_genre, list(parsed.other_genres))
+    return GenreTags(fmt, parsed.genres(), None, parsed.others(), other_genres=list(getattr(parsed, "front_genres", [])))
 
 
 def read_tags(path: str | os.PathLike) -> GenreTags:
@@ -319,14 +346,15 @@ def read_tags(path: str | os.PathLike) -> GenreTags:
 def readable_values(tags: GenreTags, separator: str | None = None) -> list[str]:
     """The genres a person would see: ID3 numeric references resolved, joined values split.
 
-    An mp3 without a genre in ID3v2 shows the genre of its APEv2 tag, or else of its ID3v1 tag: that
-    is its current genre (for `--keep-existing`, `--append` and the dry run)."""
+    A file without a genre in its native field shows the genre held elsewhere (an mp3's APEv2 tag, or
+    else its ID3v1 byte; a wav's RIFF INFO; an ID3v2 tag in front of FLAC): that is its current genre
+    (for `--keep-existing`, `--append` and the dry run)."""
     values = tags.values
     if GENRE_FIELDS[tags.format].id3:
         values = TCON_genres(values)
     sep = effective_separator(tags, separator)
     out = split_values(values, sep) if sep else [v for v in values if v.strip()]
-    return out or list(tags.ape_genres) or _v1_name(tags.id3v1_genre)
+    return out or list(tags.other_genres) or _v1_name(tags.id3v1_genre)
 
 
 def read_genres(path: str | os.PathLike, separator: str | None = None) -> list[str]:

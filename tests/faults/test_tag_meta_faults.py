@@ -220,6 +220,44 @@ def test_apev2_genre_counts_as_current_genre(tmp_path):
     assert t.apply(plan).action == "skip: has genre" and p.read_bytes() == raw
 
 
+def _riff_info_ignr(path: Path, genre: bytes) -> None:
+    """Append a LIST/INFO chunk with an IGNR to a wav (and fix the RIFF size)."""
+    import struct
+
+    body = genre + b"\0"
+    sub = b"IGNR" + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+    chunk = b"LIST" + struct.pack("<I", 4 + len(sub)) + b"INFO" + sub
+    data = bytearray(path.read_bytes()) + chunk
+    struct.pack_into("<I", data, 4, len(data) - 8)
+    path.write_bytes(bytes(data))
+
+
+def _id3_before_flac(path: Path, genre: str) -> None:
+    from mutagen.id3 import ID3, TCON
+
+    tag = ID3()
+    tag.add(TCON(encoding=3, text=[genre]))
+    import io
+
+    buf = io.BytesIO()
+    tag.save(buf, v2_version=4)
+    path.write_bytes(buf.getvalue() + path.read_bytes())
+
+
+def test_riff_info_and_id3_before_flac_genres_count_as_current(tmp_path):
+    wav = af.make_file(tmp_path / "info.wav")
+    _riff_info_ignr(wav, b"Chanson")
+    flac = af.make_file(tmp_path / "front.flac")
+    _id3_before_flac(flac, "Chanson")
+    for p in (wav, flac):
+        raw = p.read_bytes()
+        assert read_genres(p) == ["Chanson"], p.name
+        t = Tagger(write=True, journal=tmp_path / "j.jsonl")
+        plan = t.plan(result(p, "jazz"))
+        assert plan.action == "skip: has genre" and t.apply(plan).action == "skip: has genre"
+        assert p.read_bytes() == raw
+
+
 def test_tcon_255_is_no_genre(tmp_path):
     p = af.make_file(tmp_path / "s.mp3", genre="(255)")
     assert read_genres(p) == []
