@@ -152,7 +152,7 @@ def _riff_info_genres(body: bytes) -> list[str]:
     while pos + 8 <= len(body):
         cid, n = body[pos:pos + 4], int.from_bytes(body[pos + 4:pos + 8], "little")
         if cid == b"IGNR":
-            text = body[pos + 8:pos + 8 + n].split(b"\0")[0].decode("utf-8", "replace").strip()
+            text = _text(body[pos + 8:pos + 8 + n].split(b"\0")[0]).strip()
             return [text] if text else []
         pos += 8 + n + (n & 1)
     return []
@@ -228,6 +228,14 @@ def _v1_name(byte: int | None) -> list[str]:
     return [GENRES[byte]] if byte is not None and byte < len(GENRES) else []
 
 
+def _text(raw: bytes) -> str:
+    """UTF-8, else Latin-1 (what RIFF INFO writers use): never U+FFFD, which `--append` would write back."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _ape_genres(f, end: int) -> list[str]:
     """The `Genre` values of an APEv2 tag ending at `end` ([] when there is none or it cannot be read).
 
@@ -254,7 +262,7 @@ def _ape_genres(f, end: int) -> list[str]:
         key, value = body[pos + 8:key_end], body[key_end + 1:key_end + 1 + vlen]
         pos = key_end + 1 + vlen
         if key.lower() == b"genre" and not flags & 0x6:  # a text item (not binary, not a link)
-            text = value.decode("utf-8", "replace")
+            text = _text(value)
             return [v.strip() for v in text.split("\0") if v.strip()]
     return []
 
