@@ -119,9 +119,8 @@ def main() -> None:
     from genretag.store.local import find_local
 
     card = load_card(find_local(None))
-    decode = lambda p: prepare_file(p, card.audio)  # noqa: E731
     stages = {"fingerprint": fingerprint, "ends only": ends_only, "file_fingerprint": file_fingerprint,
-              "decode": decode}
+              "decode": lambda p: prepare_file(p, card.audio)}
     block = os.urandom(1 << 20)
     hashes = {}
     for name in ("sha256", "blake2b", "sha1", "md5"):  # the hash alone, on memory: which is fastest here

@@ -15,12 +15,12 @@ lives, and only that region is hashed:
 - wav / aiff: the `data` / `SSND` chunk bodies;
 - anything else: the whole file.
 
-Every byte of the payload is hashed (sha256, together with the payload's
-length; OpenSSL's sha256 runs on the CPU's SHA instructions, faster than blake2b
-on the machines measured), so two files that differ anywhere the classifier could listen get
-different fingerprints, and an edit of the audio anywhere is noticed (the
-cost is one read of the file: docs/tagging.md gives the figures). The
-fingerprint starts with its version (`v2:`): the result cache is keyed by it,
+Every byte of the payload is hashed (sha256, with the payload's length;
+OpenSSL runs sha256 on the CPU's SHA instructions, faster than blake2b where
+measured), so two files that differ anywhere the classifier could listen get
+different fingerprints, and an edit of the audio anywhere is noticed. The
+cost is one read of the file (docs/tagging.md gives the figures). Each
+fingerprint starts with its scheme (`v2:`): the result cache is keyed by it,
 so entries made under an earlier scheme (which hashed only the first and last
 MiB) are never matched again. `file_fingerprint` is the other kind: every
 byte of the file, used by the journal to notice any change at all.

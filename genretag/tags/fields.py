@@ -343,7 +343,8 @@ def _state(fmt: str, parsed) -> GenreTags:
     if isinstance(parsed, _Id3File):
         return GenreTags(fmt, parsed.genres(), parsed.tag.major if parsed.tag.size else None, parsed.others(),
                          parsed.v1_genre, list(parsed.other_genres))
-    return GenreTags(fmt, parsed.genres(), None, parsed.others(), other_genres=list(getattr(parsed, "front_genres", [])))
+    front = getattr(parsed, "front_genres", [])  # FLAC: an ID3v2 tag in front of the stream
+    return GenreTags(fmt, parsed.genres(), None, parsed.others(), other_genres=list(front))
 
 
 def read_tags(path: str | os.PathLike) -> GenreTags:

@@ -475,7 +475,7 @@ def _beets_items(root: Path) -> dict[str, tuple[list[str], Path]]:
 def test_beets_plugin_refuses_an_empty_genre_name(tmp_path):
     from genretag.store.card import GTZAN_GENRES
 
-    src, library, run = _beets(tmp_path, names={g: "" for g in GTZAN_GENRES})
+    src, _, run = _beets(tmp_path, names={g: "" for g in GTZAN_GENRES})
     af.make_file(src / "a.flac", seconds=2, title="a", genre="Folk")
     assert run("import", "-A", str(src)).returncode == 0
     res = run("genretag", "--force")
@@ -490,7 +490,7 @@ def test_beets_plugin_counts_a_file_beets_could_not_write_as_failed(tmp_path):
         pytest.skip("needs setpriv to make a file read-only for root")
     else:
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-    src, library, run = _beets(tmp_path)
+    src, _, run = _beets(tmp_path)
     af.make_file(src / "a.flac", seconds=2, title="a", genre="Folk")
     af.make_file(src / "b.flac", seconds=2, freq=660, title="b", genre="Folk")
     assert run("import", "-A", str(src)).returncode == 0
