@@ -409,8 +409,8 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     path = os.fspath(path)
     fmt, parsed = _parse(path)
     before = _state(fmt, parsed)
-    if isinstance(parsed, _Id3File):
-        parsed.v1_write = id3v1_genre
+    if isinstance(parsed, _Id3File):  # from the values before ID3v2.3 joins them: its first genre
+        parsed.v1_write = _v1_genre(values) if id3v1_genre is None else id3v1_genre
     try:
         GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator))
     except TagError:

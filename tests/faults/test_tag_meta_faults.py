@@ -209,6 +209,16 @@ def test_undo_restores_an_id3v1_byte_that_disagreed_with_tcon(tmp_path):
     assert p.read_bytes()[-128:] == raw_v1 and read_tags(p).values == ["Alt Rock"]
 
 
+def test_id3v1_byte_follows_the_first_genre_of_a_joined_id3v23_value(tmp_path):
+    """--append on ID3v2.3 stores `Rock; Jazz` as one value; the ID3v1 byte is still Rock's (17), not 255."""
+    p = af.make_file(tmp_path / "s.mp3", genre="Rock", id3_version=3)
+    with open(p, "ab") as f:
+        f.write(_id3v1(17))
+    t = Tagger(policy="append", write=True, journal=tmp_path / "j.jsonl")
+    assert t.apply(t.plan(result(p, "jazz"))).action == "written"
+    assert read_tags(p).values == ["Rock; Jazz"] and p.read_bytes()[-1] == 17
+
+
 def test_apev2_genre_counts_as_current_genre(tmp_path):
     p = _bare_mp3(tmp_path / "ape.mp3")
     with open(p, "ab") as f:
