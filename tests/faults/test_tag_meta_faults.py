@@ -429,7 +429,8 @@ def test_a_file_owned_by_another_user_is_refused_not_given_away(tiny_model_dir):
 
 
 def test_a_failing_chown_refuses_the_write(tmp_path):
-    """Root without CAP_CHOWN: the owner cannot be given back, so the write is refused (not swallowed)."""
+    """Root without CAP_CHOWN, past the up-front check (told the process may chown, as a kernel or file
+    system might refuse anyway): the real chown fails, and the write is refused, not the failure swallowed."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv")
     prefix = ["setpriv", "--bounding-set=-chown", "--inh-caps=-chown"]
@@ -438,13 +439,16 @@ def test_a_failing_chown_refuses_the_write(tmp_path):
     p = af.make_file(tmp_path / "a.flac", genre="Rock")
     os.chown(p, 4321, 4321)
     raw = p.read_bytes()
-    code = ("import sys\nfrom genretag.tags.safe_write import write_genres_safely\n"
-            "from genretag.errors import TagError\n"
-            "try:\n    write_genres_safely(sys.argv[1], ['Jazz'])\nexcept TagError as e:\n    print('refused:', e)\n")
+    code = ("import sys\nimport genretag.tags.safe_write as sw\nfrom genretag.errors import TagError\n"
+            "print('up front:', sw.owner_problem(sw.os.stat(sys.argv[1])))\n"
+            "sw._can_chown = lambda: True\n"
+            "try:\n    sw.write_genres_safely(sys.argv[1], ['Jazz'])\nexcept TagError as e:\n    print('refused:', e)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out = subprocess.run([*prefix, sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=env,
                          timeout=120)
-    assert out.stdout.startswith("refused:") and "owner" in out.stdout, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "owned by another user (uid 4321)" in lines[0], out.stdout + out.stderr
+    assert lines[1].startswith("refused: cannot keep the file's owner 4321:4321"), out.stdout + out.stderr
     assert p.read_bytes() == raw and p.stat().st_uid == 4321
     assert [q for q in tmp_path.iterdir() if TMP_MARK in q.name] == []
 
