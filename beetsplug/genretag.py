@@ -33,6 +33,7 @@ from genretag.tags.plan import (
     SKIP_UNCHANGED,
     WRITE,
     genre_name,
+    name_problem,
     plan_tag,
 )
 
@@ -76,10 +77,14 @@ class Settings:
             raise ui.UserError(f"genretag: min_confidence must be between 0 and 1, not {min_confidence}")
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ui.UserError(f"genretag: jobs must be a whole number of at least 1, not {jobs!r}")
+        names = {str(k): "" if v is None else str(v) for k, v in config["names"].get(dict).items()}
+        for label, name in names.items():  # an empty name would erase the genre under --force
+            why = name_problem(name)
+            if why:
+                raise ui.UserError(f"genretag: names: {label}: {why}")
         model = config["model"].get()
         return cls(model=None if model is None else str(model), top_k=top_k, min_confidence=min_confidence,
-                   policy=config["policy"].as_choice(POLICIES),
-                   names={str(k): str(v) for k, v in config["names"].get(dict).items()},
+                   policy=config["policy"].as_choice(POLICIES), names=names,
                    device=config["device"].as_str(), jobs=jobs)
 
 
@@ -190,8 +195,13 @@ class GenretagPlugin(BeetsPlugin):
                     continue
                 if plan.action == WRITE:
                     out.line(f"{item}: {'; '.join(before) or '(none)'} -> {'; '.join(plan.new_values)}")
-                if not opts.pretend:  # only an item whose genres change has anything to write to its file
-                    item.try_sync(write=write and plan.action == WRITE, move=False)
+                if not opts.pretend:
+                    # only an item whose genres change has anything to write to its file; beets logs why a
+                    # write failed, the item counts as failed (its database entry is still updated)
+                    if write and plan.action == WRITE and not item.try_write():
+                        counts[WRITE] -= 1
+                        counts[ERROR] += 1
+                    item.store()
         self._log.info("{} items: {} {}, {} kept (have genres), {} below min_confidence, {} unchanged, {} failed{}",
                        len(items), counts[WRITE], "would be set" if opts.pretend else "set",
                        counts[SKIP_HAS_GENRE], counts[SKIP_BELOW], counts[SKIP_UNCHANGED], counts[ERROR],

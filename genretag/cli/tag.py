@@ -186,6 +186,9 @@ def tag_cmd(
     if write:
         if tagger.journal.path.is_dir():
             fail(f"--journal {tagger.journal.path} is a folder: give the journal's file name", 2)
+        kind = _not_regular(tagger.journal.path)
+        if kind:
+            fail(f"--journal {tagger.journal.path} is not a regular file ({kind})", 2)
         try:
             tagger.journal.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -234,6 +237,19 @@ def tag_cmd(
         raise typer.Exit(1)
 
 
+def _not_regular(path: Path) -> str | None:
+    """What `path` is when it exists and is not a regular file (a FIFO would block the run), else None."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device"
+
+
 def _open_cache():
     from genretag.pipeline.cache import ResultCache
 
@@ -269,6 +285,9 @@ def undo_cmd(
     jpath = journal or default_journal_path()
     if not jpath.exists():
         fail(f"no journal at {jpath}", 1 if journal is None else 2)
+    kind = _not_regular(jpath)
+    if kind:
+        fail(f"journal {jpath} is not a regular file ({kind})", 2)
     counts: dict[str, int] = {}
     out = out_console()
     try:

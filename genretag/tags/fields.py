@@ -46,6 +46,10 @@ class GenreTags:
     values: list[str]  # exactly as stored
     id3_version: int | None = None  # 2, 3 or 4 for ID3-tagged formats that have a tag
     others: list[bytes] = field(default_factory=list, repr=False)  # every other field's bytes
+    id3v1_genre: int | None = None  # the genre byte of an mp3's ID3v1 tag, as stored (None: no ID3v1 tag)
+    #: genres held where genretag reads but never writes: an mp3's APEv2 `Genre`, a wav's RIFF INFO `IGNR`,
+    #: the TCON of an ID3v2 tag in front of a FLAC stream
+    other_genres: list[str] = field(default_factory=list)
 
     @property
     def multi_value(self) -> bool:
@@ -100,6 +104,9 @@ class _Id3File:
     tag: id3.Id3Tag
     extra: list[bytes]  # what else the file's tags hold (ID3v1 but its genre byte; other IFF chunks)
     v1_at: int | None = None  # offset of an ID3v1 tag (mp3)
+    v1_genre: int | None = None  # its genre byte
+    other_genres: list[str] = field(default_factory=list)  # APEv2 Genre (mp3), RIFF INFO IGNR (wav)
+    v1_write: int | None = None  # the genre byte a write puts in the ID3v1 tag (None: from the values)
 
     def genres(self) -> list[str]:
         return self.tag.genres()
@@ -114,25 +121,41 @@ def _parse_id3(f, fmt: str) -> _Id3File:
         head = f.read(id3.HEADER)
         tag = id3.parse(head + f.read(_id3_total(head) - len(head))) if head[:3] == b"ID3" else id3.Id3Tag(4)
         end = f.seek(0, os.SEEK_END)
-        extra, v1_at = [], None
+        extra, v1_at, v1_genre = [], None, None
         if end >= 128 + tag.size:
             f.seek(end - 128)
             v1 = f.read(128)
             if v1[:3] == b"TAG":
-                extra, v1_at = [b"ID3v1" + v1[:127]], end - 128
-        return _Id3File(tag, extra, v1_at)
+                extra, v1_at, v1_genre = [b"ID3v1" + v1[:127]], end - 128, v1[127]
+        return _Id3File(tag, extra, v1_at, v1_genre, _ape_genres(f, end - 128 if v1_at is not None else end))
     iff, chunk = _id3_in_iff(f, fmt)
-    extra = []
+    extra, info = [], []
     for c in iff.root.subchunks():
         if c is chunk or c.id in ("data", "SSND"):
             continue
         f.seek(c.data_offset)
         extra.append(c.id.encode("latin-1") + f.read(c.data_size))
+        if fmt == "wav" and c.id == "LIST":
+            info += _riff_info_genres(extra[-1][4:])
     if chunk is None:
-        return _Id3File(id3.Id3Tag(4), extra)
+        return _Id3File(id3.Id3Tag(4), extra, other_genres=info)
     f.seek(chunk.data_offset)
     data = f.read(chunk.data_size)
-    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra)
+    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra, other_genres=info)
+
+
+def _riff_info_genres(body: bytes) -> list[str]:
+    """The `IGNR` of a RIFF `LIST` chunk of type `INFO` (read only; [] when absent or unreadable)."""
+    if body[:4] != b"INFO":
+        return []
+    pos = 4
+    while pos + 8 <= len(body):
+        cid, n = body[pos:pos + 4], int.from_bytes(body[pos + 4:pos + 8], "little")
+        if cid == b"IGNR":
+            text = _text(body[pos + 8:pos + 8 + n].split(b"\0")[0]).strip()
+            return [text] if text else []
+        pos += 8 + n + (n & 1)
+    return []
 
 
 def _id3_total(head: bytes) -> int:
@@ -157,7 +180,7 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None
                 f.write(data)
             if parsed.v1_at is not None:
                 f.seek(-1, os.SEEK_END)
-                f.write(bytes([_v1_genre(values)]))
+                f.write(bytes([_v1_genre(values) if parsed.v1_write is None else parsed.v1_write]))
             return
         iff, chunk = _id3_in_iff(f, fmt)
         if chunk is None and not values:
@@ -188,16 +211,75 @@ def _v1_genre(values: list[str]) -> int:
 
 
 def TCON_genres(values: list[str]) -> list[str]:  # noqa: N802 -- mutagen's name
-    """ID3 "(17)"-style references resolved to names, as mutagen's TCON.genres does."""
+    """ID3 "(17)"-style references resolved to names, as mutagen's TCON.genres does.
+
+    The reference 255 (`(255)`, `255`) means "no genre" in ID3v1 and is dropped (mutagen would call it
+    `Unknown`)."""
     from mutagen.id3 import TCON
 
+    values = [v for v in values if v.strip() not in ("(255)", "255")]
     return TCON(encoding=3, text=values).genres if values else []
+
+
+def _v1_name(byte: int | None) -> list[str]:
+    """The genre an ID3v1 genre byte names ([] for 255, "none", and for bytes past the list)."""
+    from mutagen._constants import GENRES
+
+    return [GENRES[byte]] if byte is not None and byte < len(GENRES) else []
+
+
+def _text(raw: bytes) -> str:
+    """UTF-8, else Latin-1 (what RIFF INFO writers use): never U+FFFD, which `--append` would write back."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _ape_genres(f, end: int) -> list[str]:
+    """The `Genre` values of an APEv2 tag ending at `end` ([] when there is none or it cannot be read).
+
+    genretag does not write APEv2; it only reads the genre there, so that a file whose genre lives
+    only in APEv2 counts as having one."""
+    if end < 32:
+        return []
+    f.seek(end - 32)
+    footer = f.read(32)
+    if footer[:8] != b"APETAGEX":
+        return []
+    size, count = struct.unpack("<II", footer[12:20])
+    if not 32 <= size <= min(end, 1 << 24):
+        return []
+    f.seek(end - size)
+    body, pos = f.read(size - 32), 0
+    for _ in range(count):
+        if pos + 8 > len(body):
+            break
+        vlen, flags = struct.unpack_from("<II", body, pos)
+        key_end = body.find(b"\0", pos + 8)
+        if key_end < 0 or key_end + 1 + vlen > len(body):
+            break
+        key, value = body[pos + 8:key_end], body[key_end + 1:key_end + 1 + vlen]
+        pos = key_end + 1 + vlen
+        if key.lower() == b"genre" and not flags & 0x6:  # a text item (not binary, not a link)
+            text = _text(value)
+            return [v.strip() for v in text.split("\0") if v.strip()]
+    return []
 
 
 def _parse_flac(f, fmt: str):
     f.seek(0)
     head = f.read(id3.HEADER)
-    return vorbis.parse_flac(f, _id3_total(head) if head[:3] == b"ID3" else 0)
+    if head[:3] != b"ID3":
+        return vorbis.parse_flac(f, 0)
+    total = _id3_total(head)
+    meta = vorbis.parse_flac(f, total)
+    f.seek(0)
+    try:  # an ID3v2 tag in front of the stream: its genre is read (never written), for --keep-existing
+        meta.front_genres = TCON_genres(id3.parse(f.read(total)).genres())
+    except DamagedTagError:
+        meta.front_genres = []
+    return meta
 
 
 def _write_flac(path: str, parsed, values: list[str]) -> None:
@@ -258,8 +340,11 @@ def _parse(path: str) -> tuple[str, Any]:
 
 
 def _state(fmt: str, parsed) -> GenreTags:
-    version = parsed.tag.major if isinstance(parsed, _Id3File) and parsed.tag.size else None
-    return GenreTags(fmt, parsed.genres(), version, parsed.others())
+    if isinstance(parsed, _Id3File):
+        return GenreTags(fmt, parsed.genres(), parsed.tag.major if parsed.tag.size else None, parsed.others(),
+                         parsed.v1_genre, list(parsed.other_genres))
+    front = getattr(parsed, "front_genres", [])  # FLAC: an ID3v2 tag in front of the stream
+    return GenreTags(fmt, parsed.genres(), None, parsed.others(), other_genres=list(front))
 
 
 def read_tags(path: str | os.PathLike) -> GenreTags:
@@ -268,12 +353,17 @@ def read_tags(path: str | os.PathLike) -> GenreTags:
 
 
 def readable_values(tags: GenreTags, separator: str | None = None) -> list[str]:
-    """The genres a person would see: ID3 numeric references resolved, joined values split."""
+    """The genres a person would see: ID3 numeric references resolved, joined values split.
+
+    A file without a genre in its native field shows the genre held elsewhere (an mp3's APEv2 tag, or
+    else its ID3v1 byte; a wav's RIFF INFO; an ID3v2 tag in front of FLAC): that is its current genre
+    (for `--keep-existing`, `--append` and the dry run)."""
     values = tags.values
     if GENRE_FIELDS[tags.format].id3:
         values = TCON_genres(values)
     sep = effective_separator(tags, separator)
-    return split_values(values, sep) if sep else [v for v in values if v.strip()]
+    out = split_values(values, sep) if sep else [v for v in values if v.strip()]
+    return out or list(tags.other_genres) or _v1_name(tags.id3v1_genre)
 
 
 def read_genres(path: str | os.PathLike, separator: str | None = None) -> list[str]:
@@ -305,17 +395,22 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
     return list(values)
 
 
-def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None) -> GenreTags:
+def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
+               id3v1_genre: int | None = None) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
 
     Every other field keeps its bytes. An empty `values` removes the field.
-    Returns the state before the change.
+    An mp3's ID3v1 tag gets the genre byte of the first value (255 when it
+    is none of the ID3v1 genres), or `id3v1_genre` when given (undo gives
+    back the byte as it was). Returns the state before the change.
     """
     from mutagen import MutagenError
 
     path = os.fspath(path)
     fmt, parsed = _parse(path)
     before = _state(fmt, parsed)
+    if isinstance(parsed, _Id3File):  # from the values before ID3v2.3 joins them: its first genre
+        parsed.v1_write = _v1_genre(values) if id3v1_genre is None else id3v1_genre
     try:
         GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator))
     except TagError:

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, file_fingerprint
+from genretag.audio.containers import FingerprintError, file_fingerprint, open_regular
 from genretag.paths import data_dir
 from genretag.tags.fields import TagError, read_tags
 from genretag.tags.safe_write import WriteOutcome, cleanup_stray_temps, write_genres_safely
@@ -50,6 +52,8 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
     raw = path_bytes(outcome.path)
     if raw is not None:
         entry["path_bytes"] = raw
+    if outcome.old_id3v1_genre is not None:  # an mp3's ID3v1 genre byte, which `old` cannot tell
+        entry["old_id3v1_genre"] = outcome.old_id3v1_genre
     if undoes:
         entry["undoes"] = undoes
     return entry
@@ -95,8 +99,14 @@ def append_entry(journal: str | os.PathLike, entry: dict) -> None:
     # names are in `path_bytes` (see make_entry); backslashreplace keeps the line valid UTF-8 should any
     # other field hold a lone surrogate (json.loads reads the \udcXX escape back as the same one)
     line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
-    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # O_NONBLOCK: a FIFO without a reader fails at once (ENXIO) instead of blocking; anything but a
+    # regular file is refused before a byte is written
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         try:
             import fcntl
 
@@ -131,6 +141,9 @@ def entry_problem(e) -> str | None:
     for key in ("id", "undoes"):
         if e.get(key) is not None and not isinstance(e[key], str):
             return f"'{key}' is not a string"
+    v1 = e.get("old_id3v1_genre")
+    if v1 is not None and (type(v1) is not int or not 0 <= v1 <= 255):
+        return "'old_id3v1_genre' is not a byte (0-255)"
     return None
 
 
@@ -147,7 +160,7 @@ class JournalProblem:
 def read_journal(journal: str | os.PathLike) -> tuple[list[dict], list[JournalProblem]]:
     """Well-formed entries (oldest first) and the lines that are not."""
     entries, problems = [], []
-    with open(journal, "rb") as f:
+    with open_regular(journal) as f:  # a FIFO is refused, not waited on
         lines = f.read().split(b"\n")
     last = len(lines) - 1  # after the final newline: b"" (or the torn line of a crash)
     for n, raw in enumerate(lines, 1):
@@ -285,7 +298,8 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
         try:
             # values are the exact stored form, so no separator: they are written back as they were
             out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
-                                      expect_fingerprint=real_fp[path], times=times.get(path))
+                                      expect_fingerprint=real_fp[path], times=times.get(path),
+                                      id3v1_genre=e.get("old_id3v1_genre"))
         except TagError as err:
             virtual[path] = None
             yield UndoItem(path, "error", str(err), e["old"], e["new"])

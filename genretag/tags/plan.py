@@ -55,7 +55,9 @@ def load_genre_names(path: str | os.PathLike) -> dict[str, str]:
             raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
         if not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in data.items()):
             raise ValueError(f"{path}: expected an object of label -> non-empty name strings")
-        return {k.strip(): v.strip() for k, v in data.items()}
+        names = {k.strip(): v.strip() for k, v in data.items()}
+        _check_names(path, names)
+        return names
     names = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -65,7 +67,24 @@ def load_genre_names(path: str | os.PathLike) -> dict[str, str]:
         if not sep or not label.strip() or not name.strip():
             raise ValueError(f"{path}:{n}: expected label=Name, got {line!r}")
         names[label.strip()] = name.strip()
+    _check_names(path, names)
     return names
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a genre (no tag format stores an empty one or a NUL), or None."""
+    if not name.strip():
+        return "genre name is empty"
+    if "\0" in name:
+        return f"genre name {name!r} holds a NUL character, which a tag cannot store"
+    return None
+
+
+def _check_names(path, names: dict[str, str]) -> None:
+    for label, name in names.items():
+        why = name_problem(name)
+        if why:
+            raise ValueError(f"{path}: {label}: {why}")
 
 
 # --- planning ------------------------------------------------------------------
@@ -119,6 +138,9 @@ def plan_tag(result, current: list[str], policy: str = "keep-existing",
         return TagPlan(ERROR, error=result.error, current=list(current))
     proposed = proposed_genres(result, top_k, min_confidence, names)
     conf = result.confidence
+    bad = next((why for why in map(name_problem, proposed) if why), None)
+    if bad:  # refused here, so the dry run says what the write would
+        return TagPlan(ERROR, proposed=proposed, confidence=conf, error=bad, current=list(current))
     if not proposed:
         return TagPlan(SKIP_BELOW, proposed=[], confidence=conf, current=list(current))
     if policy == "keep-existing" and current:

@@ -4,17 +4,22 @@ check the genre is what was intended, every other tag field and the audio
 payload are untouched, fsyncs it, and only then renames it over the
 original. A crash at any moment leaves either the old file or the new one.
 
-A temporary file is named after the process that owns it
-(`.<name>.genretag-tmp-<pid>-<16 hex>`) and is kept locked (flock) while it
-lives, so a run cleans up only the temporaries whose owner is gone, never
-those of a run working next to it.
+A temporary file is named after the host and process that own it
+(`.genretag-tmp-<8 hex of the host name>-<pid>-<16 hex>`, at most 50 bytes
+whatever the file's name, so any legal name can be written) and is kept
+locked (flock) while it lives, so a run cleans up only the temporaries whose
+owner is gone, never those of a run working next to it: on this host, a
+temporary whose process is not running and whose lock nobody holds; another
+host's (a network share), only one untouched for STALE_AFTER seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+import socket
 import stat
 import time
 from collections.abc import Callable
@@ -28,7 +33,14 @@ from genretag.tags.fields import read_tags, set_genres, stored_form
 TMP_MARK = ".genretag-tmp-"
 #: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
 LOCK_WAIT = 120.0
-TMP_RE = re.compile(r"^\..+\.genretag-tmp-(?:(\d+)-)?[0-9a-f]{16}$")
+#: This host, in temporary names: a process id means something only on the host that made it.
+HOST_ID = hashlib.blake2b(socket.gethostname().encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+TMP_RE = re.compile(r"^\.genretag-tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{16}$")
+#: Names of genretag 0.2.0 and earlier (`.<name>.genretag-tmp-<pid>-<16 hex>`): removed only when old too.
+OLD_TMP_RE = re.compile(r"^\..+\.genretag-tmp-(\d+)-[0-9a-f]{16}$")
+#: Seconds after which a temporary whose owner cannot be checked (another host's, an old-style name)
+#: counts as abandoned: a write keeps its temporary for seconds, not days.
+STALE_AFTER = 24 * 3600.0
 
 
 @dataclass
@@ -42,6 +54,7 @@ class WriteOutcome:
     fingerprint_before: str  # whole-file fingerprints (see genretag.audio.containers)
     fingerprint_after: str
     audio_fingerprint: str
+    old_id3v1_genre: int | None = None  # an mp3's ID3v1 genre byte before (None: no ID3v1 tag)
 
 
 def _no_checkpoint(step: str) -> None:
@@ -68,11 +81,43 @@ def write_problem(path: str | os.PathLike, st: os.stat_result) -> str | None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.access(folder, os.W_OK | os.X_OK):
         return "read-only folder (the temporary copy cannot be created; permission denied)"
+    return owner_problem(st)
+
+
+def owner_problem(st: os.stat_result) -> str | None:
+    """Why the rewritten file could not keep `st`'s owner and group, or None.
+
+    The new file is created by this user: giving it the old owner back needs CAP_CHOWN (root), and
+    the old group needs the user to be in it. Without that the file would change hands, so the
+    write is refused."""
+    if _can_chown():
+        return None
+    if st.st_uid != os.geteuid():
+        return (f"owned by another user (uid {st.st_uid}): a rewritten file would belong to uid {os.geteuid()}; "
+                "left as it is (tag it as its owner or as root)")
+    if st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
+        return (f"owned by group {st.st_gid}, which this user is not in: a rewritten file would change group; "
+                "left as it is")
     return None
 
 
+def _can_chown() -> bool:
+    """Whether this process may give a file to another user (CAP_CHOWN in its effective set)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & 1)  # bit 0: CAP_CHOWN
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
 def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(8)}")
+    """A new temporary name beside `path`, at most 50 bytes long whatever `path`'s name is."""
+    return path.with_name(f"{TMP_MARK}{HOST_ID}-{os.getpid()}-{secrets.token_hex(8)}")
 
 
 def write_genres_safely(
@@ -84,6 +129,7 @@ def write_genres_safely(
     expect_fingerprint: str | None = None,
     times: tuple[int, int] | None = None,
     expect_audio: str | None = None,
+    id3v1_genre: int | None = None,
 ) -> WriteOutcome:
     """Set the genre of `path` through a verified temporary copy and an atomic rename.
 
@@ -95,6 +141,7 @@ def write_genres_safely(
     the audio-payload fingerprint matches it (the one classified). With
     `keep_mtime`, the new file gets `times` (atime_ns, mtime_ns) -- taken by
     the caller before it read the file -- or else the file's times now.
+    `id3v1_genre` sets an mp3's ID3v1 genre byte (undo: the byte as it was).
     Raises TagError (one line); the original is untouched on any failure.
     """
     # A symlink is followed: the file it points to gets the new tag, the link stays a link.
@@ -120,7 +167,7 @@ def write_genres_safely(
         audio_before = fingerprint(tmp)
         if expect_audio is not None and audio_before != expect_audio:
             raise ChangedSinceClassified("changed since classified")
-        before = set_genres(tmp, values, separator)
+        before = set_genres(tmp, values, separator, id3v1_genre)
         _checkpoint("after_modify")
         after = read_tags(tmp)
         want = stored_form(before, values, separator)
@@ -133,16 +180,20 @@ def write_genres_safely(
             raise TagError("verification failed: the audio payload changed")
         fp_after = file_fingerprint(tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        try:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        except OSError:
-            pass
+        tst = os.stat(tmp)
+        if (tst.st_uid, tst.st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except OSError as e:
+                raise TagError(f"cannot keep the file's owner {st.st_uid}:{st.st_gid} ({e.strerror or e}); "
+                               "left as it is") from None
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))  # chown clears set-user/group-ID bits
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
         _fsync_path(tmp)
         _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
-                               audio_after)
+                               audio_after, before.id3v1_genre)
         if before_replace is not None:
             before_replace(outcome)  # the journal line, fsynced: the slow step, so it goes before the last check
         _checkpoint("before_replace")
@@ -252,9 +303,7 @@ def _flock(fd: int, blocking: bool) -> bool:
     return True
 
 
-def _owner_alive(pid: int | None) -> bool:
-    if pid is None:  # an old-style name, from before the pid was part of it
-        return False
+def _owner_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -297,20 +346,26 @@ def _unlink_quietly(p: Path) -> None:
 def cleanup_stray_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files killed runs left in `folder`.
 
-    Only a temporary whose owner is gone: the process named in it is not
-    running (on this machine) and nothing holds its lock. A live run's
-    temporary files are never touched.
+    Only genretag's own names, and only a temporary whose owner is provably
+    gone: made on this host, its process not running and its lock free; made
+    on another host (a shared folder) or named the old way, also untouched
+    for STALE_AFTER seconds. A live run's temporary files are never touched.
     """
     removed = []
+    now = time.time()
     try:
         with os.scandir(folder) as it:
             for e in it:
-                m = TMP_RE.match(e.name)
-                if not m or not e.is_file(follow_symlinks=False):
+                m, old = TMP_RE.match(e.name), OLD_TMP_RE.match(e.name)
+                if not (m or old) or not e.is_file(follow_symlinks=False):
                     continue
-                if _owner_alive(int(m.group(1)) if m.group(1) else None):
+                here = m is not None and m.group(1) == HOST_ID
+                pid = int(m.group(2) if m else old.group(1))
+                if (here or old) and _owner_alive(pid):
                     continue
                 try:
+                    if not here and now - e.stat(follow_symlinks=False).st_mtime < STALE_AFTER:
+                        continue
                     fd = os.open(e.path, os.O_RDONLY)
                 except OSError:
                     continue

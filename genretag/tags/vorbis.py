@@ -93,6 +93,7 @@ class FlacMeta:
     blocks: list[tuple[int, bytes]]  # (type, body) in file order
     end: int  # offset of the first audio frame
     comments: Comments | None
+    front_genres: list[str] = field(default_factory=list)  # TCON of an ID3v2 tag in front (read, not written)
 
     def others(self) -> list[bytes]:
         out = [bytes([t]) + body for t, body in self.blocks if t not in (PADDING, VORBIS_COMMENT)]
