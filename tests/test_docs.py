@@ -345,7 +345,8 @@ def test_ci_runs_the_readmes_install_and_test_commands():
     setup = re.search(r"^(python3 -m pip install [^&\n]+?)\s*&&", two, re.MULTILINE).group(1)
     quiet = setup.replace("install", "install -q", 1)  # .ci/run runs it with -q
     assert quiet in ci and "python3 -m pytest" in two
-    assert ci.index(quiet) < ci.index("\npython3 -m pytest") < ci.index("-m pip wheel")
+    assert ci.index(quiet) < ci.index("\npython3 -m pytest") < ci.index("-m build") < ci.index("-m venv")
+    assert "--system-site-packages" not in ci  # the user's install: only what genretag declares
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])

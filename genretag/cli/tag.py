@@ -277,14 +277,17 @@ def undo_cmd(
     Example: genretag undo --dry-run
 
     Exit code 0 when nothing was refused or failed and every journal line
-    was readable, 1 otherwise; 2 when the journal named with --journal does
-    not exist.
+    was readable (or there is nothing to undo), 1 otherwise; 2 when the
+    journal named with --journal does not exist.
     """
     from genretag.tags.journal import default_journal_path, undo
 
     jpath = journal or default_journal_path()
     if not jpath.exists():
-        fail(f"no journal at {jpath}", 1 if journal is None else 2)
+        if journal is not None:
+            fail(f"no journal at {jpath}", 2)
+        info(f"nothing to undo: genretag has written nothing yet (no journal at {jpath})")
+        return
     kind = _not_regular(jpath)
     if kind:
         fail(f"journal {jpath} is not a regular file ({kind})", 2)
