@@ -10,6 +10,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
@@ -17,7 +18,6 @@ from genretag.cli.common import (
     DeviceOpt,
     JobsOpt,
     ModelOpt,
-    PathsArg,
     Precision,
     PrecisionOpt,
     RecursiveOpt,
@@ -123,9 +123,15 @@ class _Report:
         return t
 
 
+#: `tag` takes no PATH with --only (the list names the files).
+TagPathsArg = Annotated[list[str] | None, typer.Argument(help="Audio files and/or folders (none with --only).",
+                                                         show_default=False,
+                                                         shell_complete=click.Path().shell_complete)]
+
+
 @app.command("tag")
 def tag_cmd(
-    paths: PathsArg,
+    paths: TagPathsArg = None,
     write: Annotated[bool, typer.Option("--write", help="Really write the tags (default: a dry run that changes nothing).")] = False,
     min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0,
                                                   help="Write nothing for files whose top genre is less likely than this.")] = DEFAULT_MIN_CONFIDENCE,
@@ -140,6 +146,8 @@ def tag_cmd(
     split_hard_links: Annotated[bool, typer.Option("--split-hard-links", help="Write files that have several names (hard links) too: the written name gets a new file, the other names keep the old one (default: skip them).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Classify every file, ignoring the result cache.")] = False,
     fmt: Annotated[TagFormat, typer.Option("--format", "-f", help="Output format.")] = TagFormat.table,
+    report_path: Annotated[Path | None, typer.Option("--report", metavar="FILE.html", help="Also write a review page: totals, genre charts, confidences and every file, in one HTML file.")] = None,
+    only: Annotated[Path | None, typer.Option("--only", metavar="LIST", help="Only the files of LIST (the accepted.jsonl a review page downloads, or any genretag JSON lines); each is checked again before it is written.")] = None,
     recursive: RecursiveOpt = True,
     vote: VoteOpt = Vote.soft,
     segments: SegmentsOpt = None,
@@ -160,6 +168,9 @@ def tag_cmd(
     changed since it was classified is skipped.
     Files whose top genre scores below --min-confidence (default 0.5) are left alone.
 
+    --report review.html writes a page to look at before (or after) writing;
+    the files ticked there are written with --write --only accepted.jsonl.
+
     Example: genretag tag ~/Music --write --top-k 2 --min-confidence 0.3
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
@@ -168,6 +179,19 @@ def tag_cmd(
     from genretag.pipeline.inference import default_jobs
     from genretag.tags.tagger import Tagger
 
+    if only is not None and paths:
+        fail("give either PATH... or --only LIST, not both", 2)
+    if only is None and not paths:
+        fail("missing PATH... (audio files and/or folders), or --only LIST", 2)
+    if report_path is not None:
+        from genretag.report import check_writable
+
+        check_writable(report_path)  # before any model is loaded or any file read
+    accepted = None
+    if only is not None:
+        from genretag.report import read_accepted
+
+        accepted = read_accepted(only)
     if sum((overwrite, keep_existing, append)) > 1:
         fail("use only one of --overwrite, --keep-existing, --append", 2)
     if separator == "":
@@ -201,7 +225,8 @@ def tag_cmd(
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
-        for p in iter_inputs(paths, opts.recursive, unreadable):
+        # a listed path is taken as it is (never walked as a folder): exactly the listed files
+        for p in (accepted.paths if accepted is not None else iter_inputs(paths, opts.recursive, unreadable)):
             for stray in tagger.prepare(p):
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
@@ -210,15 +235,26 @@ def tag_cmd(
         inputs(), net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(), cache=cache,
         stats=stats)
     report = _Report(write, fmt)
+    review = [] if report_path is not None else None
     try:
-        for plan in tagger.run(results):
-            report.add(plan)
+        for r in results:
+            plan = tagger.plan(r)
+            if accepted is not None:
+                plan = accepted.check(plan)
+            report.add(tagger.apply(plan))
+            if review is not None:
+                from genretag.report import row_from_plan
+
+                review.append(row_from_plan(plan, r, names))
     finally:
         report.close()
         if cache is not None:
             cache.close()
     if report.rows:
         out_console().print(report.table())
+    if review is not None:
+        _write_review(review, report_path, net, opts, write=write, threshold=min_confidence,
+                      policy=tagger.policy, source=" ".join(paths or [str(only)]))
     if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
@@ -228,6 +264,16 @@ def tag_cmd(
          + ("" if write else "; dry run, nothing changed (use --write)"))
     if report.failed or unreadable:
         raise typer.Exit(1)
+
+
+def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str, source: str) -> None:
+    from genretag.report import ReportSettings, write_report
+
+    a = net.card.audio
+    settings = ReportSettings(threshold=threshold, written=write, source=source, model=net.card.name, policy=policy,
+                              segment_seconds=a.segment_seconds, max_segments=opts.segments or a.max_segments)
+    write_report(rows, path, settings)
+    info(f"review page: {shown(str(path))} ({len(rows)} file{'s' * (len(rows) != 1)})")
 
 
 def _open_cache():
