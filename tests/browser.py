@@ -46,3 +46,30 @@ def chromium(tmp: str | os.PathLike, width: int = 1400, height: int = 1000):
     opts.add_argument(f"--user-data-dir={profile}")
     opts.add_argument(f"--window-size={width},{height}")
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+
+
+def synthetic_rows(n: int, seed: int = 0, root: str = "/music"):
+    """`n` review rows of a made-up library (for load and filter timings; no file behind them): 40 % without
+    a genre, confidences spread over 0-1, actions as `tag` plans them under keep-existing at 0.5."""
+    import random
+
+    from genretag.report import ReviewRow
+    from genretag.tags.plan import DEFAULT_NAMES, SKIP_BELOW, SKIP_HAS_GENRE, WRITE
+
+    rng = random.Random(seed)
+    genres = list(DEFAULT_NAMES.values())
+    rows = []
+    for i in range(n):
+        artist, album = i // 120, (i // 12) % 10
+        probs = sorted((rng.random() ** 3 for _ in range(3)), reverse=True)
+        conf = min(0.99, 0.1 + 0.9 * rng.betavariate(2.2, 1.6))
+        picks = rng.sample(genres, 3)
+        top = [(picks[0], round(conf, 4))] + [(g, round((1 - conf) * p / sum(probs), 4)) for g, p in zip(picks[1:], probs)]
+        current = [] if rng.random() < 0.4 else [picks[0] if rng.random() < 0.7 else rng.choice(genres)]
+        proposed = [picks[0]] if conf >= 0.5 else []
+        action = SKIP_BELOW if not proposed else SKIP_HAS_GENRE if current else WRITE
+        rows.append(ReviewRow(path=f"{root}/Artist {artist:04d}/Album {album}/{i % 12 + 1:02d} Track {i}.flac",
+                              action=action, current=current, proposed=proposed,
+                              new=proposed if action == WRITE else [], confidence=round(conf, 4), top=top,
+                              segments=10))
+    return rows

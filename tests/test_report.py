@@ -303,3 +303,19 @@ def test_tag_only_usage_errors(tmp_path, tiny):
         res = run("tag", *args, "--model", tiny)
         assert res.exit_code == 2 and want in res.stderr, res.output
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_genretag_report_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "results.jsonl"
+    src.write_text(json.dumps({"path": str(tmp_path / "a.flac"), "current": [], "proposed": ["Jazz"], "new": ["Jazz"],
+                               "confidence": 0.8, "action": "write", "error": None}) + "\n", encoding="utf-8")
+    probe = ("import sys\nfrom genretag.cli import main\nsys.argv = ['genretag', '-q', 'report', sys.argv[1], '-o', sys.argv[2]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    r = subprocess.run([sys.executable, "-c", probe, str(src), str(tmp_path / "r.html")], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]" and (tmp_path / "r.html").exists()

@@ -254,7 +254,7 @@ def tag_cmd(
         out_console().print(report.table())
     if review is not None:
         _write_review(review, report_path, net, opts, write=write, threshold=min_confidence,
-                      policy=tagger.policy, source=" ".join(paths or [str(only)]))
+                      policy=tagger.policy)
     if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
@@ -266,11 +266,11 @@ def tag_cmd(
         raise typer.Exit(1)
 
 
-def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str, source: str) -> None:
+def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str) -> None:
     from genretag.report import ReportSettings, write_report
 
     a = net.card.audio
-    settings = ReportSettings(threshold=threshold, written=write, source=source, model=net.card.name, policy=policy,
+    settings = ReportSettings(threshold=threshold, written=write, model=net.card.name, policy=policy,
                               segment_seconds=a.segment_seconds, max_segments=opts.segments or a.max_segments)
     write_report(rows, path, settings)
     info(f"review page: {shown(str(path))} ({len(rows)} file{'s' * (len(rows) != 1)})")

@@ -43,8 +43,8 @@ def genre_bars(now: dict[str, int], after: dict[str, int], now_label: str, after
         shown = set(keys)
         rows.append((OTHER, sum(v for k, v in now.items() if k not in shown),
                      sum(v for k, v in after.items() if k not in shown)))
-    label_w, bar_w, bar_h, gap = 150, 330, 9, 8
-    width = label_w + bar_w + 60
+    label_w, bar_w, bar_h, gap = 118, 250, 9, 7
+    width = label_w + bar_w + 46
     top = 28
     height = top + len(rows) * (2 * bar_h + gap) + 6
     peak = max([1] + [max(a, b) for _, a, b in rows])
@@ -52,13 +52,13 @@ def genre_bars(now: dict[str, int], after: dict[str, int], now_label: str, after
            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
            f'<rect x="{label_w}" y="6" width="10" height="10" fill="{NOW}"/>'
            f'<text x="{label_w + 14}" y="15" class="legend">{_t(now_label)}</text>',
-           f'<rect x="{label_w + 120}" y="6" width="10" height="10" fill="{AFTER}"/>'
-           f'<text x="{label_w + 134}" y="15" class="legend">{_t(after_label)}</text>']
+           f'<rect x="{label_w + 70}" y="6" width="10" height="10" fill="{AFTER}"/>'
+           f'<text x="{label_w + 84}" y="15" class="legend">{_t(after_label)}</text>']
     if not rows:
         out.append(f'<text x="{label_w}" y="{top + 14}" class="muted">no genres</text>')
     for i, (name, a, b) in enumerate(rows):
         y = top + i * (2 * bar_h + gap)
-        shown_name = name if len(name) <= 22 else name[:21] + "\u2026"
+        shown_name = name if len(name) <= 18 else name[:17] + "\u2026"
         out.append(f'<g class="bar"><title>{_t(name)}: {a} {_t(now_label)}, {b} {_t(after_label)}</title>'
                    f'<text x="{label_w - 8}" y="{y + bar_h + 4}" text-anchor="end" class="label">{_t(shown_name)}</text>')
         for j, (v, colour) in enumerate(((a, NOW), (b, AFTER))):
@@ -76,7 +76,7 @@ def confidence_histogram(confidences: list[float], threshold: float, bins: int =
     counts = [0] * bins
     for c in confidences:
         counts[min(bins - 1, max(0, int(c * bins)))] += 1
-    left, right, top, bottom, width, height = 44, 16, 22, 34, 520, 220
+    left, right, top, bottom, width, height = 40, 14, 22, 34, 440, 210
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max([1] + counts)
     out = [f'<svg class="chart" role="img" aria-label="confidence histogram" viewBox="0 0 {width} {height}" '

@@ -150,6 +150,7 @@ def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, ma
     genres: set[str] = set()
     out_rows = []
     listened = 0
+    root = common_folder(rows)
     for r in rows:
         full = os.path.normpath(os.path.join(settings.base, r.path))
         shown_dir, name = os.path.split(r.path)
@@ -157,7 +158,8 @@ def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, ma
         fi = folder_of.get(shown_dir)
         if fi is None:
             fi = folder_of[shown_dir] = len(folders)
-            folders.append([_printable(shown_dir) or ".", _printable(abs_dir), _href(abs_dir, page_dir) + "/"])
+            below = os.path.relpath(shown_dir, root) if root else shown_dir
+            folders.append([_printable(below) or ".", _printable(abs_dir), _href(abs_dir, page_dir) + "/"])
         ai = action_of.get(r.action)
         if ai is None:
             ai = action_of[r.action] = len(actions)
@@ -190,6 +192,16 @@ def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, ma
                    "none": NO_TOP},
         "rows": out_rows,
     }
+
+
+def common_folder(rows: list[ReviewRow]) -> str:
+    """The folder every row's file is under ("" when there is none, as for relative and absolute paths mixed);
+    the table shows folders below it."""
+    dirs = {os.path.dirname(r.path) for r in rows}
+    try:
+        return os.path.commonpath(list(dirs)) if dirs else ""
+    except ValueError:
+        return ""
 
 
 def script_json(data) -> str:
@@ -229,7 +241,9 @@ def render(rows: list[ReviewRow], settings: ReportSettings, page_dir: str) -> st
     cards_html = "".join(f'<div class="card {cls}" data-total="{cls or "files"}"><div class="n">{n:,}</div>'
                          f'<div class="what">{e(label)}</div></div>' for label, n, cls in cards)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    facts = [f"model {settings.model}" if settings.model else "", f"policy {settings.policy}",
+    root = common_folder(rows)
+    facts = [f"{totals['files']:,} files under {root}" if root else "", f"model {settings.model}" if settings.model else "",
+             f"policy {settings.policy}",
              f"--min-confidence {settings.threshold:g}", f"from {settings.source}" if settings.source else "", when]
     subtitle = " \u00b7 ".join(e(f) for f in facts if f)
     return _asset("review.html").format(

@@ -314,7 +314,7 @@
     total: N,
     tick: function (i, on) { setTick(i, on !== false); apply(); },
     acceptedText: acceptedText,
-    ready: true
+    readyAt: performance.now()
   };
   apply();
   document.body.setAttribute("data-ready", "1");
