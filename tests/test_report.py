@@ -298,7 +298,7 @@ def test_tag_only_usage_errors(tmp_path, tiny):
     good.write_text(accepted_line(lib / "a.flac", ["Jazz"]), encoding="utf-8")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(accepted_line(lib / "a.flac", ["Jazz"]) + '{"proposed": ["Jazz"]}\n', encoding="utf-8")
-    for args, want in (((lib, "--only", good), "either PATH... or --only"), ((), "missing PATH"),
+    for args, want in (((lib, "--only", good), "either PATH... or --only"), ((), "Missing argument"),
                        (("--only", bad), f"{bad}:2: not an accepted-file line")):
         res = run("tag", *args, "--model", tiny)
         assert res.exit_code == 2 and want in res.stderr, res.output

@@ -182,7 +182,7 @@ def tag_cmd(
     if only is not None and paths:
         fail("give either PATH... or --only LIST, not both", 2)
     if only is None and not paths:
-        fail("missing PATH... (audio files and/or folders), or --only LIST", 2)
+        fail("Missing argument 'PATHS...': audio files and/or folders, or --only LIST (see 'genretag tag --help')", 2)
     if report_path is not None:
         from genretag.report import check_writable
 
