@@ -136,6 +136,15 @@ def test_hostile_names_are_text_in_the_page(tmp_path, fake_model, tiny):
     outside = text.replace(data_text, "")
     for name in HOSTILE:
         assert name not in outside
+    # the same names through tag's JSON lines and `genretag report`
+    res = run("tag", lib, "-f", "jsonl", "--model", tiny, "-j", "1")
+    lines = tmp_path / "tag.jsonl"
+    lines.write_bytes(res.stdout_bytes)
+    again = tmp_path / "out" / "again.html"
+    assert run("report", lines, "-o", again, "--model", tiny).exit_code == 0
+    rows = Page(again.read_text(encoding="utf-8")).data()["rows"]
+    assert {r[1] for r in rows} == names
+    assert [base64.b64decode(r[11]) for r in rows if r[11]] == [os.fsencode(files[-1].resolve())]
 
 
 def test_script_json_cannot_end_the_script():

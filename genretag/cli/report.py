@@ -13,7 +13,7 @@ from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, load_genre_names
 
 @app.command("report")
 def report_cmd(
-    results: Annotated[Path, typer.Argument(help="JSON lines of `classify --format jsonl` or `tag --format jsonl`.",
+    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="JSON lines of `classify --format jsonl` or `tag --format jsonl`.",
                                             show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE.html", help="The page to write.")],
     min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0,
