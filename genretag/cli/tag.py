@@ -88,7 +88,7 @@ class _Report:
     def total(self) -> int:
         return self.written + self.skipped + self.failed
 
-    def add(self, plan: TagPlan) -> None:
+    def add(self, plan: TagPlan, result=None) -> None:
         if plan.action == ERROR:
             self.failed += 1
         elif plan.action in (WRITE, WRITTEN):
@@ -96,7 +96,11 @@ class _Report:
         else:
             self.skipped += 1
         if self.fmt is TagFormat.jsonl:
-            write_json_line(plan.to_json())
+            row = plan.to_json()
+            if result is not None and result.probabilities:  # what `genretag report` shows as the top 3
+                row["top"] = [[label, p] for label, p in result.top(3)]
+                row["segments"] = result.segments
+            write_json_line(row)
         else:
             self.rows.append(plan)
         if self.progress is not None:
@@ -241,7 +245,7 @@ def tag_cmd(
             plan = tagger.plan(r)
             if accepted is not None:
                 plan = accepted.check(plan)
-            report.add(tagger.apply(plan))
+            report.add(tagger.apply(plan), r)
             if review is not None:
                 from genretag.report import row_from_plan
 

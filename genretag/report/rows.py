@@ -126,9 +126,12 @@ def _tag_row(obj: dict) -> ReviewRow:
                                               and isinstance(x[1], (int, float)) for x in t):
             raise ValueError("top is not a list of [genre, probability]")
         top = [(g, float(p)) for g, p in t]
+    segments = obj.get("segments", 0)
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
+        raise ValueError("segments is not a whole number")
     return ReviewRow(path=exact_path(obj), action=obj["action"], current=_strings(obj, "current"),
                      proposed=_strings(obj, "proposed"), new=_strings(obj, "new"), confidence=_confidence(obj),
-                     top=top, error=_optional_str(obj, "error"))
+                     top=top, error=_optional_str(obj, "error"), segments=segments)
 
 
 def _classify_result(obj: dict):
@@ -198,5 +201,6 @@ def rows_from_results(items: Iterable, tagger, names: dict[str, str] | None = No
     for item in items:
         if isinstance(item, TrackResult):
             yield row_from_plan(tagger.plan(item), item, names)
-        else:
+        else:  # a tag line's top 3 holds the model's labels
+            item.top = [(genre_name(g, names), p) for g, p in item.top]
             yield item
