@@ -30,7 +30,7 @@ def find_chromium() -> tuple[str, str]:
 
 
 def chromium(tmp: str | os.PathLike, width: int = 1400, height: int = 1000):
-    """A headless Chromium WebDriver with a fresh profile in `tmp`."""
+    """A headless Chromium WebDriver with a fresh profile in `tmp`; downloads go to `tmp`/downloads."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -45,6 +45,10 @@ def chromium(tmp: str | os.PathLike, width: int = 1400, height: int = 1000):
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={profile}")
     opts.add_argument(f"--window-size={width},{height}")
+    downloads = Path(tmp) / "downloads"
+    downloads.mkdir(exist_ok=True)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
 

@@ -29,11 +29,13 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
+    home = tmp_path_factory.mktemp("chromium")
     try:
-        d = chromium(tmp_path_factory.mktemp("chromium"))
+        d = chromium(home)
     except NoBrowser as e:
         pytest.skip(f"no browser for the review page test: {e}")
     d.set_page_load_timeout(60)
+    d.downloads = home / "downloads"
     yield d
     d.quit()
 
@@ -82,6 +84,7 @@ def test_review_page_in_chromium(tmp_path, driver, tiny_model_dir):
     assert driver.execute_script("return document.querySelector('#fig-confidence line.threshold') !== null")
     assert driver.execute_script("return document.querySelectorAll('table.matrix td[data-r]').length") >= 1
     assert driver.execute_script("return document.querySelector('.card .n').textContent") == "8"
+    assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0  # nothing fetched
 
     # the table: every file, hostile names as text (nothing ran, no element came from a name)
     names = visible_names(driver)
@@ -115,8 +118,12 @@ def test_review_page_in_chromium(tmp_path, driver, tiny_model_dir):
     for i in (0, 2):
         driver.execute_script(f"document.querySelectorAll('#body .row input.tick')[{i}].click()")
     assert "2 ticked" in driver.find_element("id", "shown").text
-    accepted = tmp_path / "accepted.jsonl"
-    accepted.write_text(driver.execute_script("return window.genretagReview.acceptedText()"), encoding="utf-8")
+    driver.find_element("id", "download").click()  # the browser saves accepted.jsonl
+    accepted = driver.downloads / "accepted.jsonl"
+    end = time.monotonic() + 20
+    while not accepted.exists() and time.monotonic() < end:
+        time.sleep(0.1)
+    assert accepted.read_text(encoding="utf-8") == driver.execute_script("return window.genretagReview.acceptedText()")
     listed = [json.loads(line) for line in accepted.read_text(encoding="utf-8").splitlines()]
     assert [Path(e["path"]) for e in listed] == [polka[0], polka[2]]
     assert all(len(e["fingerprint"]) > 10 and e["proposed"] for e in listed)

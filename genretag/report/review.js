@@ -57,10 +57,13 @@
     h.textContent = c.title;
     if (c.key) {
       h.title = "sort by " + c.title;
-      h.addEventListener("click", function () {
+      h.tabIndex = 0;
+      var sortBy = function () {
         if (st.sort === j) st.desc = !st.desc; else { st.sort = j; st.desc = false; }
         apply();
-      });
+      };
+      h.addEventListener("click", sortBy);
+      h.addEventListener("keydown", function (ev) { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); sortBy(); } });
     }
     head.appendChild(h);
   });
