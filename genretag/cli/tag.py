@@ -10,7 +10,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from genretag.cli.app import app, err_console, fail, info, out_console, state
@@ -129,8 +128,7 @@ class _Report:
 
 #: `tag` takes no PATH with --only (the list names the files).
 TagPathsArg = Annotated[list[str] | None, typer.Argument(help="Audio files and/or folders (none with --only).",
-                                                         show_default=False,
-                                                         shell_complete=click.Path().shell_complete)]
+                                                         show_default=False)]
 
 
 @app.command("tag")

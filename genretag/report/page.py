@@ -22,15 +22,7 @@ from urllib.parse import quote
 from genretag.errors import GenretagError
 from genretag.report import charts
 from genretag.report.rows import UNSURE_MARGIN, ReviewRow
-from genretag.tags.plan import (
-    DEFAULT_MIN_CONFIDENCE,
-    ERROR,
-    SKIP_BELOW,
-    SKIP_HAS_GENRE,
-    SKIP_UNCHANGED,
-    WRITE,
-    WRITTEN,
-)
+from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, SKIP_BELOW, SKIP_HAS_GENRE, SKIP_UNCHANGED, WRITE, WRITTEN
 from genretag.version import __version__
 
 log = logging.getLogger(__name__)
