@@ -118,7 +118,7 @@ def test_the_cycle_finder_finds_a_function_level_cycle():
 
 # --------------------------------------------------------------------------- the torch-free side
 
-LIGHT_PACKAGES = ("genretag.audio", "genretag.tags")
+LIGHT_PACKAGES = ("genretag.audio", "genretag.tags", "genretag.report")
 LOOKUP_MODULES = ("genretag.store.card", "genretag.store.local", "genretag.store.index", "genretag.store.resolve",
                   "genretag.errors", "genretag.paths")
 

@@ -39,7 +39,8 @@ CLI = typer.main.get_command(app)
 CHEAP = {(), ("classify",), ("tag",), ("undo",), ("models", "list"), ("models", "info")}
 #: Options that need something a scratch folder does not have (a cluster, CUDA or bf16 hardware, a
 #: network index, an input file): a command with one is checked, not run.
-NOT_RUN = {"--scheduler", "--scheduler-file", "--device", "--precision", "--index", "--genre-names", "--params", "--journal"}
+NOT_RUN = {"--scheduler", "--scheduler-file", "--device", "--precision", "--index", "--genre-names", "--params", "--journal",
+           "--only"}
 AUDIO = {".mp3", ".flac", ".ogg", ".opus", ".m4a", ".wav", ".aiff"}
 
 

@@ -17,7 +17,6 @@ from genretag.cli.common import (
     DeviceOpt,
     JobsOpt,
     ModelOpt,
-    PathsArg,
     Precision,
     PrecisionOpt,
     RecursiveOpt,
@@ -88,7 +87,7 @@ class _Report:
     def total(self) -> int:
         return self.written + self.skipped + self.failed
 
-    def add(self, plan: TagPlan) -> None:
+    def add(self, plan: TagPlan, result=None) -> None:
         if plan.action == ERROR:
             self.failed += 1
         elif plan.action in (WRITE, WRITTEN):
@@ -96,7 +95,11 @@ class _Report:
         else:
             self.skipped += 1
         if self.fmt is TagFormat.jsonl:
-            write_json_line(plan.to_json())
+            row = plan.to_json()
+            if result is not None and result.probabilities:  # what `genretag report` shows as the top 3
+                row["top"] = [[label, p] for label, p in result.top(3)]
+                row["segments"] = result.segments
+            write_json_line(row)
         else:
             self.rows.append(plan)
         if self.progress is not None:
@@ -123,9 +126,14 @@ class _Report:
         return t
 
 
+#: `tag` takes no PATH with --only (the list names the files).
+TagPathsArg = Annotated[list[str] | None, typer.Argument(help="Audio files and/or folders (none with --only).",
+                                                         show_default=False)]
+
+
 @app.command("tag")
 def tag_cmd(
-    paths: PathsArg,
+    paths: TagPathsArg = None,
     write: Annotated[bool, typer.Option("--write", help="Really write the tags (default: a dry run that changes nothing).")] = False,
     min_confidence: Annotated[float | None, typer.Option("--min-confidence", min=0.0, max=1.0, show_default=False,
                                                          help="Write only genres whose confidence is at least this (default: the model's, chosen for about 90% right on real recordings; 0.5 for a model without one).")] = None,
@@ -140,6 +148,8 @@ def tag_cmd(
     split_hard_links: Annotated[bool, typer.Option("--split-hard-links", help="Write files that have several names (hard links) too: the written name gets a new file, the other names keep the old one (default: skip them).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Classify every file, ignoring the result cache.")] = False,
     fmt: Annotated[TagFormat, typer.Option("--format", "-f", help="Output format.")] = TagFormat.table,
+    report_path: Annotated[Path | None, typer.Option("--report", metavar="FILE.html", help="Also write a review page: totals, genre charts, confidences and every file, in one HTML file.")] = None,
+    only: Annotated[Path | None, typer.Option("--only", metavar="LIST", help="Only the files of LIST (the accepted.jsonl a review page downloads, or any genretag JSON lines); each is checked again before it is written.")] = None,
     recursive: RecursiveOpt = True,
     vote: VoteOpt = Vote.soft,
     segments: SegmentsOpt = None,
@@ -162,6 +172,9 @@ def tag_cmd(
     calibrated model (the default), a confidence of P means about P of such answers were right
     on labelled recordings outside its training data, and the default threshold is the model's.
 
+    --report review.html writes a page to look at before (or after) writing;
+    the files ticked there are written with --write --only accepted.jsonl.
+
     Example: genretag tag ~/Music --write --top-k 2 --min-confidence 0.3
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
@@ -170,6 +183,19 @@ def tag_cmd(
     from genretag.pipeline.inference import default_jobs
     from genretag.tags.tagger import Tagger
 
+    if only is not None and paths:
+        fail("give either PATH... or --only LIST, not both", 2)
+    if only is None and not paths:
+        fail("Missing argument 'PATHS...': audio files and/or folders, or --only LIST (see 'genretag tag --help')", 2)
+    if report_path is not None:
+        from genretag.report import check_writable
+
+        check_writable(report_path)  # before any model is loaded or any file read
+    accepted = None
+    if only is not None:
+        from genretag.report import read_accepted
+
+        accepted = read_accepted(only)
     if sum((overwrite, keep_existing, append)) > 1:
         fail("use only one of --overwrite, --keep-existing, --append", 2)
     if separator == "":
@@ -208,7 +234,8 @@ def tag_cmd(
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
-        for p in iter_inputs(paths, opts.recursive, unreadable):
+        # a listed path is taken as it is (never walked as a folder): exactly the listed files
+        for p in (accepted.paths if accepted is not None else iter_inputs(paths, opts.recursive, unreadable)):
             for stray in tagger.prepare(p):
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
@@ -217,15 +244,26 @@ def tag_cmd(
         inputs(), net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(), cache=cache,
         stats=stats)
     report = _Report(write, fmt)
+    review = [] if report_path is not None else None
     try:
-        for plan in tagger.run(results):
-            report.add(plan)
+        for r in results:
+            plan = tagger.plan(r)
+            if accepted is not None:
+                plan = accepted.check(plan)
+            report.add(tagger.apply(plan), r)
+            if review is not None:
+                from genretag.report import row_from_plan
+
+                review.append(row_from_plan(plan, r, names))
     finally:
         report.close()
         if cache is not None:
             cache.close()
     if report.rows:
         out_console().print(report.table())
+    if review is not None:
+        _write_review(review, report_path, net, opts, write=write, threshold=tagger.min_confidence,
+                      policy=tagger.policy)
     if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
     verb = "written" if write else "would be written"
@@ -248,6 +286,16 @@ def _not_regular(path: Path) -> str | None:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     return "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device"
+
+
+def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str) -> None:
+    from genretag.report import ReportSettings, write_report
+
+    a = net.card.audio
+    settings = ReportSettings(threshold=threshold, written=write, model=net.card.name, policy=policy,
+                              segment_seconds=a.segment_seconds, max_segments=opts.segments or a.max_segments)
+    write_report(rows, path, settings)
+    info(f"review page: {shown(str(path))} ({len(rows)} file{'s' * (len(rows) != 1)})")
 
 
 def _open_cache():

@@ -25,6 +25,7 @@ SKIP_BELOW = "skip: below confidence"
 SKIP_UNCHANGED = "skip: unchanged"
 SKIP_CHANGED = "skip: changed since classified"  # the audio is not the audio that was classified
 SKIP_HARD_LINK = "skip: hard link"  # several names share the file; a write would split them
+SKIP_NOT_AS_REVIEWED = "skip: not as reviewed"  # tag --only: the genres differ from those the reader accepted
 ERROR = "error"
 
 
