@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audio_factory import make_file
 from typer.testing import CliRunner
 
-from audio_factory import make_file
 from genretag.cli import app
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult, result_from_probs
