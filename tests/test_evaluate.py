@@ -177,6 +177,20 @@ def files_paths(rep: dict) -> list[str]:
     return [f["path"] for f in rep["files"]]
 
 
+def test_plot_without_matplotlib_says_what_to_install(label_folders, tiny_model_dir, tmp_path):
+    """matplotlib made unimportable in a real run of the CLI: one line naming the extra, before any work."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['matplotlib'] = None; from genretag.cli import main; "
+            f"sys.argv = ['genretag', 'evaluate', {str(label_folders)!r}, '--model', {str(tiny_model_dir)!r}, "
+            f"'--map', 'world=-', '--plot', {str(tmp_path / 'x.png')!r}]; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "genretag: error: --plot needs matplotlib: pip install 'genretag[train]'"
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_an_unknown_label_is_named_before_anything_is_decoded(tmp_path, tiny_model_dir):
     """Files that do not decode at all: had evaluation decoded them, each would be an error line."""
     for label in ("rock", "Latin", "Bossa"):

@@ -246,6 +246,8 @@ def evaluate_cmd(
         fail("--against-tags reads a folder's files, not a --manifest", 2)
     if data_dir is not None and not data_dir.exists():
         fail(f"{data_dir}: no such file or folder", 2)
+    if manifest is None and subset not in (None, "train", "valid", "test"):
+        fail("--subset must be train, valid or test (or a value of a --manifest's subset column)", 2)
     names = user_map(map_items, map_file)
     nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
     if any(n.labels != nets[0].labels for n in nets):
@@ -272,8 +274,6 @@ def evaluate_cmd(
                           plot=plot)
         return
     subset = subset or "test"
-    if subset not in ("train", "valid", "test"):
-        fail("--subset must be train, valid or test", 2)
     tracks = relabel(do_split(found, split, seed, fold)[subset], lmap, str(data_dir))
     excerpts = relabel(load_excerpts(extra, found, split).parts[subset], lmap, str(extra)) if extra else []
     if not tracks:
