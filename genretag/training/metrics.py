@@ -64,7 +64,7 @@ def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
 
 def thresholds(step: float = 0.01, extra: tuple[float, ...] = ()) -> list[float]:
     """0, step, ..., 1, plus `extra` (e.g. a model's own threshold), sorted and rounded to 6 places."""
-    grid = {round(float(t), 6) for t in np.linspace(0.0, 1.0, int(round(1 / step)) + 1)}
+    grid = {round(float(t), 6) for t in np.linspace(0.0, 1.0, round(1 / step) + 1)}
     return sorted(grid | {round(float(t), 6) for t in extra})
 
 
