@@ -87,6 +87,17 @@ SYNONYMS: dict[str, str] = {
 }
 
 
+#: Genre values that say no genre (ID3v1's "Other", a tagger's "Unknown"): a file holding only these has no label.
+PLACEHOLDERS: frozenset[str] = frozenset(label_key(x) for x in (
+    "other", "unknown", "unknown genre", "misc", "miscellaneous", "none", "n/a", "genre", "undefined",
+    "unclassified", "no genre", "various"))
+
+
+def is_placeholder(label: str) -> bool:
+    """True for a genre value that names no genre (see `PLACEHOLDERS`)."""
+    return label_key(label) in PLACEHOLDERS or not label_key(label)
+
+
 def broad_genre(label: str) -> str | None:
     """The broad genre a label names (`BROAD_GENRES`), or None."""
     return SYNONYMS.get(label_key(label))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from genretag.cli import app
 from genretag.errors import DatasetError
-from genretag.labels import BROAD_GENRES, OUTSIDE, LabelMap, label_key, load_map_file, parse_map
+from genretag.labels import BROAD_GENRES, OUTSIDE, LabelMap, is_placeholder, label_key, load_map_file, parse_map
 from genretag.store.card import GTZAN_GENRES
 from genretag.training import metrics
 
@@ -67,6 +67,8 @@ def test_label_key_ignores_case_spaces_punctuation_and_accents():
     assert label_key("Hip-Hop") == label_key("hip hop") == label_key("HipHop") == "hiphop"
     assert label_key("Música Clásica") == "musicaclasica"
     assert label_key("alt. rock") == "altrock"
+    assert is_placeholder("Other") and is_placeholder(" unknown genre ") and is_placeholder("--")
+    assert not is_placeholder("Rock")
 
 
 def test_label_map_matches_the_models_labels_through_synonyms():
@@ -280,7 +282,7 @@ def tagged_library(tmp_path) -> tuple[Path, dict[str, list[str]]]:
     """Files of seven formats tagged with genres as people write them, some with none, one unreadable tag."""
     lib = tmp_path / "Music"
     (lib / "Artist" / "Album").mkdir(parents=True)
-    genres = {"01.mp3": ["Hip Hop"], "02.mp3": ["(17)"], "03.flac": ["Rhythm and Blues"], "04.ogg": [],
+    genres = {"01.mp3": ["Hip Hop"], "02.mp3": ["(17)"], "03.flac": ["Rhythm and Blues"], "04.ogg": ["Other"],
               "05.m4a": ["classical"], "06.wav": ["Soundtrack", "Heavy Metal"], "07.aiff": [], "08.opus": ["R&B"],
               "09.flac": ["Jazz"]}
     for i, (name, gs) in enumerate(genres.items()):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from genretag.audio.walk import iter_audio_files
 from genretag.errors import DatasetError, TagError
-from genretag.labels import OUTSIDE, LabelMap
+from genretag.labels import OUTSIDE, LabelMap, is_placeholder
 
 #: What a labelled file is for scoring.
 IN_MODEL, OUTSIDE_MODEL, NO_LABEL = "label", "outside", "no label"
@@ -149,14 +149,15 @@ def from_tags(paths: Iterable[str], lmap: LabelMap, recursive: bool = True,
               on_error: Callable[[str, str], None] | None = None) -> Iterator[Labelled]:
     """Every audio file under `paths`, labelled by the genres in its tags (read as `genretag tag` reads them).
 
-    A genre matching no model label counts as outside; no genre (or tags that cannot be read,
-    noted in `note`) as no label. A file whose genres name several model labels is right on any.
+    A genre matching no model label counts as outside; no genre, only values that name none
+    (`genretag.labels.PLACEHOLDERS`: "Other", "Unknown", ...), or tags that cannot be read
+    (noted in `note`) as no label. A file whose genres name several model labels is right on any.
     """
     from genretag.tags.fields import read_genres
 
     for path in iter_audio_files(paths, recursive=recursive, on_error=on_error):
         try:
-            raw = read_genres(path)
+            raw = [g for g in read_genres(path) if not is_placeholder(g)]
         except TagError as e:
             yield Labelled(path, note=f"tags not read: {e}")
             continue
