@@ -171,6 +171,10 @@ def test_folder_per_label_with_map_json_and_plot(label_folders, tiny_model_dir, 
     assert rep["curve"][0]["threshold"] == 0.0 and rep["curve"][0]["coverage"] == 1.0
     assert rep["at_threshold"] == next(p for p in rep["curve"] if p["threshold"] == t)
     assert rep["abstentions"]["files"] == sum(f["confidence"] < t for f in rep["files"])
+    for lab, pc in rep["per_class"].items():
+        written = [f for f in rep["files"] if f["genre"] == lab and f["confidence"] >= t]
+        assert pc["at_threshold"]["written"] == len(written)
+        assert pc["at_threshold"]["right"] == sum(f["right"] for f in written)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "folders " in r.stdout and "(outside)" in r.stdout and "genretag default" in r.stdout
 

@@ -147,15 +147,17 @@ def print_labelled(rep: dict) -> None:
     con.print(f"top-1 {rep['accuracy']['top1']:.1%}  macro F1 {rep['macro_f1']:.3f}  ECE {rep['ece']:.3f}",
               markup=False)
     labels = rep["labels"]
-    t = Table("true \\ predicted", *[lab[:5] for lab in labels], "recall", "precision", "F1", "n")
-    for lab, row in zip(labels, rep["confusion"]):
+    at_t = f"right/written at {rep['threshold']['value']:.2f}"
+    t = Table("true \\ predicted", *[lab[:5] for lab in labels], "recall", "precision", "F1", "n", at_t)
+    for i, (lab, row) in enumerate(zip(labels, rep["confusion"])):
         pc = rep["per_class"][lab]
-        if pc["support"] or any(row) or sum(r[labels.index(lab)] for r in rep["confusion"]):
+        at = pc["at_threshold"]
+        if pc["support"] or any(r[i] for r in rep["confusion"]) or rep["confusion_outside"][i]:  # true or predicted
             t.add_row(lab, *[str(v) if v else "." for v in row], f"{pc['recall']:.2f}", f"{pc['precision']:.2f}",
-                      f"{pc['f1']:.2f}", str(pc["support"]))
+                      f"{pc['f1']:.2f}", str(pc["support"]), f"{at['right']}/{at['written']}")
     if rep["n_outside"]:
         t.add_row("(outside)", *[str(v) if v else "." for v in rep["confusion_outside"]], "", "", "",
-                  str(rep["n_outside"]))
+                  str(rep["n_outside"]), "")
     con.print(t)
     print_curve(rep)
     at, ab = rep["at_threshold"], rep["abstentions"]

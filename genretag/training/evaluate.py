@@ -145,6 +145,8 @@ def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[s
     files, errors = [], []
     conf, right, in_labels, probs, y = [], [], [], [], []
     outside_raw: Counter = Counter()
+    per_written: Counter = Counter()
+    per_right: Counter = Counter()
     no_label = no_label_written = 0
     for it, r in zip(items, results, strict=True):
         row = {"path": r.path, "labels": it.raw, "truth": it.truth, "kind": it.kind, "genre": r.genre,
@@ -173,6 +175,9 @@ def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[s
         conf.append(r.confidence)
         right.append(row["right"])
         in_labels.append(it.kind == IN_MODEL)
+        if r.confidence >= threshold:
+            per_written[r.genre] += 1
+            per_right[r.genre] += int(row["right"])
     y_arr = np.array(y, dtype=int)
     diag = int(np.trace(conf_m))
     rep = {
@@ -190,6 +195,10 @@ def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[s
         "ece": metrics.ece(np.array(probs), y_arr) if len(y) else 0.0,
     }
     add_coverage(rep, np.array(conf), np.array(right, dtype=bool), np.array(in_labels, dtype=bool), threshold, source)
+    for lab in labels:  # what `tag` would write of each genre at the threshold, and how much of it is right
+        w = per_written[lab]
+        rep["per_class"][lab]["at_threshold"] = {"written": w, "right": per_right[lab],
+                                                 "precision": per_right[lab] / w if w else None}
     rep["outside"] = {"files": int(outside_row.sum()), "labels": dict(outside_raw.most_common()),
                       "predicted": {lab: int(c) for lab, c in zip(labels, outside_row) if c},
                       "written_at_threshold": rep["at_threshold"]["outside_written"]}
