@@ -256,6 +256,20 @@ def test_manifest_with_map_and_subset(manifest_set, tiny_model_dir, tmp_path):
     assert (json.loads(out.read_text())["n_tracks"], json.loads(out.read_text())["n_outside"]) == (4, 2)
 
 
+def test_a_missing_or_undecodable_file_is_listed_and_the_others_scored(manifest_set, tiny_model_dir, tmp_path):
+    mf, out = tmp_path / "with-missing.csv", tmp_path / "e.json"
+    (tmp_path / "broken.mp3").write_bytes(b"ID3 not really an mp3")
+    mf.write_text(f"path,label\n{manifest_set / 'audio' / '1.mp3'},hip hop\ngone.flac,rock\nbroken.mp3,jazz\n")
+    r = evaluate("--manifest", str(mf), "--model", str(tiny_model_dir), "--json", str(out))
+    assert r.exit_code == 1
+    rep = json.loads(out.read_text())
+    assert (rep["n_files"], rep["n_tracks"], rep["n_errors"]) == (3, 1, 2)
+    assert {Path(e["path"]).name for e in rep["errors"]} == {"gone.flac", "broken.mp3"}
+    assert [Path(line.split(": ")[2]).name for line in r.stderr.splitlines() if line.startswith("genretag: error")] == [
+        "gone.flac", "broken.mp3"]
+    assert "Traceback" not in r.stderr and rep["curve"][0]["written"] == 1
+
+
 def test_manifest_errors_are_one_line_before_decoding(manifest_set, tiny_model_dir, tmp_path):
     mf = str(manifest_set / "manifest.csv")
     r = evaluate("--manifest", mf, "--model", str(tiny_model_dir))  # rnb: R&B, which a GTZAN model lacks
