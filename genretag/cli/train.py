@@ -1,4 +1,4 @@
-"""`genretag train`, `genretag evaluate`: retrain and measure on a GTZAN-layout folder."""
+"""`genretag train`, `genretag evaluate`: retrain and measure on a GTZAN-layout folder (evaluate: on any labelled music)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ from rich.table import Table
 
 from genretag.cli.app import app, command_line, err_console, fail, info, out_console, state
 from genretag.cli.common import MAX_SEGMENTS, Device, DeviceOpt, Precision, PrecisionOpt
+from genretag.cli.common import JobsOpt as ClassifyJobsOpt
+from genretag.cli.evaluate import (
+    Layout,
+    check_plot_backend,
+    evaluate_labelled,
+    relabel,
+    threshold_line,
+    user_map,
+    write_outputs,
+)
+from genretag.errors import DatasetError
 from genretag.training.limits import MAX_JOBS, MAX_LABEL_SMOOTHING, MAX_SEGMENT_SECONDS, MIN_LR, MIN_SEGMENT_SECONDS
 
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")]
@@ -171,64 +182,118 @@ def report_card(card_path: Path) -> None:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    data_dir: DataArg,
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Argument(
+        help="A GTZAN-layout folder (<genre>/<genre>.NNNNN.<ext>), a folder per label (<label>/<files>), or "
+        "with --against-tags a music library.", show_default=False)] = None,
+    layout: Annotated[Layout, typer.Option(help="auto: the GTZAN layout when its file names are there, else a "
+                                           "folder per label.")] = Layout.auto,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="A CSV file with path and label columns (paths relative to its folder; other columns "
+        "ignored) instead of a folder.")] = None,
+    against_tags: Annotated[bool, typer.Option(
+        "--against-tags", help="Take the genres already in the files' tags as the labels (files without one: "
+        "no label; one the model does not have: outside).")] = False,
+    map_items: Annotated[list[str] | None, typer.Option(
+        "--map", metavar="SYNONYM=GENRE", help="A label and the model genre it means (repeatable), e.g. "
+        "--map rnb=R&B --map 'hip hop=Hip-Hop'; GENRE - means outside the model's genres.")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map-file", help="SYNONYM=GENRE lines (# comments).")] = None,
     split: SplitOpt = "fault-filtered",
-    subset: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    subset: Annotated[str | None, typer.Option(
+        help="GTZAN layout: train, valid or test (default test). --manifest: only the rows whose subset column "
+        "holds this (default all).")] = None,
     fold: int = 0,
     seed: int = 0,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name or card path; repeat for an ensemble (mean of probabilities).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name or card path; repeat for an ensemble (mean of probabilities; GTZAN layout only).")] = None,
     extra: ExtraOpt = None,
     segments: Annotated[int | None, typer.Option(min=1, max=MAX_SEGMENTS, help=f"Most sub-tracks per track, 1-{MAX_SEGMENTS} (default: the card's).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the confusion matrix as a PNG.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the precision/coverage curve and the confusion matrix as a PNG (needs matplotlib).")] = None,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
+    jobs: ClassifyJobsOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Classify every file, ignoring the result cache (not the GTZAN layout).")] = False,
 ) -> None:
-    """Measure a model (or an ensemble) on a split of a GTZAN-layout folder.
+    """Measure a model on labelled music: top-1, F1 per genre, confusion, and the precision/coverage curve.
 
-    With --extra, the subset's excerpts are measured too and reported on their own line (one
-    sub-track each: comparable to segment accuracy, never merged into the track figure).
+    A GTZAN-layout folder is measured on a split (--split, --subset, --fold, --seed; --extra adds
+    the subset's excerpts, reported on their own line). Any other labelled music: a folder per
+    label, a --manifest CSV, or a library's own tags (--against-tags). Labels are matched to the
+    model's genres ignoring case and punctuation, through common synonyms (rnb, hip hop, new
+    age, ...) and --map; a label that matches none is an error unless mapped to - (outside the
+    model's genres: the right answer is to write nothing). The curve says, for each confidence
+    threshold, how many files `genretag tag` would write and how many of those are right.
 
-    Example: genretag evaluate ../shared/data/gtzan --subset test --extra ../shared/data/gtzan-excerpts --json report.json
+    Example: genretag evaluate ~/Music --against-tags --plot agreement.png
+
+    Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
+    from genretag.labels import LabelMap
     from genretag.store.load import load_net
     from genretag.training import evaluate as ev
     from genretag.training.dataset import scan
     from genretag.training.dataset import split as do_split
     from genretag.training.excerpts import load_excerpts
 
-    if subset not in ("train", "valid", "test"):
-        fail("--subset must be train, valid or test", 2)
     for flag, path in (("--json", json_out), ("--plot", plot)):
         if path is not None:
             _check_writable(flag, path)
+    if plot is not None:
+        check_plot_backend()
+    if (data_dir is None) == (manifest is None):
+        fail("give a folder or --manifest FILE" if data_dir is None else "give a folder or --manifest, not both", 2)
+    if against_tags and manifest is not None:
+        fail("--against-tags reads a folder's files, not a --manifest", 2)
+    if data_dir is not None and not data_dir.exists():
+        fail(f"{data_dir}: no such file or folder", 2)
+    if manifest is None and subset not in (None, "train", "valid", "test"):
+        fail("--subset must be train, valid or test (or a value of a --manifest's subset column)", 2)
+    names = user_map(map_items, map_file)
     nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
-    found = scan(data_dir)
-    tracks = do_split(found, split, seed, fold)[subset]
-    excerpts = load_excerpts(extra, found, split).parts[subset] if extra else []
-    if not tracks:
-        fail(f"no tracks of the {subset} subset found in {data_dir}", 1)
     if any(n.labels != nets[0].labels for n in nets):
         fail("ensemble members have different labels", 2)
+    lmap = LabelMap(nets[0].labels, names, nets[0].card.name)
+    found = None
+    if manifest is None and not against_tags and layout is not Layout.folders:
+        try:
+            found = scan(data_dir)
+        except DatasetError:
+            if layout is Layout.gtzan:
+                raise
+    if found is None:  # any labelled music
+        given = [f for f, name in (("--split", "split"), ("--fold", "fold"), ("--seed", "seed"))
+                 if ctx.get_parameter_source(name).name != "DEFAULT"] + (["--extra"] if extra else [])
+        if given:
+            fail(f"{', '.join(given)}: for a GTZAN layout only", 2)
+        if subset is not None and manifest is None:
+            fail("--subset: for a GTZAN layout or a --manifest only", 2)
+        if len(nets) > 1:
+            fail("an ensemble of several --model: for a GTZAN layout only (an ensemble card works everywhere)", 2)
+        evaluate_labelled(nets[0], lmap, data_dir=data_dir, manifest=manifest, against_tags=against_tags,
+                          subset=subset, segments=segments, jobs=jobs, no_cache=no_cache, json_out=json_out,
+                          plot=plot)
+        return
+    subset = subset or "test"
+    tracks = relabel(do_split(found, split, seed, fold)[subset], lmap, str(data_dir))
+    excerpts = relabel(load_excerpts(extra, found, split).parts[subset], lmap, str(extra)) if extra else []
+    if not tracks:
+        fail(f"no tracks of the {subset} subset found in {data_dir}", 1)
+    threshold = ev.tag_threshold(nets[0].card)
     info(f"evaluating {', '.join(n.card.name for n in nets)} on {split}/{subset}: {len(tracks)} tracks")
     pred = ev.predict_tracks(nets, tracks, max_segments=segments)
-    rep = ev.report(pred, split, subset)
+    rep = ev.gtzan_coverage(ev.report(pred, split, subset), pred, *threshold)
     rep["models"] = [n.card.name for n in nets]
+    rep["layout"] = "gtzan"
     if excerpts:
         info(f"and {len(excerpts)} {subset} excerpts of {extra}")
-        rep["excerpts"] = ev.report(ev.predict_tracks(nets, excerpts), split, f"{subset} excerpts")
+        pred_ex = ev.predict_tracks(nets, excerpts)
+        rep["excerpts"] = ev.gtzan_coverage(ev.report(pred_ex, split, f"{subset} excerpts"), pred_ex, *threshold)
     _print_report(rep)
+    out_console().print(threshold_line(rep), markup=False)
     if excerpts:
         _print_excerpts(rep["excerpts"])
-    writes = [(json_out, lambda: json_out.write_text(json.dumps(rep, indent=2))),
-              (plot, lambda: ev.plot_confusion(rep["confusion"], rep["labels"], str(plot), f"{split}/{subset}"))]
-    for path, write in writes:
-        if path is None:
-            continue
-        try:
-            write()
-        except OSError as e:
-            fail(f"cannot write {path}: {e.strerror or e}", 1)
+        out_console().print(threshold_line(rep["excerpts"], "excerpts"), markup=False)
+    write_outputs(rep, json_out, plot, f"{', '.join(rep['models'])}: {split}/{subset}")
 
 
 def _check_writable(flag: str, path: Path) -> None:

@@ -1,10 +1,13 @@
-"""Measuring models on a dataset split: track and sub-track accuracy, F1, confusion, ECE.
+"""Measuring models: on a dataset split (track and sub-track accuracy, F1, confusion, ECE), and on any
+labelled music (top-1, F1, the precision/coverage curve over confidence thresholds, abstentions).
 
 Several models form an ensemble: the mean of their sub-track probabilities.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,7 @@ from genretag.store.load import LoadedNet
 from genretag.training import metrics
 from genretag.training.common import per_track
 from genretag.training.dataset import Track, WaveCache, wave_cache
+from genretag.training.labelled import IN_MODEL, NO_LABEL, Labelled
 
 
 @dataclass
@@ -87,6 +91,174 @@ def report(pred: Predictions, split: str = "", subset: str = "") -> dict:
         "ece": metrics.ece(soft, y),
         "nll": metrics.nll(soft, y) if len(y) else 0.0,
     }
+
+
+def tag_threshold(card) -> tuple[float, str]:
+    """The confidence below which `genretag tag` writes nothing with this model by default, and its source:
+    the card's ``min_confidence`` when it has one, else genretag's default."""
+    from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
+
+    t = card.extra.get("min_confidence")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0:
+        return float(t), "model card"
+    return DEFAULT_MIN_CONFIDENCE, "genretag default"
+
+
+def add_coverage(rep: dict, conf: np.ndarray, right: np.ndarray, in_labels: np.ndarray,
+                 threshold: float, source: str) -> dict:
+    """Add the precision/coverage curve (`curve`), the point at `threshold` (`at_threshold`) and the
+    abstentions there to a report; returns it."""
+    conf = np.asarray(conf, dtype=np.float64)
+    in_labels = np.asarray(in_labels, dtype=bool)
+    at = metrics.coverage_point(conf, right, in_labels, threshold)
+    rep["threshold"] = {"value": float(threshold), "source": source}
+    rep["curve"] = metrics.coverage_curve(conf, right, in_labels, metrics.thresholds(extra=(threshold,)))
+    rep["at_threshold"] = at
+    below = conf < threshold
+    rep["abstentions"] = {"threshold": float(threshold), "files": int(below.sum()),
+                          "in_labels": int((below & in_labels).sum()), "outside": int((below & ~in_labels).sum())}
+    return rep
+
+
+def gtzan_coverage(rep: dict, pred: Predictions, threshold: float, source: str) -> dict:
+    """`add_coverage` for a dataset split: the soft vote's top probability is the confidence."""
+    soft = np.array([soft_vote(p) for p in pred.seg_probs]) if pred.seg_probs else np.zeros((0, len(pred.labels)))
+    conf = soft.max(axis=1) if len(soft) else np.zeros(0)
+    right = soft.argmax(axis=1) == pred.y_true() if len(soft) else np.zeros(0, dtype=bool)
+    rep["accuracy"].setdefault("top1", rep["accuracy"]["soft"])
+    return add_coverage(rep, conf, right, np.ones(len(conf), dtype=bool), threshold, source)
+
+
+def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[str], threshold: float,
+                    source: str = "") -> dict:
+    """All metrics of one run over labelled files (`results`: their TrackResults, in the same order), JSON-ready.
+
+    A file with one of the model's labels is right when its genre is one of them; a file
+    outside the labels is never right (the right answer is to write nothing), so its genre
+    counts against that genre's precision and as a false write in the curve. Files without a
+    label are not scored: only how many would get a genre at `threshold` is counted.
+    """
+    idx = {lab: i for i, lab in enumerate(labels)}
+    n = len(labels)
+    conf_m = np.zeros((n, n), dtype=np.int64)
+    outside_row = np.zeros(n, dtype=np.int64)
+    files, errors = [], []
+    conf, right, in_labels, probs, y = [], [], [], [], []
+    outside_raw: Counter = Counter()
+    per_written: Counter = Counter()
+    per_right: Counter = Counter()
+    no_label = no_label_written = 0
+    for it, r in zip(items, results, strict=True):
+        row = {"path": r.path, "labels": it.raw, "truth": it.truth, "kind": it.kind, "genre": r.genre,
+               "confidence": r.confidence, "right": None, "error": r.error}
+        if it.note:
+            row["note"] = it.note
+        files.append(row)
+        if not r.ok:
+            errors.append({"path": r.path, "error": r.error})
+            continue
+        if it.kind == NO_LABEL:
+            no_label += 1
+            no_label_written += int(r.confidence >= threshold)
+            continue
+        p = idx[r.genre]
+        if it.kind == IN_MODEL:
+            row["right"] = r.genre in it.truth
+            t = idx[r.genre if row["right"] else it.truth[0]]
+            conf_m[t, p] += 1
+            probs.append([r.probabilities.get(lab, 0.0) for lab in labels])
+            y.append(t)
+        else:
+            row["right"] = False
+            outside_row[p] += 1
+            outside_raw.update(it.raw)
+        conf.append(r.confidence)
+        right.append(row["right"])
+        in_labels.append(it.kind == IN_MODEL)
+        if r.confidence >= threshold:
+            per_written[r.genre] += 1
+            per_right[r.genre] += int(row["right"])
+    y_arr = np.array(y, dtype=int)
+    diag = int(np.trace(conf_m))
+    rep = {
+        "n_files": len(files),
+        "n_tracks": int(conf_m.sum()),
+        "n_outside": int(outside_row.sum()),
+        "n_no_label": no_label,
+        "n_errors": len(errors),
+        "labels": labels,
+        "accuracy": {"top1": diag / int(conf_m.sum()) if conf_m.sum() else 0.0},
+        "macro_f1": metrics.macro_f1(conf_m, labels, outside_row),
+        "per_class": metrics.per_class(conf_m, labels, outside_row),
+        "confusion": conf_m.tolist(),
+        "confusion_outside": outside_row.tolist(),
+        "ece": metrics.ece(np.array(probs), y_arr) if len(y) else 0.0,
+    }
+    add_coverage(rep, np.array(conf), np.array(right, dtype=bool), np.array(in_labels, dtype=bool), threshold, source)
+    for lab in labels:  # what `tag` would write of each genre at the threshold, and how much of it is right
+        w = per_written[lab]
+        rep["per_class"][lab]["at_threshold"] = {"written": w, "right": per_right[lab],
+                                                 "precision": per_right[lab] / w if w else None}
+    rep["outside"] = {"files": int(outside_row.sum()), "labels": dict(outside_raw.most_common()),
+                      "predicted": {lab: int(c) for lab, c in zip(labels, outside_row) if c},
+                      "written_at_threshold": rep["at_threshold"]["outside_written"]}
+    rep["no_label"] = {"files": no_label, "written_at_threshold": no_label_written}
+    rep["errors"] = errors
+    rep["files"] = files
+    return rep
+
+
+def plot_report(rep: dict, path: str, title: str = "") -> None:
+    """A PNG: precision against coverage, both against the confidence threshold, and the confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (axp, ax, axc) = plt.subplots(1, 3, figsize=(19, 6), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    curve = rep.get("curve", [])
+    ts = [c["threshold"] for c in curve]
+    prec = [np.nan if c["precision"] is None else c["precision"] for c in curve]
+    cov = [c["coverage"] for c in curve]
+    at = rep.get("at_threshold")
+    axp.plot(cov, prec, marker=".", ms=3)
+    if at and at["precision"] is not None:
+        axp.plot([at["coverage"]], [at["precision"]], "o", color="grey")
+        axp.annotate(f" t={at['threshold']:.2f} ({rep['threshold']['source']})", (at["coverage"], at["precision"]),
+                     color="grey", va="top")
+    axp.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (share of files written)",
+            ylabel="precision (share of written genres right)", title="precision against coverage")
+    axp.grid(alpha=0.3)
+    ax.plot(ts, prec, label="precision")
+    ax.plot(ts, cov, label="coverage")
+    if rep.get("n_outside"):
+        ax.plot(ts, [c["coverage_in_labels"] for c in curve], "--", label="coverage of the model's genres")
+    if at:
+        ax.axvline(at["threshold"], color="grey", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence threshold (written when confidence >= t)",
+           ylabel="share", title="over the confidence threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    rows = rep["labels"] + (["(outside)"] if rep.get("n_outside") else [])
+    m = np.asarray(rep["confusion"] + ([rep["confusion_outside"]] if rep.get("n_outside") else []))
+    _draw_confusion(axc, m, rep["labels"], rows)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _draw_confusion(ax, m: np.ndarray, cols: list[str], rows: list[str]) -> None:
+    ax.imshow(m, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                        color="white" if m[i, j] > m.max() / 2 else "black")
 
 
 def plot_confusion(conf: list[list[int]], labels: list[str], path: str, title: str = "") -> None:
