@@ -46,6 +46,7 @@ class GenreTags:
     values: list[str]  # exactly as stored
     id3_version: int | None = None  # 2, 3 or 4 for ID3-tagged formats that have a tag
     others: list[bytes] = field(default_factory=list, repr=False)  # every other field's bytes
+    raw: list[bytes] = field(default_factory=list, repr=False)  # the genre field itself: its frames/comments/atoms
 
     @property
     def multi_value(self) -> bool:
@@ -60,7 +61,7 @@ class GenreField:
     key: str  # the field, for messages and docs
     id3: bool  # ID3 semantics: version, "(17)" references, separator
     parse: Callable[[BinaryIO, str], Any]  # (open file, format) -> parsed tag with .genres() / .others()
-    write: Callable[[str, Any, list[str]], None]  # (path, parsed tag, stored values)
+    write: Callable[[str, Any, list[str], list[bytes] | None], None]  # (path, parsed tag, stored values, raw)
 
 
 def _id3_in_iff(f, fmt: str):
@@ -104,6 +105,9 @@ class _Id3File:
     def genres(self) -> list[str]:
         return self.tag.genres()
 
+    def genre_raw(self) -> list[bytes]:
+        return self.tag.genre_raw()
+
     def others(self) -> list[bytes]:
         return self.tag.others() + self.extra
 
@@ -142,16 +146,16 @@ def _id3_total(head: bytes) -> int:
         raise DamagedTagError("ID3v2 tag: damaged header") from None
 
 
-def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None:
+def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str], raw: list[bytes] | None = None) -> None:
     from mutagen._util import resize_bytes
 
     tag = parsed.tag
     with open(path, "r+b") as f:
         if fmt == "mp3":
-            if tag.size or values:
-                data = id3.render(tag, values, min_size=tag.size)
+            if tag.size or values or raw:
+                data = id3.render(tag, values, min_size=tag.size, raw=raw)
                 if len(data) > tag.size:
-                    data = id3.render(tag, values, min_size=len(data) + 1024)
+                    data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
                     resize_bytes(f, tag.size, len(data), 0)
                 f.seek(0)
                 f.write(data)
@@ -160,11 +164,11 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None
                 f.write(bytes([_v1_genre(values)]))
             return
         iff, chunk = _id3_in_iff(f, fmt)
-        if chunk is None and not values:
+        if chunk is None and not values and not raw:
             return
-        data = id3.render(tag, values, min_size=chunk.data_size if chunk is not None else 0)
+        data = id3.render(tag, values, min_size=chunk.data_size if chunk is not None else 0, raw=raw)
         if chunk is None or len(data) > chunk.data_size:
-            data = id3.render(tag, values, min_size=len(data) + 1024)
+            data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
             if chunk is None:
                 iff.insert_chunk("id3" if fmt == "wav" else "ID3")
                 chunk = _id3_in_iff(f, fmt)[1]
@@ -200,20 +204,20 @@ def _parse_flac(f, fmt: str):
     return vorbis.parse_flac(f, _id3_total(head) if head[:3] == b"ID3" else 0)
 
 
-def _write_flac(path: str, parsed, values: list[str]) -> None:
+def _write_flac(path: str, parsed, values: list[str], raw: list[bytes] | None = None) -> None:
     with open(path, "r+b") as f:
-        vorbis.write_flac(f, parsed, values)
+        vorbis.write_flac(f, parsed, values, raw)
 
 
 GENRE_FIELDS: dict[str, GenreField] = {
-    "mp3": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "mp3", t, v)),
-    "wav": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "wav", t, v)),
-    "aiff": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "aiff", t, v)),
+    "mp3": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "mp3", t, v, r)),
+    "wav": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "wav", t, v, r)),
+    "aiff": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "aiff", t, v, r)),
     "flac": GenreField("Vorbis GENRE", False, _parse_flac, _write_flac),
     "ogg-vorbis": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                             lambda p, t, v: vorbis.write_ogg(p, "ogg-vorbis", t, v)),
+                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, r)),
     "ogg-opus": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                           lambda p, t, v: vorbis.write_ogg(p, "ogg-opus", t, v)),
+                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, r)),
     "mp4": GenreField("MP4 \xa9gen", False, lambda f, fmt: mp4.parse(f), mp4.write),
 }
 
@@ -259,7 +263,7 @@ def _parse(path: str) -> tuple[str, Any]:
 
 def _state(fmt: str, parsed) -> GenreTags:
     version = parsed.tag.major if isinstance(parsed, _Id3File) and parsed.tag.size else None
-    return GenreTags(fmt, parsed.genres(), version, parsed.others())
+    return GenreTags(fmt, parsed.genres(), version, parsed.others(), parsed.genre_raw())
 
 
 def read_tags(path: str | os.PathLike) -> GenreTags:
@@ -305,10 +309,13 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
     return list(values)
 
 
-def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None) -> GenreTags:
+def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
+               raw: list[bytes] | None = None) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
 
     Every other field keeps its bytes. An empty `values` removes the field.
+    `raw` (undo) is the genre field's exact stored items (`GenreTags.raw` of an
+    earlier state), written instead of items built from `values`.
     Returns the state before the change.
     """
     from mutagen import MutagenError
@@ -317,7 +324,7 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     fmt, parsed = _parse(path)
     before = _state(fmt, parsed)
     try:
-        GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator))
+        GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator), raw)
     except TagError:
         raise
     except (MutagenError, EOFError, struct.error, ValueError) as e:

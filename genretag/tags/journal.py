@@ -15,6 +15,13 @@ reading only. (Lines without `path_bytes` whose `path` holds JSON `\\udcXX`
 escapes, Python's surrogateescape form, are read too.) A journal line that is not a
 well-formed entry (corrupt, or edited by hand with wrong types) is reported
 and counted by undo, and the other entries are still undone.
+
+`old` and `new` are the genre values; a value whose stored bytes are not
+UTF-8 holds them as `\\udcXX` escapes (surrogateescape). `old_raw` and
+`new_raw` are the genre field's stored items exactly (ID3 frames, Vorbis
+comments, MP4 atoms), in base64: undo writes `old_raw` back, so the stored
+encoding, several TCON frames and non-UTF-8 text come back as they were
+(a line without `old_raw`, from an older genretag, is restored from `old`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
         "id": uuid.uuid4().hex, "op": op, "path": printable_path(outcome.path),
         "fingerprint_before": outcome.fingerprint_before, "fingerprint_after": outcome.fingerprint_after,
         "old": outcome.old, "new": outcome.new, "format": outcome.format,
+        "old_raw": [base64.b64encode(b).decode("ascii") for b in outcome.old_raw],
+        "new_raw": [base64.b64encode(b).decode("ascii") for b in outcome.new_raw],
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     raw = path_bytes(outcome.path)
@@ -131,7 +140,20 @@ def entry_problem(e) -> str | None:
     for key in ("id", "undoes"):
         if e.get(key) is not None and not isinstance(e[key], str):
             return f"'{key}' is not a string"
+    for key in ("old_raw", "new_raw"):
+        if e.get(key) is not None and _raw_items(e[key]) is None:
+            return f"'{key}' is not a list of base64 strings"
     return None
+
+
+def _raw_items(value) -> list[bytes] | None:
+    """The stored items a journal line's `old_raw`/`new_raw` holds, or None when it is not a list of base64."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    try:
+        return [base64.b64decode(v, validate=True) for v in value]
+    except (binascii.Error, ValueError):
+        return None
 
 
 @dataclass
@@ -284,8 +306,9 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
         writer.undoes = e.get("id")
         try:
             # values are the exact stored form, so no separator: they are written back as they were
+            raw = _raw_items(e["old_raw"]) if e.get("old_raw") is not None else None
             out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
-                                      expect_fingerprint=real_fp[path], times=times.get(path))
+                                      expect_fingerprint=real_fp[path], times=times.get(path), raw=raw)
         except TagError as err:
             virtual[path] = None
             yield UndoItem(path, "error", str(err), e["old"], e["new"])

@@ -3,6 +3,9 @@ temporary file in the same folder, changes the copy, re-reads the copy to
 check the genre is what was intended, every other tag field and the audio
 payload are untouched, fsyncs it, and only then renames it over the
 original. A crash at any moment leaves either the old file or the new one.
+The check is made twice over: on the bytes (`genretag.tags.fields`) and as a
+reader sees the file (`genretag.tags.verify`: every other tag field as
+mutagen decodes it, every audio packet as PyAV demuxes it).
 
 A temporary file is named after the process that owns it
 (`.<name>.genretag-tmp-<pid>-<16 hex>`) and is kept locked (flock) while it
@@ -12,18 +15,23 @@ those of a run working next to it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
+from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, set_genres, stored_form
+from genretag.tags.verify import audio_packets, reader_fields
+
+log = logging.getLogger(__name__)
 
 TMP_MARK = ".genretag-tmp-"
 #: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
@@ -42,6 +50,8 @@ class WriteOutcome:
     fingerprint_before: str  # whole-file fingerprints (see genretag.audio.containers)
     fingerprint_after: str
     audio_fingerprint: str
+    old_raw: list[bytes] = field(default_factory=list)  # the genre field's stored items, exactly (undo's input)
+    new_raw: list[bytes] = field(default_factory=list)
 
 
 def _no_checkpoint(step: str) -> None:
@@ -84,6 +94,7 @@ def write_genres_safely(
     expect_fingerprint: str | None = None,
     times: tuple[int, int] | None = None,
     expect_audio: str | None = None,
+    raw: list[bytes] | None = None,
 ) -> WriteOutcome:
     """Set the genre of `path` through a verified temporary copy and an atomic rename.
 
@@ -95,7 +106,11 @@ def write_genres_safely(
     the audio-payload fingerprint matches it (the one classified). With
     `keep_mtime`, the new file gets `times` (atime_ns, mtime_ns) -- taken by
     the caller before it read the file -- or else the file's times now.
-    Raises TagError (one line); the original is untouched on any failure.
+    `raw` (undo) is the genre field's exact stored items from an earlier
+    `WriteOutcome.old_raw`: they are written instead of items built from
+    `values`, so encodings and several frames come back as they were.
+    Raises TagError (one line); the original is untouched on any failure,
+    including a write that cannot be verified.
     """
     # A symlink is followed: the file it points to gets the new tag, the link stays a link.
     path = Path(os.path.realpath(path))
@@ -120,29 +135,37 @@ def write_genres_safely(
         audio_before = fingerprint(tmp)
         if expect_audio is not None and audio_before != expect_audio:
             raise ChangedSinceClassified("changed since classified")
-        before = set_genres(tmp, values, separator)
+        fmt = read_tags(tmp).format
+        seen_before = reader_fields(str(tmp), fmt), audio_packets(str(tmp), fmt)
+        before = set_genres(tmp, values, separator, raw)
         _checkpoint("after_modify")
         after = read_tags(tmp)
-        want = stored_form(before, values, separator)
-        if after.values != want:
-            raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
+        if raw is not None:
+            if after.raw != list(raw):
+                raise TagError("verification failed: the genre field does not read back as the stored bytes")
+        else:
+            want = stored_form(before, values, separator)
+            if after.values != want:
+                raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
         if after.others != before.others:
             raise TagError("verification failed: other tag fields would change; file left as it is")
         audio_after = fingerprint(tmp)
         if audio_after != audio_before:
             raise TagError("verification failed: the audio payload changed")
+        _verify_as_read(str(tmp), fmt, *seen_before)
         fp_after = file_fingerprint(tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         try:
             os.chown(tmp, st.st_uid, st.st_gid)
         except OSError:
             pass
+        _copy_xattrs(path, tmp)
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
         _fsync_path(tmp)
         _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
-                               audio_after)
+                               audio_after, before.raw, after.raw)
         if before_replace is not None:
             before_replace(outcome)  # the journal line, fsynced: the slow step, so it goes before the last check
         _checkpoint("before_replace")
@@ -170,6 +193,43 @@ def write_genres_safely(
     _fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
+
+
+def _verify_as_read(tmp: str, fmt: str, fields_before: list, packets_before: str) -> None:
+    """Refuse the write unless a reader sees the copy as it saw the original: every other tag field as
+    mutagen decodes it, every audio packet as PyAV demuxes it (and, for MP4, every fragment index entry
+    naming a fragment)."""
+    fields_after = reader_fields(tmp, fmt)
+    if fields_after != fields_before:
+        changed = sorted({k for k, _ in set(fields_after) ^ set(fields_before)})
+        raise TagError(f"verification failed: {', '.join(changed[:3]) or 'the tag fields'} would read differently; "
+                       "file left as it is")
+    if fmt == "mp4":
+        with open(tmp, "rb") as f:
+            problem = mp4.fragment_problem(f)
+        if problem:
+            raise TagError(f"verification failed: {problem}; file left as it is")
+    if audio_packets(tmp, fmt) != packets_before:
+        raise TagError("verification failed: the audio would demux differently; file left as it is")
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Give the new file the original's extended attributes (user.*, and ACLs where this user may set them).
+
+    The rename gives the name a new inode, which would otherwise have none. An attribute the
+    file system or this user cannot set (trusted.*, security.* without the privilege) is left out.
+    """
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name))
+        except OSError as e:
+            log.debug("extended attribute %s of %s not copied: %s", name, src, e.strerror or e)
 
 
 def _lock_target(path: Path) -> int:
