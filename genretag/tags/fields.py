@@ -179,6 +179,22 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str], raw: li
         f.write(data)
 
 
+def _drop_empty_id3(path: str, fmt: str) -> None:
+    """Remove an ID3 tag (mp3) or chunk (wav, aiff) that holds no frame."""
+    from mutagen._util import resize_bytes
+
+    parsed = _parse(path)[1]
+    if parsed.tag.frames or not parsed.tag.size:
+        return
+    with open(path, "r+b") as f:
+        if fmt == "mp3":
+            resize_bytes(f, parsed.tag.size, 0, 0)
+            return
+        chunk = _id3_in_iff(f, fmt)[1]
+        if chunk is not None:
+            chunk.delete()
+
+
 def _v1_genre(values: list[str]) -> int:
     """The ID3v1 genre byte for the first value (255: none of the 192 ID3v1 genres)."""
     from mutagen._constants import GENRES
@@ -310,12 +326,14 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
 
 
 def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
-               raw: list[bytes] | None = None) -> GenreTags:
+               raw: list[bytes] | None = None, drop_empty_tag: bool = False) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
 
     Every other field keeps its bytes. An empty `values` removes the field.
     `raw` (undo) is the genre field's exact stored items (`GenreTags.raw` of an
-    earlier state), written instead of items built from `values`.
+    earlier state), written instead of items built from `values`. With
+    `drop_empty_tag` (undo of a write that added the tag), an ID3 tag or chunk
+    left with no frame is removed whole.
     Returns the state before the change.
     """
     from mutagen import MutagenError
@@ -325,6 +343,8 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     before = _state(fmt, parsed)
     try:
         GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator), raw)
+        if drop_empty_tag and GENRE_FIELDS[fmt].id3:
+            _drop_empty_id3(path, fmt)
     except TagError:
         raise
     except (MutagenError, EOFError, struct.error, ValueError) as e:

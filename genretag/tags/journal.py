@@ -22,6 +22,8 @@ UTF-8 holds them as `\\udcXX` escapes (surrogateescape). `old_raw` and
 comments, MP4 atoms), in base64: undo writes `old_raw` back, so the stored
 encoding, several TCON frames and non-UTF-8 text come back as they were
 (a line without `old_raw`, from an older genretag, is restored from `old`).
+`old_tag: false` marks a write that added the file's ID3 tag (chunk): undo
+removes the tag again when the genre was its only frame.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
     raw = path_bytes(outcome.path)
     if raw is not None:
         entry["path_bytes"] = raw
+    if not outcome.had_tag:
+        entry["old_tag"] = False  # the write added the ID3 tag (chunk): undo removes it again when empty
     if undoes:
         entry["undoes"] = undoes
     return entry
@@ -308,7 +312,8 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
             # values are the exact stored form, so no separator: they are written back as they were
             raw = _raw_items(e["old_raw"]) if e.get("old_raw") is not None else None
             out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
-                                      expect_fingerprint=real_fp[path], times=times.get(path), raw=raw)
+                                      expect_fingerprint=real_fp[path], times=times.get(path), raw=raw,
+                                      drop_empty_tag=e.get("old_tag") is False)
         except TagError as err:
             virtual[path] = None
             yield UndoItem(path, "error", str(err), e["old"], e["new"])

@@ -28,7 +28,7 @@ from pathlib import Path
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
-from genretag.tags.fields import read_tags, set_genres, stored_form
+from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form
 from genretag.tags.verify import audio_packets, reader_fields
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class WriteOutcome:
     audio_fingerprint: str
     old_raw: list[bytes] = field(default_factory=list)  # the genre field's stored items, exactly (undo's input)
     new_raw: list[bytes] = field(default_factory=list)
+    had_tag: bool = True  # False: an ID3 format whose file had no ID3 tag (chunk) before this write
 
 
 def _no_checkpoint(step: str) -> None:
@@ -95,6 +96,7 @@ def write_genres_safely(
     times: tuple[int, int] | None = None,
     expect_audio: str | None = None,
     raw: list[bytes] | None = None,
+    drop_empty_tag: bool = False,
 ) -> WriteOutcome:
     """Set the genre of `path` through a verified temporary copy and an atomic rename.
 
@@ -108,7 +110,9 @@ def write_genres_safely(
     the caller before it read the file -- or else the file's times now.
     `raw` (undo) is the genre field's exact stored items from an earlier
     `WriteOutcome.old_raw`: they are written instead of items built from
-    `values`, so encodings and several frames come back as they were.
+    `values`, so encodings and several frames come back as they were;
+    `drop_empty_tag` removes an ID3 tag (chunk) the write leaves empty
+    (undo of a write that added it).
     Raises TagError (one line); the original is untouched on any failure,
     including a write that cannot be verified.
     """
@@ -137,7 +141,7 @@ def write_genres_safely(
             raise ChangedSinceClassified("changed since classified")
         fmt = read_tags(tmp).format
         seen_before = reader_fields(str(tmp), fmt), audio_packets(str(tmp), fmt)
-        before = set_genres(tmp, values, separator, raw)
+        before = set_genres(tmp, values, separator, raw, drop_empty_tag)
         _checkpoint("after_modify")
         after = read_tags(tmp)
         if raw is not None:
@@ -165,7 +169,8 @@ def write_genres_safely(
         _fsync_path(tmp)
         _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
-                               audio_after, before.raw, after.raw)
+                               audio_after, before.raw, after.raw,
+                               not (GENRE_FIELDS[fmt].id3 and before.id3_version is None))
         if before_replace is not None:
             before_replace(outcome)  # the journal line, fsynced: the slow step, so it goes before the last check
         _checkpoint("before_replace")

@@ -328,3 +328,21 @@ def test_user_xattrs_survive_write_and_undo(tmp_path, tiny_model_dir):
     assert os.getxattr(p, "user.comment") == b"rated five stars"
     assert undo(journal).returncode == 0
     assert os.getxattr(p, "user.comment") == b"rated five stars"
+
+
+# --- undo of a write that added the tag ----------------------------------------------------------
+
+@pytest.mark.parametrize("ext", [".mp3", ".wav", ".aiff"])
+def test_undo_removes_the_id3_tag_the_write_added(tmp_path, ext):
+    """A file without an ID3 tag (chunk) gets one from the write; undo gives back the file as it was,
+    byte for byte, instead of leaving an empty tag behind."""
+    from genretag.tags import JournalWriter, write_genres_safely
+    from genretag.tags import undo as undo_api
+
+    p = af.make_file(tmp_path / f"bare{ext}", seconds=1.0)
+    before = p.read_bytes()
+    journal = tmp_path / "j.jsonl"
+    write_genres_safely(p, ["Rock"], before_replace=JournalWriter(journal))
+    assert b"Rock" in p.read_bytes()
+    assert [i.status for i in undo_api(journal)] == ["restored"]
+    assert p.read_bytes() == before
