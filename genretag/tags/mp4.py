@@ -77,13 +77,13 @@ class Ilst:
                             for b in (v.encode("utf-8", "surrogateescape") for v in values))
             new = struct.pack(">I4s", 8 + len(data), b"\xa9gen") + data
         out, placed = [], False
-        for name, raw, _ in self.items:
+        for name, item, _ in self.items:
             if name in GENRE_ATOMS:
                 if not placed:
                     out.append(new)
                 placed = True
             else:
-                out.append(raw)
+                out.append(item)
         if not placed:
             out.append(new)
         return b"".join(out)
