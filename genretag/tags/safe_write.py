@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
+from genretag.errors import one_line
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form
-from genretag.tags.verify import audio_packets, reader_fields
+from genretag.tags.verify import VerifyError, audio_packets, reader_fields
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def write_genres_safely(
         if expect_audio is not None and audio_before != expect_audio:
             raise ChangedSinceClassified("changed since classified")
         fmt = read_tags(tmp).format
-        seen_before = reader_fields(str(tmp), fmt), audio_packets(str(tmp), fmt)
+        seen_before = _reader_view(str(tmp), fmt)
         before = set_genres(tmp, values, separator, raw, drop_empty_tag)
         _checkpoint("after_modify")
         after = read_tags(tmp)
@@ -156,7 +157,7 @@ def write_genres_safely(
         audio_after = fingerprint(tmp)
         if audio_after != audio_before:
             raise TagError("verification failed: the audio payload changed")
-        _verify_as_read(str(tmp), fmt, *seen_before)
+        _verify_as_read(str(tmp), fmt, seen_before)
         fp_after = file_fingerprint(tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         try:
@@ -200,21 +201,31 @@ def write_genres_safely(
     return outcome
 
 
-def _verify_as_read(tmp: str, fmt: str, fields_before: list, packets_before: str) -> None:
-    """Refuse the write unless a reader sees the copy as it saw the original: every other tag field as
-    mutagen decodes it, every audio packet as PyAV demuxes it (and, for MP4, every fragment index entry
-    naming a fragment)."""
-    fields_after = reader_fields(tmp, fmt)
+def _reader_view(path: str, fmt: str) -> tuple[list, str | None, str]:
+    """What a reader sees of `path`: every other tag field as mutagen decodes it, for MP4 what is wrong
+    with its fragment offsets (None: nothing), and every audio packet as PyAV demuxes it."""
+    fields = reader_fields(path, fmt)
+    fragments = None
+    if fmt == "mp4":
+        with open(path, "rb") as f:
+            try:
+                fragments = mp4.fragment_problem(f)
+            except Exception as e:  # noqa: BLE001 -- mutagen's atom errors: the file cannot be verified
+                raise VerifyError(f"cannot verify the write: MP4 atoms unreadable ({one_line(e)})") from None
+    return fields, fragments, audio_packets(path, fmt)
+
+
+def _verify_as_read(tmp: str, fmt: str, before: tuple[list, str | None, str]) -> None:
+    """Refuse the write unless a reader sees the copy as it saw the original (see `_reader_view`)."""
+    fields_before, fragments_before, packets_before = before
+    fields_after, fragments_after, packets_after = _reader_view(tmp, fmt)
     if fields_after != fields_before:
         changed = sorted({k for k, _ in set(fields_after) ^ set(fields_before)})
         raise TagError(f"verification failed: {', '.join(changed[:3]) or 'the tag fields'} would read differently; "
                        "file left as it is")
-    if fmt == "mp4":
-        with open(tmp, "rb") as f:
-            problem = mp4.fragment_problem(f)
-        if problem:
-            raise TagError(f"verification failed: {problem}; file left as it is")
-    if audio_packets(tmp, fmt) != packets_before:
+    if fragments_after and fragments_after != fragments_before:
+        raise TagError(f"verification failed: {fragments_after}; file left as it is")
+    if packets_after != packets_before:
         raise TagError("verification failed: the audio would demux differently; file left as it is")
 
 
