@@ -346,3 +346,21 @@ def test_undo_removes_the_id3_tag_the_write_added(tmp_path, ext):
     assert b"Rock" in p.read_bytes()
     assert [i.status for i in undo_api(journal)] == ["restored"]
     assert p.read_bytes() == before
+
+
+def test_a_bad_old_raw_is_a_bad_journal_line(tmp_path):
+    """`old_raw` is what undo writes back: one that is not base64 makes the line unusable, reported,
+    and the file is not touched."""
+    from genretag.tags import JournalWriter, write_genres_safely
+    from genretag.tags import undo as undo_api
+
+    p = af.make_file(tmp_path / "a.flac", seconds=1.0, genre="Pop")
+    journal = tmp_path / "j.jsonl"
+    write_genres_safely(p, ["Rock"], before_replace=JournalWriter(journal))
+    entry = json.loads(journal.read_text())
+    entry["old_raw"] = ["not base64 !"]
+    journal.write_text(json.dumps(entry) + "\n")
+    written = p.read_bytes()
+    items = list(undo_api(journal))
+    assert [i.status for i in items] == ["bad journal line"] and "old_raw" in items[0].message
+    assert p.read_bytes() == written
