@@ -40,7 +40,8 @@ class TagFormat(str, Enum):
 
 
 def shown(path: str) -> str:
-    """A path for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s output)."""
+    """A path (or a genre) for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s
+    output)."""
     from genretag.tags.journal import printable_path
 
     return printable_path(path)
@@ -122,7 +123,8 @@ class _Report:
         for p in self.rows:
             action = f"error: {p.error}" if p.action == ERROR else p.action
             conf = "" if p.confidence is None else f"{p.confidence:.3f}"
-            t.add_row(shown(p.path), "; ".join(p.current), "; ".join(p.new_values or p.proposed), conf, action)
+            t.add_row(shown(p.path), shown("; ".join(p.current)), shown("; ".join(p.new_values or p.proposed)), conf,
+                      action)
         return t
 
 
@@ -346,7 +348,7 @@ def undo_cmd(
             counts[item.status] = counts.get(item.status, 0) + 1
             detail = ""
             if item.status in ("restored", "would restore"):
-                detail = f": {'; '.join(item.new or []) or '(none)'} -> {'; '.join(item.old or []) or '(none)'}"
+                detail = shown(f": {'; '.join(item.new or []) or '(none)'} -> {'; '.join(item.old or []) or '(none)'}")
             elif item.message:
                 detail = f": {item.message}"
             line = f"{item.status} {shown(item.path)}{detail}"

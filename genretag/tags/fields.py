@@ -50,6 +50,7 @@ class GenreTags:
     #: genres held where genretag reads but never writes: an mp3's APEv2 `Genre`, a wav's RIFF INFO `IGNR`,
     #: the TCON of an ID3v2 tag in front of a FLAC stream
     other_genres: list[str] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list, repr=False)  # the genre field itself: its frames/comments/atoms
 
     @property
     def multi_value(self) -> bool:
@@ -64,7 +65,7 @@ class GenreField:
     key: str  # the field, for messages and docs
     id3: bool  # ID3 semantics: version, "(17)" references, separator
     parse: Callable[[BinaryIO, str], Any]  # (open file, format) -> parsed tag with .genres() / .others()
-    write: Callable[[str, Any, list[str]], None]  # (path, parsed tag, stored values)
+    write: Callable[[str, Any, list[str], list[bytes] | None], None]  # (path, parsed tag, stored values, raw)
 
 
 def _id3_in_iff(f, fmt: str):
@@ -110,6 +111,9 @@ class _Id3File:
 
     def genres(self) -> list[str]:
         return self.tag.genres()
+
+    def genre_raw(self) -> list[bytes]:
+        return self.tag.genre_raw()
 
     def others(self) -> list[bytes]:
         return self.tag.others() + self.extra
@@ -165,16 +169,16 @@ def _id3_total(head: bytes) -> int:
         raise DamagedTagError("ID3v2 tag: damaged header") from None
 
 
-def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None:
+def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str], raw: list[bytes] | None = None) -> None:
     from mutagen._util import resize_bytes
 
     tag = parsed.tag
     with open(path, "r+b") as f:
         if fmt == "mp3":
-            if tag.size or values:
-                data = id3.render(tag, values, min_size=tag.size)
+            if tag.size or values or raw:
+                data = id3.render(tag, values, min_size=tag.size, raw=raw)
                 if len(data) > tag.size:
-                    data = id3.render(tag, values, min_size=len(data) + 1024)
+                    data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
                     resize_bytes(f, tag.size, len(data), 0)
                 f.seek(0)
                 f.write(data)
@@ -183,11 +187,11 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None
                 f.write(bytes([_v1_genre(values) if parsed.v1_write is None else parsed.v1_write]))
             return
         iff, chunk = _id3_in_iff(f, fmt)
-        if chunk is None and not values:
+        if chunk is None and not values and not raw:
             return
-        data = id3.render(tag, values, min_size=chunk.data_size if chunk is not None else 0)
+        data = id3.render(tag, values, min_size=chunk.data_size if chunk is not None else 0, raw=raw)
         if chunk is None or len(data) > chunk.data_size:
-            data = id3.render(tag, values, min_size=len(data) + 1024)
+            data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
             if chunk is None:
                 iff.insert_chunk("id3" if fmt == "wav" else "ID3")
                 chunk = _id3_in_iff(f, fmt)[1]
@@ -196,6 +200,22 @@ def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str]) -> None
             chunk.resize(len(data))
         f.seek(chunk.data_offset)
         f.write(data)
+
+
+def _drop_empty_id3(path: str, fmt: str) -> None:
+    """Remove an ID3 tag (mp3) or chunk (wav, aiff) that holds no frame."""
+    from mutagen._util import resize_bytes
+
+    parsed = _parse(path)[1]
+    if parsed.tag.frames or not parsed.tag.size:
+        return
+    with open(path, "r+b") as f:
+        if fmt == "mp3":
+            resize_bytes(f, parsed.tag.size, 0, 0)
+            return
+        chunk = _id3_in_iff(f, fmt)[1]
+        if chunk is not None:
+            chunk.delete()
 
 
 def _v1_genre(values: list[str]) -> int:
@@ -282,20 +302,20 @@ def _parse_flac(f, fmt: str):
     return meta
 
 
-def _write_flac(path: str, parsed, values: list[str]) -> None:
+def _write_flac(path: str, parsed, values: list[str], raw: list[bytes] | None = None) -> None:
     with open(path, "r+b") as f:
-        vorbis.write_flac(f, parsed, values)
+        vorbis.write_flac(f, parsed, values, raw)
 
 
 GENRE_FIELDS: dict[str, GenreField] = {
-    "mp3": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "mp3", t, v)),
-    "wav": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "wav", t, v)),
-    "aiff": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v: _write_id3(p, "aiff", t, v)),
+    "mp3": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "mp3", t, v, r)),
+    "wav": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "wav", t, v, r)),
+    "aiff": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "aiff", t, v, r)),
     "flac": GenreField("Vorbis GENRE", False, _parse_flac, _write_flac),
     "ogg-vorbis": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                             lambda p, t, v: vorbis.write_ogg(p, "ogg-vorbis", t, v)),
+                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, r)),
     "ogg-opus": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                           lambda p, t, v: vorbis.write_ogg(p, "ogg-opus", t, v)),
+                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, r)),
     "mp4": GenreField("MP4 \xa9gen", False, lambda f, fmt: mp4.parse(f), mp4.write),
 }
 
@@ -340,11 +360,13 @@ def _parse(path: str) -> tuple[str, Any]:
 
 
 def _state(fmt: str, parsed) -> GenreTags:
+    version = parsed.tag.major if isinstance(parsed, _Id3File) and parsed.tag.size else None
     if isinstance(parsed, _Id3File):
-        return GenreTags(fmt, parsed.genres(), parsed.tag.major if parsed.tag.size else None, parsed.others(),
-                         parsed.v1_genre, list(parsed.other_genres))
+        return GenreTags(fmt, parsed.genres(), version, parsed.others(), id3v1_genre=parsed.v1_genre,
+                         other_genres=list(parsed.other_genres), raw=parsed.genre_raw())
     front = getattr(parsed, "front_genres", [])  # FLAC: an ID3v2 tag in front of the stream
-    return GenreTags(fmt, parsed.genres(), None, parsed.others(), other_genres=list(front))
+    return GenreTags(fmt, parsed.genres(), version, parsed.others(), other_genres=list(front),
+                     raw=parsed.genre_raw())
 
 
 def read_tags(path: str | os.PathLike) -> GenreTags:
@@ -396,13 +418,18 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
 
 
 def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
-               id3v1_genre: int | None = None) -> GenreTags:
+               id3v1_genre: int | None = None, raw: list[bytes] | None = None,
+               drop_empty_tag: bool = False) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
 
     Every other field keeps its bytes. An empty `values` removes the field.
     An mp3's ID3v1 tag gets the genre byte of the first value (255 when it
     is none of the ID3v1 genres), or `id3v1_genre` when given (undo gives
-    back the byte as it was). Returns the state before the change.
+    back the byte as it was). `raw` (undo) is the genre field's exact stored
+    items (`GenreTags.raw` of an earlier state), written instead of items
+    built from `values`. With `drop_empty_tag` (undo of a write that added
+    the tag), an ID3 tag or chunk left with no frame is removed whole.
+    Returns the state before the change.
     """
     from mutagen import MutagenError
 
@@ -412,7 +439,9 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     if isinstance(parsed, _Id3File):  # from the values before ID3v2.3 joins them: its first genre
         parsed.v1_write = _v1_genre(values) if id3v1_genre is None else id3v1_genre
     try:
-        GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator))
+        GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator), raw)
+        if drop_empty_tag and GENRE_FIELDS[fmt].id3:
+            _drop_empty_id3(path, fmt)
     except TagError:
         raise
     except (MutagenError, EOFError, struct.error, ValueError) as e:

@@ -9,9 +9,10 @@ that runs past the tag, or anything but zeros after the last frame refuses
 the file), and the new tag is the old frames' own bytes, in order, with the
 TCON frame (TCO in v2.2) replaced. The version is kept (v2.2, v2.3, v2.4).
 
-What the new tag drops: tag-level unsynchronisation (v2.2/v2.3 frames are
-stored decoded, which every reader accepts), the extended header (a CRC,
-restrictions and an update flag; no frame data) and the v2.4 footer.
+What the new tag drops: tag-level unsynchronisation (the frames are stored
+decoded, which every reader accepts: v2.2/v2.3 undo it on the whole tag,
+v2.4 frame by frame), the extended header (a CRC, restrictions and an update
+flag; no frame data) and the v2.4 footer.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def to_syncsafe(n: int, width: int = 4) -> bytes:
 @dataclass
 class Frame:
     id: str
-    raw: bytes  # header + body, exactly as it will be written
-    body: bytes  # the body as stored (flags not undone)
+    raw: bytes  # header + body, exactly as it will be written (tag-level unsynchronisation undone)
+    body: bytes  # the body as stored (frame flags not undone)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class Id3Tag:
     def others(self) -> list[bytes]:
         """Every frame but the genre, as raw bytes (what a genre write must keep)."""
         return [f.raw for f in self.frames if f.id != self.genre_id]
+
+    def genre_raw(self) -> list[bytes]:
+        """The genre frame(s), raw bytes, in file order (what undo puts back to restore them exactly)."""
+        return [f.raw for f in self.frames if f.id == self.genre_id]
 
     def genres(self) -> list[str]:
         """The genre frame's values as stored (several frames' values concatenated)."""
@@ -112,7 +117,33 @@ def parse(data: bytes, where: str = "ID3v2 tag") -> Id3Tag:
             plain = True
         except DamagedTagError:
             raise DamagedTagError(f"{where}: {first}") from None
+    if major == 4 and flags & 0x80:
+        frames = [_desync_v24(f, plain) for f in frames]
     return Id3Tag(major, rev, flags, frames, total, plain)
+
+
+def _desync_v24(frame: Frame, plain: bool) -> Frame:
+    """A frame of a v2.4 tag whose header says "unsynchronised", as it is without that flag.
+
+    In v2.4 the tag-level flag means each frame body is unsynchronised (a 00
+    after every FF), frame by frame, and the sizes count the stored bytes. The
+    new tag is written without the flag, so each frame gets its decoded body,
+    its unsynchronisation frame flag cleared and its size recounted; a body
+    that is not validly unsynchronised is kept as it is, as mutagen reads it.
+    """
+    from mutagen.id3._util import unsynch
+
+    flags = int.from_bytes(frame.raw[8:10], "big")
+    body = frame.body
+    head, data = (body[:4], body[4:]) if flags & 0x0009 else (b"", body)  # data length indicator
+    try:
+        data = unsynch.decode(data)
+    except ValueError:
+        pass
+    body = head + data
+    size = len(body).to_bytes(4, "big") if plain else to_syncsafe(len(body))
+    raw = frame.raw[:4] + size + (flags & ~0x0002).to_bytes(2, "big") + body
+    return Frame(frame.id, raw, body)
 
 
 def _walk(body: bytes, pos: int, major: int, plain: bool) -> list[Frame]:
@@ -190,18 +221,23 @@ def genre_frame(tag: Id3Tag, values: list[str]) -> bytes:
     return b"TCON" + size + b"\0\0" + body
 
 
-def render(tag: Id3Tag, values: list[str], min_size: int = 0) -> bytes:
-    """The tag with its genre frame(s) replaced by `values` (none: removed), padded to `min_size`."""
+def render(tag: Id3Tag, values: list[str], min_size: int = 0, raw: list[bytes] | None = None) -> bytes:
+    """The tag with its genre frame(s) replaced by `values` (none: removed), padded to `min_size`.
+
+    `raw`, when given, is the genre frames' exact bytes (from `Id3Tag.genre_raw`), put in their place
+    instead of a frame built from `values` (undo: the stored encoding and frames come back as they were).
+    """
+    new = b"".join(raw) if raw is not None else (genre_frame(tag, values) if values else b"")
     out, placed = [], False
     for f in tag.frames:
         if f.id == tag.genre_id:
-            if not placed and values:
-                out.append(genre_frame(tag, values))
+            if not placed:
+                out.append(new)
             placed = True
             continue
         out.append(f.raw)
-    if not placed and values:
-        out.append(genre_frame(tag, values))
+    if not placed:
+        out.append(new)
     frames = b"".join(out)
     flags = tag.flags & ~(0x80 | 0x40 | 0x10) if tag.major >= 3 else tag.flags & ~0x80
     size = max(len(frames), min_size - HEADER)

@@ -15,6 +15,15 @@ reading only. (Lines without `path_bytes` whose `path` holds JSON `\\udcXX`
 escapes, Python's surrogateescape form, are read too.) A journal line that is not a
 well-formed entry (corrupt, or edited by hand with wrong types) is reported
 and counted by undo, and the other entries are still undone.
+
+`old` and `new` are the genre values; a value whose stored bytes are not
+UTF-8 holds them as `\\udcXX` escapes (surrogateescape). `old_raw` and
+`new_raw` are the genre field's stored items exactly (ID3 frames, Vorbis
+comments, MP4 atoms), in base64: undo writes `old_raw` back, so the stored
+encoding, several TCON frames and non-UTF-8 text come back as they were
+(a line without `old_raw`, from an older genretag, is restored from `old`).
+`old_tag: false` marks a write that added the file's ID3 tag (chunk): undo
+removes the tag again when the genre was its only frame.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
         "id": uuid.uuid4().hex, "op": op, "path": printable_path(outcome.path),
         "fingerprint_before": outcome.fingerprint_before, "fingerprint_after": outcome.fingerprint_after,
         "old": outcome.old, "new": outcome.new, "format": outcome.format,
+        "old_raw": [base64.b64encode(b).decode("ascii") for b in outcome.old_raw],
+        "new_raw": [base64.b64encode(b).decode("ascii") for b in outcome.new_raw],
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     raw = path_bytes(outcome.path)
@@ -54,6 +65,8 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
         entry["path_bytes"] = raw
     if outcome.old_id3v1_genre is not None:  # an mp3's ID3v1 genre byte, which `old` cannot tell
         entry["old_id3v1_genre"] = outcome.old_id3v1_genre
+    if not outcome.had_tag:
+        entry["old_tag"] = False  # the write added the ID3 tag (chunk): undo removes it again when empty
     if undoes:
         entry["undoes"] = undoes
     return entry
@@ -144,7 +157,20 @@ def entry_problem(e) -> str | None:
     v1 = e.get("old_id3v1_genre")
     if v1 is not None and (type(v1) is not int or not 0 <= v1 <= 255):
         return "'old_id3v1_genre' is not a byte (0-255)"
+    for key in ("old_raw", "new_raw"):
+        if e.get(key) is not None and _raw_items(e[key]) is None:
+            return f"'{key}' is not a list of base64 strings"
     return None
+
+
+def _raw_items(value) -> list[bytes] | None:
+    """The stored items a journal line's `old_raw`/`new_raw` holds, or None when it is not a list of base64."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    try:
+        return [base64.b64decode(v, validate=True) for v in value]
+    except (binascii.Error, ValueError):
+        return None
 
 
 @dataclass
@@ -297,9 +323,11 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
         writer.undoes = e.get("id")
         try:
             # values are the exact stored form, so no separator: they are written back as they were
+            raw = _raw_items(e["old_raw"]) if e.get("old_raw") is not None else None
             out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
                                       expect_fingerprint=real_fp[path], times=times.get(path),
-                                      id3v1_genre=e.get("old_id3v1_genre"))
+                                      id3v1_genre=e.get("old_id3v1_genre"), raw=raw,
+                                      drop_empty_tag=e.get("old_tag") is False)
         except TagError as err:
             virtual[path] = None
             yield UndoItem(path, "error", str(err), e["old"], e["new"])

@@ -3,6 +3,9 @@ temporary file in the same folder, changes the copy, re-reads the copy to
 check the genre is what was intended, every other tag field and the audio
 payload are untouched, fsyncs it, and only then renames it over the
 original. A crash at any moment leaves either the old file or the new one.
+The check is made twice over: on the bytes (`genretag.tags.fields`) and as a
+reader sees the file (`genretag.tags.verify`: every other tag field as
+mutagen decodes it, every audio packet as PyAV demuxes it).
 
 A temporary file is named after the host and process that own it
 (`.genretag-tmp-<8 hex of the host name>-<pid>-<16 hex>`, at most 50 bytes
@@ -16,6 +19,7 @@ host's (a network share), only one untouched for STALE_AFTER seconds.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -23,12 +27,17 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
+from genretag.errors import one_line
+from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
-from genretag.tags.fields import read_tags, set_genres, stored_form
+from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form
+from genretag.tags.verify import VerifyError, audio_packets, reader_fields
+
+log = logging.getLogger(__name__)
 
 TMP_MARK = ".genretag-tmp-"
 #: Seconds a write waits for another writer's lock on the same file before it gives up on that file.
@@ -55,6 +64,9 @@ class WriteOutcome:
     fingerprint_after: str
     audio_fingerprint: str
     old_id3v1_genre: int | None = None  # an mp3's ID3v1 genre byte before (None: no ID3v1 tag)
+    old_raw: list[bytes] = field(default_factory=list)  # the genre field's stored items, exactly (undo's input)
+    new_raw: list[bytes] = field(default_factory=list)
+    had_tag: bool = True  # False: an ID3 format whose file had no ID3 tag (chunk) before this write
 
 
 def _no_checkpoint(step: str) -> None:
@@ -130,6 +142,8 @@ def write_genres_safely(
     times: tuple[int, int] | None = None,
     expect_audio: str | None = None,
     id3v1_genre: int | None = None,
+    raw: list[bytes] | None = None,
+    drop_empty_tag: bool = False,
 ) -> WriteOutcome:
     """Set the genre of `path` through a verified temporary copy and an atomic rename.
 
@@ -142,7 +156,13 @@ def write_genres_safely(
     `keep_mtime`, the new file gets `times` (atime_ns, mtime_ns) -- taken by
     the caller before it read the file -- or else the file's times now.
     `id3v1_genre` sets an mp3's ID3v1 genre byte (undo: the byte as it was).
-    Raises TagError (one line); the original is untouched on any failure.
+    `raw` (undo) is the genre field's exact stored items from an earlier
+    `WriteOutcome.old_raw`: they are written instead of items built from
+    `values`, so encodings and several frames come back as they were;
+    `drop_empty_tag` removes an ID3 tag (chunk) the write leaves empty
+    (undo of a write that added it).
+    Raises TagError (one line); the original is untouched on any failure,
+    including a write that cannot be verified.
     """
     # A symlink is followed: the file it points to gets the new tag, the link stays a link.
     path = Path(os.path.realpath(path))
@@ -167,17 +187,24 @@ def write_genres_safely(
         audio_before = fingerprint(tmp)
         if expect_audio is not None and audio_before != expect_audio:
             raise ChangedSinceClassified("changed since classified")
-        before = set_genres(tmp, values, separator, id3v1_genre)
+        fmt = read_tags(tmp).format
+        seen_before = _reader_view(str(tmp), fmt)
+        before = set_genres(tmp, values, separator, id3v1_genre, raw, drop_empty_tag)
         _checkpoint("after_modify")
         after = read_tags(tmp)
-        want = stored_form(before, values, separator)
-        if after.values != want:
-            raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
+        if raw is not None:
+            if after.raw != list(raw):
+                raise TagError("verification failed: the genre field does not read back as the stored bytes")
+        else:
+            want = stored_form(before, values, separator)
+            if after.values != want:
+                raise TagError(f"verification failed: genre reads back as {after.values!r}, not {want!r}")
         if after.others != before.others:
             raise TagError("verification failed: other tag fields would change; file left as it is")
         audio_after = fingerprint(tmp)
         if audio_after != audio_before:
             raise TagError("verification failed: the audio payload changed")
+        _verify_as_read(str(tmp), fmt, seen_before)
         fp_after = file_fingerprint(tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         tst = os.stat(tmp)
@@ -188,12 +215,14 @@ def write_genres_safely(
                 raise TagError(f"cannot keep the file's owner {st.st_uid}:{st.st_gid} ({e.strerror or e}); "
                                "left as it is") from None
             os.chmod(tmp, stat.S_IMODE(st.st_mode))  # chown clears set-user/group-ID bits
+        _copy_xattrs(path, tmp)
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
         _fsync_path(tmp)
         _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
-                               audio_after, before.id3v1_genre)
+                               audio_after, before.id3v1_genre, before.raw, after.raw,
+                               not (GENRE_FIELDS[fmt].id3 and before.id3_version is None))
         if before_replace is not None:
             before_replace(outcome)  # the journal line, fsynced: the slow step, so it goes before the last check
         _checkpoint("before_replace")
@@ -221,6 +250,53 @@ def write_genres_safely(
     _fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
+
+
+def _reader_view(path: str, fmt: str) -> tuple[list, str | None, str]:
+    """What a reader sees of `path`: every other tag field as mutagen decodes it, for MP4 what is wrong
+    with its fragment offsets (None: nothing), and every audio packet as PyAV demuxes it."""
+    fields = reader_fields(path, fmt)
+    fragments = None
+    if fmt == "mp4":
+        with open(path, "rb") as f:
+            try:
+                fragments = mp4.fragment_problem(f)
+            except Exception as e:  # noqa: BLE001 -- mutagen's atom errors: the file cannot be verified
+                raise VerifyError(f"cannot verify the write: MP4 atoms unreadable ({one_line(e)})") from None
+    return fields, fragments, audio_packets(path, fmt)
+
+
+def _verify_as_read(tmp: str, fmt: str, before: tuple[list, str | None, str]) -> None:
+    """Refuse the write unless a reader sees the copy as it saw the original (see `_reader_view`)."""
+    fields_before, fragments_before, packets_before = before
+    fields_after, fragments_after, packets_after = _reader_view(tmp, fmt)
+    if fields_after != fields_before:
+        changed = sorted({k for k, _ in set(fields_after) ^ set(fields_before)})
+        raise TagError(f"verification failed: {', '.join(changed[:3]) or 'the tag fields'} would read differently; "
+                       "file left as it is")
+    if fragments_after and fragments_after != fragments_before:
+        raise TagError(f"verification failed: {fragments_after}; file left as it is")
+    if packets_after != packets_before:
+        raise TagError("verification failed: the audio would demux differently; file left as it is")
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Give the new file the original's extended attributes (user.*, and ACLs where this user may set them).
+
+    The rename gives the name a new inode, which would otherwise have none. An attribute the
+    file system or this user cannot set (trusted.*, security.* without the privilege) is left out.
+    """
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name))
+        except OSError as e:
+            log.debug("extended attribute %s of %s not copied: %s", name, src, e.strerror or e)
 
 
 def _lock_target(path: Path) -> int:

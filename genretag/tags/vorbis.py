@@ -33,15 +33,23 @@ class Comments:
         return comment.split(b"=", 1)[0].upper() == GENRE
 
     def genres(self) -> list[str]:
-        return [c.split(b"=", 1)[1].decode("utf-8", "replace") if b"=" in c else ""
+        """The GENRE values; bytes that are not UTF-8 (a Latin-1 value) come as surrogate escapes, so
+        writing a value back (`--append`) gives its stored bytes, never U+FFFD."""
+        return [c.split(b"=", 1)[1].decode("utf-8", "surrogateescape") if b"=" in c else ""
                 for c in self.comments if self.is_genre(c)]
+
+    def genre_raw(self) -> list[bytes]:
+        """The GENRE comments, raw, in order (what undo puts back to restore them exactly)."""
+        return [c for c in self.comments if self.is_genre(c)]
 
     def others(self) -> list[bytes]:
         return [b"vendor=" + self.vendor] + [c for c in self.comments if not self.is_genre(c)]
 
-    def render(self, values: list[str], framing: bool) -> bytes:
-        """The block with the GENRE comments replaced by `values` (at the first one's place)."""
-        new = [GENRE + b"=" + v.encode("utf-8") for v in values]
+    def render(self, values: list[str], framing: bool, raw: list[bytes] | None = None) -> bytes:
+        """The block with the GENRE comments replaced by `values` (at the first one's place), or by the
+        exact comments `raw` when given."""
+        new = list(raw) if raw is not None else [GENRE + b"=" + v.encode("utf-8", "surrogateescape")
+                                                  for v in values]
         out, placed = [], False
         for c in self.comments:
             if self.is_genre(c):
@@ -102,6 +110,9 @@ class FlacMeta:
     def genres(self) -> list[str]:
         return self.comments.genres() if self.comments else []
 
+    def genre_raw(self) -> list[bytes]:
+        return self.comments.genre_raw() if self.comments else []
+
 
 def parse_flac(f, id3_size: int) -> FlacMeta:
     f.seek(id3_size)
@@ -133,11 +144,11 @@ def parse_flac(f, id3_size: int) -> FlacMeta:
     return FlacMeta(id3_size, blocks, pos, comments)
 
 
-def write_flac(f, meta: FlacMeta, values: list[str]) -> None:
+def write_flac(f, meta: FlacMeta, values: list[str], raw: list[bytes] | None = None) -> None:
     """Rewrite the metadata of the open FLAC file `f` with the new comment block (others byte for byte)."""
     from mutagen._util import resize_bytes
 
-    body = (meta.comments or Comments(b"genretag")).render(values, framing=False)
+    body = (meta.comments or Comments(b"genretag")).render(values, framing=False, raw=raw)
     if len(body) >= 1 << 24:
         raise DamagedTagError("FLAC comment block would exceed 16 MB")
     blocks = [(t, b) for t, b in meta.blocks if t not in (PADDING, VORBIS_COMMENT)]
@@ -193,6 +204,9 @@ class OggHeaders:
     def genres(self) -> list[str]:
         return self.comments.genres()
 
+    def genre_raw(self) -> list[bytes]:
+        return self.comments.genre_raw()
+
 
 def parse_ogg(f, kind: str) -> OggHeaders:
     from mutagen.ogg import OggPage
@@ -221,12 +235,12 @@ def parse_ogg(f, kind: str) -> OggHeaders:
     return OggHeaders(packets, comments, framing)
 
 
-def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str]) -> None:
+def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str], raw: list[bytes] | None = None) -> None:
     """Let mutagen re-page the header packets around the comment block built here."""
     from mutagen.oggopus import OggOpus
     from mutagen.oggvorbis import OggVorbis
 
     obj = (OggVorbis if kind == "ogg-vorbis" else OggOpus)(path)
-    block = headers.comments.render(values, framing=False)
+    block = headers.comments.render(values, framing=False, raw=raw)
     obj.tags.write = lambda framing=True: block + (b"\x01" if framing else b"")
     obj.save()
