@@ -182,7 +182,7 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the confusion matrix as a PNG.")] = None,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
 ) -> None:
     """Measure a model (or an ensemble) on a split of a GTZAN-layout folder.
 
