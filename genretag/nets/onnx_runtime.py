@@ -4,7 +4,7 @@ The log-mel is computed in torch (the network's own `features`), and everything 
 (trunk and head) runs in an ONNX Runtime session: ONNX Runtime's fp32 convolutions are faster
 than PyTorch's on musicnn's front-end (docs/performance.md). The graph is exported from the
 network frozen by `genretag.nets.frozen` the first time a model is used, into the user cache
-(``<cache>/onnx/<key>.onnx``, the key a checksum of the frozen weights and the card's
+(``<cache>/onnx/<key>.onnx``, `genretag.paths.onnx_cache_dir`; the key a checksum of the frozen weights and the card's
 architecture), and checked once per load against the PyTorch network on a probe batch.
 
 Whatever goes wrong (onnxruntime missing or unable to load, an export the installed torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from genretag.errors import one_line
 from genretag.nets.frozen import FromLogMel, freezable, freeze
-from genretag.paths import cache_dir
+from genretag.paths import onnx_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ PROBE_TOLERANCE = 1e-4
 
 class OnnxUnavailable(RuntimeError):
     """ONNX Runtime cannot run this network here (the reason is the message)."""
-
-
-def onnx_dir() -> Path:
-    return cache_dir() / "onnx"
 
 
 class OnnxNet:
@@ -123,10 +119,15 @@ def build(net: nn.Module, architecture: dict, n_samples: int, threads: int) -> O
     try:
         with torch.inference_mode(False), torch.no_grad():  # tracing needs ordinary tensors
             frozen = FromLogMel(freeze(net))
-            path = onnx_dir() / f"{_key(frozen, architecture)}.onnx"
+            path = onnx_cache_dir() / f"{_key(frozen, architecture)}.onnx"
             if not path.exists():
                 export(frozen, logmel.clone(), path)
-        runner = OnnxNet(net.features, session(path, threads), path)
+            try:
+                sess = session(path, threads)
+            except Exception:  # a damaged cached file: export it again, once
+                export(frozen, logmel.clone(), path)
+                sess = session(path, threads)
+        runner = OnnxNet(net.features, sess, path)
         got = runner(probe)
     except Exception as e:  # an exporter or runtime failure of any kind: PyTorch runs instead
         raise OnnxUnavailable(one_line(e)) from None
