@@ -116,6 +116,8 @@ def build(net: nn.Module, architecture: dict, n_samples: int, threads: int) -> O
     with torch.inference_mode():
         want = net(probe)
         logmel = net.features(probe)
+    if not isinstance(want, torch.Tensor) or want.dim() != 2:
+        raise OnnxUnavailable("the network's output is not one (batch, labels) tensor")
     try:
         with torch.inference_mode(False), torch.no_grad():  # tracing needs ordinary tensors
             frozen = FromLogMel(freeze(net))
@@ -131,6 +133,8 @@ def build(net: nn.Module, architecture: dict, n_samples: int, threads: int) -> O
         got = runner(probe)
     except Exception as e:  # an exporter or runtime failure of any kind: PyTorch runs instead
         raise OnnxUnavailable(one_line(e)) from None
+    if got.shape != want.shape:
+        raise OnnxUnavailable(f"its outputs have the shape {tuple(got.shape)}, PyTorch's {tuple(want.shape)}")
     diff = max(float((torch.softmax(got, -1) - torch.softmax(want, -1)).abs().max()),
                float((torch.sigmoid(got) - torch.sigmoid(want)).abs().max()))
     if not np.isfinite(diff) or diff > PROBE_TOLERANCE:
