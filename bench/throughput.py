@@ -510,7 +510,7 @@ def _self_cmd(stage: str, listfile: Path, card: str | None, jobs: int | None) ->
     return cmd
 
 
-def _classify_cmd(target: str, card: str | None, jobs: int | None, precision: str = "fp32") -> list[str]:
+def _classify_cmd(target: str, card: str | None, jobs: int | None, precision: str = "auto") -> list[str]:
     cmd = [sys.executable, "-m", "genretag", "classify", target, "--format", "jsonl", "--precision", precision]
     if card:
         cmd += ["--model", card]
@@ -606,8 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--jobs", type=int, help="decoding workers for (a) and (b) (default: genretag's default)")
     ap.add_argument("--model", help="model card for all stages (default: the bundled default model)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                    help="genretag classify --precision for (b) (the naive loop stays fp32)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="genretag classify --precision for (b) (the naive loop stays fp32); a --variant's "
+                         "own --precision overrides it")
     ap.add_argument("--memory", action="store_true", help="only (b): peak RSS at 1,000 vs 10,000 tracks")
     ap.add_argument("--memory-tracks", default="1000,10000")
     ap.add_argument("--no-extras", action="store_true", help="skip per-format and 5-minute-track runs")

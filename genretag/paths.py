@@ -49,6 +49,13 @@ def models_cache_dir() -> Path:
     return cache_dir() / "models"
 
 
+def onnx_cache_dir() -> Path:
+    """Where networks exported for ONNX Runtime are kept (``onnx`` in the cache dir);
+    GENRETAG_ONNX_DIR overrides. Files are named by a checksum of what they were made from."""
+    env = os.environ.get("GENRETAG_ONNX_DIR")
+    return Path(env) if env else cache_dir() / "onnx"
+
+
 def data_dir() -> Path:
     """User data dir (the tag-write journal); GENRETAG_DATA_DIR overrides."""
     env = os.environ.get("GENRETAG_DATA_DIR")

@@ -7,13 +7,21 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory) -> Path:
+    """One folder of ONNX exports for the whole session (an export is named by the checksum of
+    what it was made from, so tests share them safely; each costs a second or two to make)."""
+    return tmp_path_factory.mktemp("genretag-onnx")
+
+
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path_factory, monkeypatch) -> dict[str, Path]:
-    """Keep the user's real cache (models, results) and journal out of every test's reach."""
+def isolated_dirs(tmp_path_factory, monkeypatch, onnx_dir) -> dict[str, Path]:
+    """Keep the user's real cache (models, results, ONNX exports) and journal out of every test's reach."""
     base = tmp_path_factory.mktemp("genretag-home")
     dirs = {"cache": base / "cache", "data": base / "data"}
     monkeypatch.setenv("GENRETAG_CACHE_DIR", str(dirs["cache"]))
     monkeypatch.setenv("GENRETAG_DATA_DIR", str(dirs["data"]))
+    monkeypatch.setenv("GENRETAG_ONNX_DIR", str(onnx_dir))
     monkeypatch.setenv("NO_COLOR", "1")
     return dirs
 

@@ -43,7 +43,7 @@ def classify_cmd(
     segments: SegmentsOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
     jobs: JobsOpt = None,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,

@@ -28,6 +28,7 @@ class Device(str, Enum):
 
 
 class Precision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -51,7 +52,7 @@ MAX_SEGMENTS = 1000
 SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, max=MAX_SEGMENTS, help=f"Most sub-tracks per file, 1-{MAX_SEGMENTS} (default: the model card's, 10).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (exact) or bf16 (faster on CUDA and on CPUs with AMX/AVX512-BF16).")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp32, musicnn models on the CPU in ONNX Runtime (faster, the same answers); fp32: PyTorch fp32 (the reference); bf16: faster on CUDA and on CPUs with AMX/AVX512-BF16.")]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Decoding worker processes, 1-{MAX_JOBS} (default: one per CPU core this process may use, at most 8; 1 decodes in this process).")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="tcp://HOST:PORT", help="Run on the Dask cluster of this scheduler (needs genretag\\[dask]; every worker must see the files at the same paths).")]
 SchedulerFileOpt = Annotated[Path | None, typer.Option("--scheduler-file", metavar="FILE", help="Run on the Dask cluster whose scheduler wrote FILE (dask scheduler --scheduler-file).")]
@@ -65,7 +66,7 @@ class ClassifyOptions:
     model: str | None = None
     device: str = "auto"
     jobs: int | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     scheduler: str | None = None
     scheduler_file: Path | None = None
 
@@ -117,7 +118,7 @@ def load(opts: ClassifyOptions):
     from genretag.store.load import load_net
 
     net = load_net(opts.model, opts.device, precision=opts.precision)
-    info(f"model: {net.card.name} ({net.device.type}, {net.precision})")
+    info(f"model: {net.card.name} ({net.device.type}, {net.runtime})")
     return net
 
 

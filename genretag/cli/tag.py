@@ -157,7 +157,7 @@ def tag_cmd(
     segments: SegmentsOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
     jobs: JobsOpt = None,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,

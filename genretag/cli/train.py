@@ -210,7 +210,7 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the precision/coverage curve and the confusion matrix as a PNG (needs matplotlib).")] = None,
     device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
     jobs: ClassifyJobsOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Classify every file, ignoring the result cache (not the GTZAN layout).")] = False,
 ) -> None:

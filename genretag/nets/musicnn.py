@@ -192,6 +192,10 @@ class _ConvBN2d(nn.Module):
         self.conv = nn.Conv2d(cin, cout, kernel)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS)
 
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(F.relu(self.conv(x)))
 
@@ -334,7 +338,7 @@ class MusicnnNet(nn.Module):
 
     def maps_from_front(self, front: Tensor) -> dict[str, Tensor]:
         """Mid-end on a :meth:`front_maps` output -> the maps of :meth:`feature_maps`."""
-        n_timbral = sum(blk.conv.out_channels for blk in self.timbral)
+        n_timbral = sum(blk.out_channels for blk in self.timbral)
         c1 = self.midend[0](front)
         c2 = self.midend[1](c1) + c1
         c3 = self.midend[2](c2) + c2

@@ -7,6 +7,7 @@ the weights' sha256 is checked against the card before they are used.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ from safetensors.torch import load_file, save_file
 
 from genretag.errors import ModelError, one_line
 from genretag.nets.cnn import GenreNet, build_net
+from genretag.nets.onnx_runtime import OnnxNet, OnnxUnavailable
+from genretag.nets.onnx_runtime import build as build_onnx
 from genretag.pipeline import inference
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
 from genretag.store.card import ModelCard, load_card, save_card, sha256_file
 from genretag.store.resolve import find_card
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -55,7 +60,8 @@ class Model:
     path: Path | None = None
     members: list[Model] = field(default_factory=list)
     precision: str = "fp32"
-    _runner: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    _runner: torch.nn.Module | OnnxNet | None = field(default=None, repr=False, compare=False)
+    _tuned: bool = field(default=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -95,41 +101,93 @@ class Model:
         """Sub-track waveforms (batch, samples) -> calibrated probabilities (batch, labels)."""
         if self.members:
             return np.mean([m.predict(_adapt(waves, self.card, m.card)) for m in self.members], axis=0)
+        if self.precision == "auto" and not self._tuned:
+            self.tune()
         x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
         net = self._runner if self._runner is not None else self.net
+        if isinstance(net, OnnxNet):  # --precision auto: the network after the log-mel in ONNX Runtime
+            logits = net(x) / float(self.card.temperature or 1.0)
+            return _calibrated(logits, self.card)
         # bf16: convolutions and matmuls in bfloat16 (the mel front-ends opt out and stay
         # float32); the temperature and softmax below run in float32 either way.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits = net(x).float() / float(self.card.temperature or 1.0)
-        if self.card.extra.get("multilabel"):
-            return torch.sigmoid(logits).cpu().numpy()
-        return torch.softmax(logits, dim=-1).cpu().numpy()
+        return _calibrated(logits, self.card)
 
     predict_segments = predict  # the name genretag 0.1's Model used
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "onnxruntime fp32", "pytorch fp32" or "pytorch bf16" (after `tune`)."""
+        self.tune()
+        lead = self.members[0] if self.members else self
+        if isinstance(lead._runner, OnnxNet):
+            return "onnxruntime fp32"
+        return f"pytorch {'bf16' if self.precision == 'bf16' else 'fp32'}"
 
     def tune(self) -> None:
         """Build the inference-optimised copy `predict` runs, once (a no-op where it does not pay).
 
-        Only a CPU ResNet has one: its weights channels-last (NHWC), where
-        oneDNN's convolutions are faster (musicnn's are slower, so it is left
-        alone), and in fp32 its body (log-mel -> logits) traced and frozen with
-        TorchScript's ``optimize_for_inference`` (batch norm folded into the
-        convolutions, ReLU fused, weights pre-packed); outputs equal to float
-        rounding (tested). bf16 stays eager under autocast. `self.net`, the
-        card and the weights are untouched. Figures: docs/performance.md.
+        - A musicnn network on the CPU with ``precision="auto"`` (the default): the network
+          after its log-mel frozen and run in ONNX Runtime (`genretag.nets.onnx_runtime`), with
+          the same outputs to float rounding (checked on a probe batch when it is built). Where
+          ONNX Runtime cannot load, one warning line, and PyTorch fp32 runs instead.
+        - A ResNet on the CPU: its weights channels-last (NHWC), where
+          oneDNN's convolutions are faster (musicnn's are slower, so it is left
+          alone), and in fp32 its body (log-mel -> logits) traced and frozen with
+          TorchScript's ``optimize_for_inference`` (batch norm folded into the
+          convolutions, ReLU fused, weights pre-packed); outputs equal to float
+          rounding (tested). bf16 stays eager under autocast.
+
+        `self.net`, the card and the weights are untouched. Figures: docs/performance.md.
         """
         for m in (self, *self.members):
-            if (m.device.type != "cpu" or m.card.architecture.get("name", "resnet") != "resnet"
-                    or m._runner is not None):
+            if m.device.type != "cpu" or m._runner is not None or m._tuned:
+                continue
+            m._tuned = True
+            if m.precision == "auto":
+                m._runner = _onnx_runner(m)
+                if m._runner is not None:
+                    continue
+            if m.card.architecture.get("name", "resnet") != "resnet":
                 continue
             runner = copy.deepcopy(m.net).to(memory_format=torch.channels_last)
-            if m.precision == "fp32":
+            if m.precision != "bf16":
                 runner.body = _frozen_body(runner, m.card.audio.segment_samples)
             m._runner = runner
 
 
 #: The name this class had while the API wrapped it (kept for code written against 0.1).
 LoadedNet = Model
+
+
+def _calibrated(logits: torch.Tensor, card: ModelCard) -> np.ndarray:
+    """Temperature-scaled logits -> probabilities: sigmoid for a multi-label tagger, else softmax."""
+    if card.extra.get("multilabel"):
+        return torch.sigmoid(logits).cpu().numpy()
+    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+_onnx_warned: set[str] = set()
+
+
+def _onnx_runner(m: Model) -> OnnxNet | None:
+    """ONNX Runtime for a musicnn network (None for any other, which PyTorch runs in fp32); where it
+    cannot be used, one warning line per reason and process, and None."""
+    from genretag.nets.frozen import freezable
+    from genretag.pipeline.threads import onnx_threads
+
+    if not freezable(m.net):
+        return None
+    try:
+        return build_onnx(m.net, m.card.architecture, m.card.audio.segment_samples, onnx_threads())
+    except OnnxUnavailable as e:
+        reason = str(e)
+        if reason not in _onnx_warned:
+            _onnx_warned.add(reason)
+            log.warning("ONNX Runtime cannot run %s (%s): running it in PyTorch fp32 (the same answers, slower)",
+                        m.card.name, reason)
+        return None
 
 
 def _frozen_body(net: GenreNet, n_samples: int) -> torch.nn.Module:
@@ -162,14 +220,15 @@ def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, n - x.shape[1]))).astype(np.float32)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def check_precision(precision: str, dev: torch.device) -> None:
-    """fp32 (exact, the default) or bf16 (faster where the hardware has bfloat16 units:
-    CUDA, or CPUs with AVX512-BF16/AMX; elsewhere emulated and slower, so refused)."""
+    """auto (the default: fp32, in ONNX Runtime where that is faster), fp32 (PyTorch, the reference)
+    or bf16 (faster where the hardware has bfloat16 units: CUDA, or CPUs with AVX512-BF16/AMX;
+    elsewhere emulated and slower, so refused)."""
     if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r} (fp32 or bf16)", 2)
+        raise ModelError(f"unknown precision {precision!r} (auto, fp32 or bf16)", 2)
     if precision == "bf16" and not (torch.cuda.is_bf16_supported() if dev.type == "cuda"
                                     else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         raise ModelError(f"--precision bf16 needs bfloat16 hardware ({dev.type} has none here: a CUDA "
@@ -177,12 +236,14 @@ def check_precision(precision: str, dev: torch.device) -> None:
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",
-             verify: bool = True, precision: str = "fp32") -> Model:
+             verify: bool = True, precision: str = "auto") -> Model:
     """Load a card and its safetensors weights (sha256-verified) onto a device.
 
-    ``precision="bf16"`` runs the network in bfloat16: faster on a CPU with AMX or on CUDA;
-    probabilities move by up to a few hundredths, the genre almost never (docs/performance.md).
-    The default, fp32, is exact.
+    ``precision="auto"`` (the default) runs a musicnn network on the CPU in ONNX Runtime in fp32
+    (faster, the same answers to float rounding; PyTorch where ONNX Runtime cannot load), anything
+    else in PyTorch fp32. ``"fp32"`` is PyTorch fp32 everywhere, the reference. ``"bf16"`` runs the
+    network in bfloat16: faster on a CPU with AMX or on CUDA; probabilities move by up to a few
+    hundredths, the genre almost never (docs/performance.md).
     """
     dev = resolve_device(device)
     check_precision(precision, dev)
@@ -220,11 +281,10 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
-               precision: str = "fp32") -> Model:
+               precision: str = "auto") -> Model:
     """Load a model by name (bundled, cached or downloaded) or card path; None means the bundled default.
 
-    ``precision="bf16"`` trades up to a few hundredths in the probabilities for speed on
-    CUDA or AMX CPUs (see `load_net`).
+    ``precision``: "auto" (the default), "fp32" (PyTorch, the reference) or "bf16" (see `load_net`).
     """
     return load_net(name_or_path, device, precision=precision)
 
