@@ -15,7 +15,7 @@ def test_default_is_one_thread_per_usable_core(monkeypatch):
     assert network_threads() == usable_cores() == len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize(("value", "want"), [("1", 1), ("3", 3), (" 2 ", 2), ("0", None), ("many", None)])
+@pytest.mark.parametrize(("value", "want"), [("1", 1), ("3", 3), (" 2 ", 2), ("256", 256), ("0", None), ("257", None), ("many", None)])
 def test_environment_overrides_with_a_positive_count(monkeypatch, caplog, value, want):
     monkeypatch.setenv(THREADS_ENV, value)
     with caplog.at_level("WARNING", logger="genretag"):
@@ -23,7 +23,7 @@ def test_environment_overrides_with_a_positive_count(monkeypatch, caplog, value,
         network_threads()
     warned = [r.getMessage() for r in caplog.records]
     if want is None:  # said once per process, not once per call
-        assert warned == [f"GENRETAG_THREADS={value!r} ignored: expected a positive number or 'load'"]
+        assert warned == [f"GENRETAG_THREADS={value!r} ignored: expected a number from 1 to 256 or 'load'"]
     else:
         assert warned == []
 

@@ -257,6 +257,28 @@ def _ogg_page(f: BinaryIO, pos: int) -> tuple[int, list[int]]:
     return 27 + len(lacing) + sum(lacing), lacing
 
 
+def ogg_is_chained(path: str | os.PathLike) -> bool:
+    """True for a chained Ogg file: a new logical stream begins after another one's pages (two Vorbis
+    files back to back, a radio recording). Only the 27-byte page headers are read, the bodies are
+    seeked over; a file that stops being valid Ogg is taken as it is up to there."""
+    with open_regular(path) as f:
+        size = f.seek(0, os.SEEK_END)
+        pos, seen_data = 0, False
+        while pos + 27 <= size:
+            f.seek(pos)
+            hdr = f.read(27)
+            if hdr[:4] != b"OggS" or hdr[4] != 0:
+                return False
+            if hdr[5] & 0x02:  # beginning of a logical stream
+                if seen_data:
+                    return True
+            else:
+                seen_data = True
+            lacing = f.read(hdr[26])
+            pos += 27 + len(lacing) + sum(lacing)
+    return False
+
+
 def _ogg_audio_start(f: BinaryIO, size: int) -> int:
     """Offset of the first page after the codec's header packets (comments included)."""
     f.seek(0)

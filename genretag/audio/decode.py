@@ -43,6 +43,8 @@ class AudioInfo:
     duration: float  # seconds
     backend: str  # "soundfile" or "pyav"
     codec: str = ""  # PyAV's codec name, when PyAV reads the file
+    #: Read from the start, without seeking (a chained Ogg file: its timestamps restart in each link).
+    sequential: bool = False
 
 
 def is_audio_path(path: str | os.PathLike) -> bool:
@@ -74,6 +76,8 @@ def info(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, channel count and duration without decoding the audio."""
     path = Path(path)
     _check_readable(path)
+    if _is_chained_ogg(path):
+        return _chained_info(path)
     if path.suffix.lower() not in _FFMPEG_ONLY:
         try:
             with _quiet_stderr():
@@ -86,6 +90,38 @@ def info(path: str | os.PathLike) -> AudioInfo:
             pass
     ai = _pyav_info(path)
     return _exact_mp3(path, ai) if ai.codec in ("mp3", "mp3float", "mp2", "mp1") else ai
+
+
+def _is_chained_ogg(path: Path) -> bool:
+    from genretag.audio.containers import ogg_is_chained
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"OggS":
+                return False
+        return ogg_is_chained(path)
+    except OSError as e:
+        raise AudioError(f"cannot read: {e.strerror or e}") from None
+
+
+def _chained_info(path: Path) -> AudioInfo:
+    """A chained Ogg file (streams back to back): libsndfile reads only its first link and takes the
+    length from the last, and FFmpeg's duration is the first link's, so the length is counted by
+    decoding the whole file once (PyAV decodes every link)."""
+    try:
+        with _av_open(path) as c:
+            s = c.streams.audio[0]
+            sr = s.codec_context.sample_rate or s.rate
+            frames = _pyav_decoded_length(c, s)
+            channels = s.codec_context.channels if hasattr(s.codec_context, "channels") else s.channels
+            codec = s.codec_context.name
+    except AudioError:
+        raise
+    except Exception as e:  # links of different sample rates or channel layouts: FFmpeg gives up
+        raise AudioError(f"cannot decode: chained Ogg: {_reason(e)}") from None
+    if not sr or frames <= 0:
+        raise AudioError("no audio (zero length)")
+    return AudioInfo(int(sr), int(channels or 1), frames / sr, "pyav", codec, sequential=True)
 
 
 def _exact_mp3(path: Path, ai: AudioInfo) -> AudioInfo:
@@ -104,11 +140,12 @@ def _av_open(path: Path):
     (FFmpeg takes names as UTF-8 text, while libsndfile above is given the bytes)."""
     import av
 
+    # metadata_errors: a tag that is not UTF-8 (a Latin-1 title) must not stop the audio from decoding
     try:
         os.fspath(path).encode("utf-8")
     except UnicodeEncodeError:
-        return av.open(open(path, "rb"))
-    return av.open(str(path))
+        return av.open(open(path, "rb"), metadata_errors="replace")
+    return av.open(str(path), metadata_errors="replace")
 
 
 def _pyav_info(path: Path) -> AudioInfo:
@@ -193,6 +230,8 @@ def read_segments(
     try:
         if audio_info.backend == "soundfile":
             chunks = _sf_read(path, offsets, seconds, audio_info)
+        elif audio_info.sequential:
+            chunks = _pyav_read_sequential(path, offsets, seconds, audio_info)
         else:
             chunks = _pyav_read(path, offsets, seconds, audio_info)
     except AudioError:
@@ -264,6 +303,35 @@ def _pyav_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) 
         for off in offsets:
             chunks.append(_pyav_read_one(c, stream, off, seconds, ai.sample_rate))
     if chunks and all(c.shape[0] == 0 for c in chunks):
+        raise AudioError("no audio could be decoded (truncated?)")
+    return chunks
+
+
+def _pyav_read_sequential(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) -> list[np.ndarray]:
+    """The stretches at `offsets`, decoded from the start without seeking, each frame downmixed
+    (the links of a chained file may differ in channels), positions counted in samples."""
+    sr = ai.sample_rate
+    spans = [(int(round(off * sr)), int(round(off * sr)) + int(round(seconds * sr))) for off in offsets]
+    parts: list[list[np.ndarray]] = [[] for _ in offsets]
+    last = max(end for _, end in spans) if spans else 0
+    pos = 0
+    with _av_open(path) as c:
+        stream = c.streams.audio[0]
+        for frame in c.decode(stream):
+            if frame.sample_rate and frame.sample_rate != sr:
+                raise AudioError("cannot decode: chained Ogg whose links have different sample rates")
+            data = frame.to_ndarray()
+            data = data.T if frame.format.is_planar else data.reshape(-1, len(frame.layout.channels))
+            mono = _to_mono(_as_float(data))
+            end = pos + mono.shape[0]
+            for (lo, hi), out in zip(spans, parts):
+                if lo < end and hi > pos:
+                    out.append(mono[max(0, lo - pos):min(mono.shape[0], hi - pos)])
+            pos = end
+            if pos >= last:
+                break
+    chunks = [np.concatenate(p) if p else np.zeros(0, dtype=np.float32) for p in parts]
+    if chunks and all(ch.shape[0] == 0 for ch in chunks):
         raise AudioError("no audio could be decoded (truncated?)")
     return chunks
 

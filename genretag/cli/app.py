@@ -70,6 +70,7 @@ completion_init()
 class State:
     verbose: int = 0
     quiet: bool = False
+    stdout_closed: bool = False  # genretag was started with file descriptor 1 closed (`>&-`)
 
 
 state = State()
@@ -147,11 +148,39 @@ def _root(
     setup_logging(quiet, verbose)
 
 
+def safe_std_streams() -> None:
+    """Standard streams that cannot raise on what genretag prints.
+
+    A name the terminal's encoding cannot show (``LC_ALL=C``, ``PYTHONIOENCODING=ascii``) is written
+    with backslash escapes instead of raising UnicodeEncodeError. A standard descriptor that was
+    closed at start (``>&-``, ``2>&-``) is opened on /dev/null, so that no file genretag opens later
+    (an output, the result cache) gets descriptor 1 or 2 and receives what is printed; with stderr
+    closed the results are still produced, with stdout closed `classify` says so (`stdout_closed`).
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # as a standard descriptor is: the decoding workers get it too
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))
+            if fd == 1:
+                state.stdout_closed = True
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Console-script entry point: no tracebacks for expected errors, 130 on Ctrl-C."""
     from genretag.pipeline.heap import keep_freed_memory
     from genretag.pipeline.threads import prefer_passive_openmp
 
+    safe_std_streams()
     keep_freed_memory()  # genretag owns this process: batch-sized buffers are reused, not re-faulted
     prefer_passive_openmp()  # before torch is imported
     try:

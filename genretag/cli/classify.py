@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from genretag.cli.app import app, fail, out_console
+from genretag.cli.app import app, fail, out_console, state
 from genretag.cli.common import (
     DeviceOpt,
     Format,
@@ -30,6 +31,7 @@ from genretag.cli.common import (
     load,
     open_cluster,
 )
+from genretag.cli.outputs import refuse_unsafe_output
 
 
 @app.command("classify")
@@ -57,6 +59,10 @@ def classify_cmd(
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
     from genretag.pipeline.output import ResultWriter
 
+    if output is not None:
+        refuse_unsafe_output("-o", output, paths)
+    elif state.stdout_closed:
+        fail("stdout is closed, so the results would be lost: give -o FILE", 2)
     net = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
     cluster = open_cluster(opts, net, fingerprints=False)  # likewise a scheduler that does not answer
     try:
@@ -69,8 +75,9 @@ def classify_cmd(
     from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
 
     threshold = net.min_confidence if net.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
-    writer = ResultWriter(stream, fmt.value, top_k, threshold)
+    writer = None
     try:
+        writer = ResultWriter(stream, fmt.value, top_k, threshold)  # the CSV header is written here
         try:
             for r in classify_stream(paths, opts, net, skipped, cluster):
                 total += 1
@@ -82,9 +89,14 @@ def classify_cmd(
     except BrokenPipeError:  # `classify ... | head`: the reader stopped reading, which is no failure
         _drop_stdout()
         raise typer.Exit(0) from None
+    except OSError as e:  # a full disk (`-o /dev/full`), an I/O error: what was written stays
+        if not output:
+            _drop_stdout()
+        fail(f"cannot write the results to {output or 'stdout'}: {e.strerror or e}", 1)
     finally:
         if output:
-            stream.close()
+            with contextlib.suppress(OSError):  # the error, if any, was reported above
+                stream.close()
     if total == 0 and not skipped:
         fail("no audio files found", 1)
     if failed or skipped:

@@ -109,7 +109,7 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
         raise
     threads = sum(ex.client.nthreads().values())
     info(f"cluster: {ex.client.scheduler.address}, {threads} worker threads"
-         + ("" if threads else " (none yet: the run waits for workers to join)"))
+         + ("" if threads else f" (none yet: the run waits up to {ex.no_worker_timeout:g} s for one to join)"))
     return ex
 
 

@@ -31,6 +31,7 @@ from genretag.cli.common import (
     on_cluster,
     open_cluster,
 )
+from genretag.cli.outputs import refuse_unsafe_output
 from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan, load_genre_names
 
 
@@ -211,6 +212,8 @@ def tag_cmd(
     tagger = Tagger(policy="overwrite" if overwrite else "append" if append else "keep-existing",
                     min_confidence=DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence, top_k=top_k, names=names, separator=separator,
                     keep_mtime=keep_mtime, journal=journal, write=write, split_hard_links=split_hard_links)
+    if journal is not None:
+        refuse_unsafe_output("--journal", journal, paths)
     if write:
         if tagger.journal.path.is_dir():
             fail(f"--journal {tagger.journal.path} is a folder: give the journal's file name", 2)

@@ -10,7 +10,11 @@ keeps what it finished and the next one resumes where it stopped.
 A cache file SQLite reports as corrupt (not a database, a damaged or
 truncated page) is moved aside as `<name>.corrupt-<UTC time>` (with its
 `-wal`/`-shm` files) and an empty cache is started in its place, with one
-warning: the run classifies as if the cache were new.
+warning: the run classifies as if the cache were new. A cache that cannot be
+used otherwise (a table of another layout, made by another version; a file
+another writer keeps locked for longer than the busy timeout; a read-only
+file) is not touched: opening it raises `UnusableCache`, and an error in use
+gives one warning, after which the run goes on without the cache.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, fingerprint
+from genretag.errors import GenretagError, one_line
 from genretag.paths import cache_dir
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
@@ -36,6 +41,13 @@ log = logging.getLogger(__name__)
 
 #: SQLite result codes that mean the file itself is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
 _CORRUPT_CODES = frozenset({11, 26})
+
+class UnusableCache(GenretagError):
+    """A result cache that is not corrupt but cannot be used: another layout, locked, read-only."""
+
+
+#: The columns of `results`, in order: a table with others is another version's cache.
+_COLUMNS = ("fingerprint", "model_id", "vote", "segments", "result", "created")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -69,21 +81,31 @@ def model_id(net) -> str:
 class ResultCache:
     """SQLite (fingerprint, model id, vote, segments) -> TrackResult JSON."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, busy_timeout: float = 30.0) -> None:
+        """Open (or create) the cache at `path`; `busy_timeout`: seconds to wait for another writer.
+
+        Raises `UnusableCache` for a cache that is there but cannot be used (see the module)."""
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout = busy_timeout
         self.moved_aside: Path | None = None  # where a corrupt cache file went, when one was found
+        self.db: sqlite3.Connection | None = None  # None once the cache turned out unusable in use
         try:
             self.db = self._connect()
         except sqlite3.DatabaseError as e:
             if not _is_corrupt(e):
-                raise
+                raise UnusableCache(f"result cache {self.path}: {one_line(e)}") from None
             self.db = self._rebuild(e)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        db = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
         try:
-            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # looked at before anything is written: another version's cache is left as it is
+            columns = tuple(row[1] for row in db.execute("PRAGMA table_info(results)"))
+            if columns and columns != _COLUMNS:
+                raise UnusableCache(f"result cache {self.path} has another layout (columns {', '.join(columns)}),"
+                                    " made by another version of genretag")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(_SCHEMA)
@@ -114,21 +136,28 @@ class ResultCache:
         return self._connect()
 
     def _recover(self, err: sqlite3.DatabaseError) -> bool:
-        """After an error in use: rebuild once when the file is corrupt (True), else False (re-raise)."""
+        """After an error in use: rebuild once when the file is corrupt (True), else False."""
         if not _is_corrupt(err) or self.moved_aside is not None:
             return False
         self.db = self._rebuild(err, self.db)
         return True
 
+    def _give_up(self, err: sqlite3.DatabaseError) -> None:
+        """An error in use that rebuilding does not cure (locked, read-only): one warning, then no cache."""
+        log.warning("result cache %s cannot be used (%s): going on without it", self.path, one_line(err))
+        self.close()
+
     def get(self, fp: str, model: str, vote: str, segments: int) -> TrackResult | None:
+        if self.db is None:
+            return None
         try:
             row = self.db.execute(
                 "SELECT result FROM results WHERE fingerprint=? AND model_id=? AND vote=? AND segments=?",
                 (fp, model, vote, segments)).fetchone()
         except sqlite3.DatabaseError as e:
             if not self._recover(e):
-                raise
-            return None  # the new cache is empty
+                self._give_up(e)
+            return None  # the new cache is empty, or there is none
         if row is None:
             return None
         try:
@@ -146,14 +175,18 @@ class ResultCache:
                 d = r.to_json()
                 d.pop("path", None)
                 rows.append((fp, model, vote, segments, json.dumps(d), time.time()))
-        if not rows:
+        if not rows or self.db is None:
             return
         try:
             self._insert(rows)
         except sqlite3.DatabaseError as e:
             if not self._recover(e):
-                raise
-            self._insert(rows)
+                self._give_up(e)
+                return
+            try:
+                self._insert(rows)
+            except sqlite3.DatabaseError as e2:
+                self._give_up(e2)
 
     def _insert(self, rows: list[tuple]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -166,10 +199,12 @@ class ResultCache:
             raise
 
     def __len__(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        return 0 if self.db is None else self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
 def _is_corrupt(e: sqlite3.DatabaseError) -> bool:

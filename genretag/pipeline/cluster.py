@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -72,27 +73,74 @@ def connect(address: str | None = None, scheduler_file: str | os.PathLike | None
     """A client of an existing scheduler, by address or scheduler file; never starts a cluster.
 
     Raises ClusterError (exit 1) when the scheduler does not answer within
-    `timeout` seconds, and (exit 2) when neither or both are given or the
-    scheduler file does not exist.
+    `timeout` seconds, and (exit 2) when neither or both are given, the
+    scheduler file does not exist or holds no address, or the address is
+    not one Dask can parse (checked first: Dask would wait for it).
     """
     if (address is None) == (scheduler_file is None):
         raise ClusterError("give either a scheduler address or a scheduler file", 2)
-    if timeout is None:
-        try:
-            timeout = float(os.environ.get(TIMEOUT_ENV) or CONNECT_TIMEOUT)
-        except ValueError:
-            raise ClusterError(f"{TIMEOUT_ENV} must be a number of seconds", 2) from None
+    timeout = scheduler_timeout() if timeout is None else timeout
     where = address if address is not None else f"the scheduler in {scheduler_file}"
     if scheduler_file is not None:
-        if not Path(scheduler_file).is_file():
-            raise ClusterError(f"no scheduler file at {scheduler_file}", 2)
-        kwargs = {"scheduler_file": os.fspath(scheduler_file)}
-    else:
-        kwargs = {"address": address}
+        address = _address_in(scheduler_file)
+    _check_address(address, where)
     try:
-        return distributed.Client(**kwargs, timeout=timeout, set_as_default=False)
+        return distributed.Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as e:
         raise ClusterError(f"cannot reach the Dask scheduler at {where}: {one_line(e)}") from None
+
+
+#: The longest `GENRETAG_SCHEDULER_TIMEOUT` accepted: a day.
+MAX_TIMEOUT = 86400.0
+
+
+def scheduler_timeout() -> float:
+    """Seconds to wait for the scheduler, and for a worker when the cluster has none:
+    ``$GENRETAG_SCHEDULER_TIMEOUT`` (more than 0, at most a day), else 10. A usage error otherwise."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return CONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT:  # also false for nan
+        raise ClusterError(f"{TIMEOUT_ENV} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
+                           f"not {raw!r}", 2)
+    return value
+
+
+def _address_in(scheduler_file: str | os.PathLike) -> str:
+    """The scheduler address a scheduler file (JSON written by `dask scheduler --scheduler-file`) holds."""
+    path = Path(scheduler_file)
+    if not path.is_file():
+        raise ClusterError(f"no scheduler file at {scheduler_file}", 2)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"{scheduler_file} is not a scheduler file (JSON with an 'address'): {one_line(e)}",
+                           2) from None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or not address:
+        raise ClusterError(f"{scheduler_file} is not a scheduler file: it has no 'address'", 2)
+    return address
+
+
+def _check_address(address: str, where: str) -> None:
+    """A usage error for an address Dask cannot parse (an unknown scheme, no port, a port that is no
+    number): Dask would report it only after its timeout, twice over, with a traceback."""
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, _ = parse_address(address)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = get_address_host_port(address)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError(f"no host, or a port outside 1-65535, in {address!r}")
+    except (ValueError, TypeError, KeyError) as e:
+        raise ClusterError(f"not a Dask scheduler address: {where} ({one_line(e)})", 2) from None
 
 
 # ----------------------------------------------------------------------------- the model on the workers
@@ -247,7 +295,8 @@ def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Se
 @dataclass
 class _Chunk:
     index: int
-    paths: list[str]
+    paths: list[str]  # as the user gave them: what the results report
+    sent: list[str]  # absolute, resolved here: what the workers open (their working folder is not ours)
     results: list[TrackResult | None] = field(default_factory=list)
     fps: list[str | None] | None = None
     todo: list[int] = field(default_factory=list)  # positions still to classify
@@ -266,12 +315,16 @@ class ClusterExecutor:
     needs. `window` bounds the chunks in flight (default: twice the cluster's
     worker threads, looked up again as workers come and go). `close_client`
     makes `close()` close the client too (`ClusterExecutor.connect` sets it).
+    A cluster with no worker at all for `no_worker_timeout` seconds (default: the scheduler
+    timeout, `scheduler_timeout()`) while files wait ends the stream with a ClusterError.
+    Paths are made absolute here before they are sent (a worker's working folder is its own);
+    the results carry them as given.
     """
 
     def __init__(self, client: distributed.Client, model, *, vote: str = "soft", segments: int | None = None,
                  cache: ResultCache | None = None, fingerprints: bool = True, chunk: int = DEFAULT_CHUNK,
                  window: int | None = None, batch_segments: int | None = None, device: str = "auto",
-                 close_client: bool = False) -> None:
+                 close_client: bool = False, no_worker_timeout: float | None = None) -> None:
         if model.path is None:
             raise ModelError("a model without a card file cannot be sent to a cluster")
         self.client = client
@@ -288,6 +341,8 @@ class ClusterExecutor:
         self._registered = False
         self._owns_client = close_client
         self._threads = (0.0, 1)  # (when looked up, total worker threads)
+        #: Seconds the cluster may have no worker at all while work is waiting (then ClusterError).
+        self.no_worker_timeout = scheduler_timeout() if no_worker_timeout is None else no_worker_timeout
 
     def __enter__(self) -> ClusterExecutor:
         return self
@@ -358,13 +413,13 @@ class ClusterExecutor:
             exhausted = source_done and not ahead
             if not paths:
                 return None
-            c = _Chunk(next_index, paths, [None] * len(paths))
+            c = _Chunk(next_index, paths, [os.path.abspath(p) for p in paths], [None] * len(paths))
             next_index += 1
             chunks[c.index] = c
             return c
 
         def submit(c: _Chunk, phase: str, positions: list[int]) -> None:
-            ps = [c.paths[i] for i in positions]
+            ps = [c.sent[i] for i in positions]
             if phase == "fingerprint":
                 fut = self.client.submit(fingerprint_chunk, ps, pure=False)
             else:
@@ -426,7 +481,7 @@ class ClusterExecutor:
                     next_out += 1
                     yield from c.results
                 if running:
-                    finished(next(ac))
+                    finished(self._next_done(ac))
                 elif exhausted and not chunks:
                     return
                 elif chunks:  # the oldest chunk waits for nothing: never expected
@@ -442,6 +497,30 @@ class ClusterExecutor:
                 except Exception:  # noqa: BLE001 - the client is gone already: so is the work
                     log.debug("cancelling the tasks in flight failed", exc_info=True)
                 running.clear()
+
+    def _next_done(self, ac: as_completed) -> distributed.Future:
+        """The next finished task. A cluster left without a worker (every one died and none joined)
+        for longer than the scheduler timeout is a ClusterError, not a wait that never ends."""
+        alone_since = None
+        looked = time.monotonic()
+        condition = getattr(ac, "thread_condition", None)
+        while not ac.has_ready():
+            if condition is not None:
+                with condition:
+                    condition.wait(timeout=0.1)
+            else:
+                time.sleep(0.1)
+            if time.monotonic() - looked < 1.0:
+                continue
+            looked = time.monotonic()
+            if sum(self.client.nthreads().values()) > 0:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = looked
+            elif looked - alone_since > self.no_worker_timeout:
+                raise ClusterError(f"the Dask cluster has had no worker for {self.no_worker_timeout:g} s "
+                                   f"({TIMEOUT_ENV}): the files not done yet have no result")
+        return next(ac)
 
     def _answer_from_cache(self, c: _Chunk, positions: list[int], fps: list[str | None]) -> None:
         if c.fps is None:

@@ -162,6 +162,9 @@ class _Track:
         return [(self, i) for i in new]
 
 
+_END = object()
+
+
 def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
                    prefetch: int | None = None, overlap: bool = True) -> Iterator[Prepared]:
     """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight.
@@ -198,8 +201,8 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
 
     def submit() -> bool:
         nonlocal executor
-        path = next(it, None)
-        if path is None:
+        path = next(it, _END)
+        if path is _END:  # not None: None is an input (whose result says it is not a path)
             return False
         try:
             fut = executor.submit(prepare_file, path, params, segments)
@@ -341,10 +344,13 @@ def classify(
     batch_segments: int | None = None,
     early_exit: EarlyExit | None = DEFAULT_EARLY_EXIT,
 ) -> Iterator[TrackResult]:
-    """Classify files (paths) or waveforms (mono arrays at the model's sample rate) with a loaded model.
+    """Classify files (paths: str, bytes or os.PathLike) or waveforms (numpy arrays at the model's
+    sample rate, in a list) with a loaded model.
 
-    Yields one TrackResult per input, in input order; a bad file yields a
-    result with `error` set instead of raising. `batch_segments` (default:
+    Yields one TrackResult per input, in input order; a bad file, or an input that is neither a path
+    nor a waveform (None, a number, a 0-d or string array), yields a result with `error` set instead
+    of raising. A waveform is mono (1-D) or several channels (2-D, either way round: the shorter
+    axis is the channels, which are averaged); integer samples are scaled by their type's range. `batch_segments` (default:
     8-16 on CPU, 64 on a GPU) is how many sub-tracks go through the network at
     once. (`genretag.classify` also takes a model name.)
     `early_exit` stops a track's soft vote once it is decided (see
@@ -356,16 +362,15 @@ def classify(
     tune_for_inference(net)
     if batch_segments is None:
         batch_segments = default_batch_segments(net)
-    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
-        inputs = [inputs]
+    if isinstance(inputs, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(inputs, Iterable):
+        inputs = [inputs]  # one path, one waveform, or one thing that is neither (its result says so)
     if isinstance(inputs, (list, tuple)) and any(isinstance(x, np.ndarray) for x in inputs):
         prepared: Iterable[Prepared] = (
             prepare_waveform(f"<waveform {i}>", x, net.card.audio, segments)
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
-    else:
-        prepared = prepare_stream((os.fspath(x) for x in inputs), net.card.audio, segments, jobs,
-                                  overlap=_streams())
+    else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
+        prepared = prepare_stream(inputs, net.card.audio, segments, jobs, overlap=_streams())
     results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
     if net.device.type != "cpu":
         yield from results

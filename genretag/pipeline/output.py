@@ -53,6 +53,8 @@ class ResultWriter:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
         self.stream, self.fmt, self.top_k, self.threshold = stream, fmt, top_k, threshold
+        # JSON stays valid on a stream that cannot encode every character (LC_ALL=C): \uXXXX escapes
+        self._ascii = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "") not in ("utf8", "utf8sig")
         self.rows: list[TrackResult] = []
         self._csv = None
         if fmt == "csv":
@@ -71,7 +73,7 @@ class ResultWriter:
                 row["path"], row["path_bytes"] = printable_path(r.path), raw
             if self.threshold is not None:
                 row["would_tag"] = self.would_tag(r)
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.stream.write(json.dumps(row, ensure_ascii=self._ascii) + "\n")
             self.stream.flush()
         elif self.fmt == "csv":
             conf = "" if r.confidence is None else f"{r.confidence:.4f}"

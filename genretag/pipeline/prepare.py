@@ -33,10 +33,21 @@ class Prepared:
     error: str | None = None
 
 
-def prepare_file(path: str | os.PathLike, params: AudioParams, max_segments: int | None = None) -> Prepared:
-    """Decode only the sub-tracks the model needs from one file. Never raises."""
+def input_name(item: object) -> str:
+    """How a result names an input that is neither a path nor a waveform: `<NoneType>`, `<int>`."""
+    return f"<{type(item).__name__}>"
+
+
+def prepare_file(path: str | bytes | os.PathLike, params: AudioParams, max_segments: int | None = None) -> Prepared:
+    """Decode only the sub-tracks the model needs from one file (a `bytes` path is a file name's
+    bytes). Never raises: anything that is not a path is an error result too."""
     n = max_segments or params.max_segments
-    p = os.fspath(path)
+    try:
+        p = os.fsdecode(path)
+    except TypeError:
+        why = ("not a file path: a waveform outside a list (give waveforms in a list)" if isinstance(path, np.ndarray)
+               else f"not a file path or a waveform: {type(path).__name__}")
+        return Prepared(input_name(path), None, [], 0.0, why)
     try:
         ai = audio.info(p)
         if ai.duration <= 0:
@@ -55,11 +66,19 @@ def prepare_file(path: str | os.PathLike, params: AudioParams, max_segments: int
 
 def prepare_waveform(name: str, wave: np.ndarray, params: AudioParams,
                      max_segments: int | None = None) -> Prepared:
-    """Cut an in-memory mono waveform (already at the model's sample rate) into sub-tracks."""
+    """Cut an in-memory waveform (already at the model's sample rate) into sub-tracks. Never raises.
+
+    Mono is 1-D. A 2-D array is downmixed to the mean of its channels, which are its shorter
+    axis: `(samples, channels)` as `soundfile.read` returns, or `(channels, samples)` as librosa
+    and torchaudio do. Integer samples are scaled by their type's range (int16 full scale is
+    1.0); anything but numbers (strings, objects, a 0-d array, 3 or more dimensions) is an
+    error result.
+    """
     n = max_segments or params.max_segments
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:  # (channels, samples)
-        wave = wave.mean(axis=0)
+    try:
+        wave = waveform_as_mono(wave)
+    except ValueError as e:
+        return Prepared(name, None, [], 0.0, f"not a waveform: {e}")
     sr = params.sample_rate
     duration = wave.shape[0] / sr
     if wave.size == 0:
@@ -70,3 +89,23 @@ def prepare_waveform(name: str, wave: np.ndarray, params: AudioParams,
     except SilentError as e:
         return Prepared(name, None, [], duration, str(e))
     return Prepared(name, out, offsets, duration)
+
+
+def waveform_as_mono(wave: np.ndarray) -> np.ndarray:
+    """A waveform as mono float32 (see `prepare_waveform` for the rules); ValueError when it is none."""
+    wave = np.asarray(wave)
+    kind = wave.dtype.kind
+    if kind not in "fiu":
+        raise ValueError(f"its samples are {wave.dtype} values, not numbers")
+    if wave.ndim not in (1, 2):
+        raise ValueError(f"a {wave.ndim}-d array (mono is 1-d; several channels 2-d)")
+    if kind == "i":
+        wave = wave.astype(np.float32) / float(-np.iinfo(wave.dtype).min)
+    elif kind == "u":
+        mid = float(np.iinfo(wave.dtype).max // 2 + 1)
+        wave = (wave.astype(np.float32) - mid) / mid
+    else:
+        wave = wave.astype(np.float32, copy=False)
+    if wave.ndim == 2:  # the channels are the shorter axis
+        wave = wave.mean(axis=1 if wave.shape[1] <= wave.shape[0] else 0, dtype=np.float32)
+    return wave

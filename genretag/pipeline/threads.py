@@ -13,6 +13,9 @@ import os
 from collections.abc import Iterator
 
 THREADS_ENV = "GENRETAG_THREADS"
+#: The most threads `GENRETAG_THREADS` may ask for: far more than any CPU's cores, far fewer than
+#: the tens of thousands at which OpenMP runs out of stacks and the process crashes.
+MAX_THREADS = 256
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,10 @@ def network_threads() -> int:
     the cores the 1-minute load average says are busy), else one per usable core."""
     cores = usable_cores()
     want = os.environ.get(THREADS_ENV, "").strip().lower()
-    if want.isdigit() and int(want) > 0:
+    if want.isdigit() and 0 < int(want) <= MAX_THREADS:
         return int(want)
     if want and want != "load":
-        warn_ignored(THREADS_ENV, want, "a positive number or 'load'")
+        warn_ignored(THREADS_ENV, want, f"a number from 1 to {MAX_THREADS} or 'load'")
     if want == "load":
         try:
             busy = os.getloadavg()[0]

@@ -136,10 +136,12 @@ class ModelCard:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
             raise ValueError(f"'weights' must name a file beside the card, not {rel!r}")
         # Members are cards of their own (an ensemble made by `transfer --mode ensemble` names them
-        # relative to its folder); each is validated, weights included, when it is loaded.
+        # relative to its folder, never absolute); each is validated, weights included, when it is loaded.
         for rel in self.members:
             if not isinstance(rel, str) or not rel.endswith(".json"):
                 raise ValueError(f"'members' must name model cards (*.json), not {rel!r}")
+            if Path(rel).is_absolute() or "\\" in rel:
+                raise ValueError(f"'members' must name cards by paths relative to the card, not {rel!r}")
 
 
 def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:

@@ -236,7 +236,7 @@ def check_precision(precision: str, dev: torch.device) -> None:
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto",
-             verify: bool = True, precision: str = "auto") -> Model:
+             verify: bool = True, precision: str = "auto", _within: tuple[Path, ...] = ()) -> Model:
     """Load a card and its safetensors weights (sha256-verified) onto a device.
 
     ``precision="auto"`` (the default) runs a musicnn network on the CPU in ONNX Runtime in fp32
@@ -253,7 +253,11 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
     except (ValueError, TypeError) as e:
         raise ModelError(f"{card_path}: {e}") from None
     if card.members:
-        members = [load_net(card_path.parent / m, device, verify, precision) for m in card.members]
+        chain = (*_within, Path(card_path).resolve())
+        for m in card.members:  # an ensemble that contains itself would recurse for ever
+            if (Path(card_path).parent / m).resolve() in chain:
+                raise ModelError(f"{card_path}: ensemble member {m} is the ensemble itself or contains it")
+        members = [load_net(card_path.parent / m, device, verify, precision, chain) for m in card.members]
         if any(m.labels != card.labels for m in members):
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
         return Model(card, members[0].net, dev, card_path, members, precision)

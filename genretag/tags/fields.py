@@ -72,6 +72,9 @@ def _id3_in_iff(f, fmt: str):
     """The ID3 chunk of a wav/aiff file, as mutagen's chunk object (None when absent)."""
     from mutagen._iff import InvalidChunk
 
+    if fmt == "wav" and f.read(4) == b"RF64":  # 64-bit sizes in a ds64 chunk: mutagen reads RIFF only
+        raise TagError("unsupported format for tagging: RF64 wav")
+    f.seek(0)
     try:
         if fmt == "wav":
             from mutagen.wave import _WaveFile
