@@ -90,8 +90,9 @@ def export(body: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 def session(path: Path, threads: int):
-    """An ONNX Runtime CPU session on `threads` threads that sleep instead of spinning when
-    OpenMP is asked to (`OMP_WAIT_POLICY=PASSIVE`, the CLI's default): see docs/performance.md."""
+    """An ONNX Runtime CPU session on `threads` threads (the network's, as PyTorch's:
+    `genretag.pipeline.threads.network_threads`) that sleep instead of spinning when OpenMP is
+    asked to (`OMP_WAIT_POLICY=PASSIVE`, the CLI's default): see docs/performance.md."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -69,16 +69,6 @@ def network_threads() -> int:
     return cores
 
 
-def onnx_threads() -> int:
-    """Threads for a network in ONNX Runtime: ``$GENRETAG_THREADS`` as for `network_threads`, else
-    half the usable cores (at least one). The network there costs less than decoding, so the
-    decoding workers keep the other half; on 2 cores one network thread also took less CPU time
-    and wall time than two, beside busy processes (docs/performance.md)."""
-    if os.environ.get(THREADS_ENV, "").strip():
-        return network_threads()
-    return max(1, usable_cores() // 2)
-
-
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to n for the block, and restored after it."""

@@ -175,12 +175,12 @@ def _onnx_runner(m: Model) -> OnnxNet | None:
     """ONNX Runtime for a musicnn network (None for any other, which PyTorch runs in fp32); where it
     cannot be used, one warning line per reason and process, and None."""
     from genretag.nets.frozen import freezable
-    from genretag.pipeline.threads import onnx_threads
+    from genretag.pipeline.threads import network_threads
 
     if not freezable(m.net):
         return None
     try:
-        return build_onnx(m.net, m.card.architecture, m.card.audio.segment_samples, onnx_threads())
+        return build_onnx(m.net, m.card.architecture, m.card.audio.segment_samples, network_threads())
     except OnnxUnavailable as e:
         reason = str(e)
         if reason not in _onnx_warned:
