@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from audio_factory import FORMATS, make_tone, write_audio
+
 from genretag.nets.frozen import FromLogMel, freeze
 from genretag.store.load import load_net
 
