@@ -140,6 +140,7 @@ def test_output_cut_short_by_head_is_no_failure(tmp_path, tiny_model_dir):
         p.stdout.readline()  # what `| head -1` does: one line, then the pipe is closed
         p.stdout.close()
         err = p.stderr.read()
+        p.stderr.close()
         assert p.wait(timeout=300) == 0, err
         assert_clean_stderr(err)
 

@@ -73,7 +73,7 @@ def test_an_output_that_names_an_input_or_an_audio_file_is_refused_before_anythi
     for _ in range(2):
         r = run_cli("classify", str(song), "--model", str(tiny_model_dir), "-o", str(ok), "-f", "csv")
         assert r.returncode == 0, r.stderr
-        assert ok.read_text().startswith("path,genre,confidence,error\n")
+        assert ok.read_text().startswith("path,genre,confidence,error,would_tag\n")
 
 
 # ----------------------------------------------------------------------------- containers (10, 11, 17)
