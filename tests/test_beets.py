@@ -99,6 +99,7 @@ def test_version_does_not_import_torch(beets):
     assert out.stdout.strip().endswith("no torch")
 
 
+@pytest.mark.slow
 def test_fills_empty_genres_keeps_existing_and_reports_a_bad_item(beets):
     af.make_file(beets.src / "a.mp3", seconds=2, freq=330, title="a")
     af.make_file(beets.src / "b.flac", seconds=2, freq=550, title="b", genre="Folk")
@@ -133,6 +134,7 @@ def test_fills_empty_genres_keeps_existing_and_reports_a_bad_item(beets):
     assert sorted(query.stdout.splitlines()) == [f"{t} {float(after[t]['genretag_confidence']):.3f}" for t in "abc"]
 
 
+@pytest.mark.slow
 def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
     for i, ext in enumerate(af.FORMATS):
         af.make_file(beets.src / f"t{i}{ext}", seconds=2, freq=220 + 110 * i, title=f"t{i}", genre="Folk")
@@ -152,6 +154,7 @@ def test_force_with_w_writes_files_through_beets_like_genretag_tag(beets):
     assert read_genres(beets.src / "t0.mp3") == ["Folk"]  # the imported originals are left alone
 
 
+@pytest.mark.slow
 def test_import_write_writes_the_changed_items_and_w_upper_none(tmp_path):
     beets = Beets(tmp_path, write=True, model=default_model_name(), min_confidence=0.0)
     af.make_file(beets.src / "a.flac", seconds=2, freq=330, title="a", genre="Folk")
@@ -174,6 +177,7 @@ def test_import_write_writes_the_changed_items_and_w_upper_none(tmp_path):
     assert paths["b"].read_bytes() == files[str(paths["b"].relative_to(beets.library))]
 
 
+@pytest.mark.slow
 def test_import_hook_stores_in_the_database(tmp_path):
     beets = Beets(tmp_path)
     af.make_file(beets.src / "a.flac", seconds=3, freq=440, title="a")
@@ -196,6 +200,7 @@ def test_import_hook_stores_in_the_database(tmp_path):
     assert read_genres(items["a"]["path"]) == items["a"]["genres"]
 
 
+@pytest.mark.slow
 def test_bad_settings_are_one_line_errors(beets):
     af.make_file(beets.src / "a.flac", seconds=1, title="a")
     beets.run("import", "-A", str(beets.src))

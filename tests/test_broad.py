@@ -137,3 +137,24 @@ def test_tag_defaults_to_the_models_threshold_and_classify_marks_what_tag_would_
     (row,) = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert row["would_tag"] is False and row["confidence"] == row["confidences"][row["genre"]]
     assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_review_page_from_classify_lines_plans_with_the_calibrated_confidence(tmp_path):
+    """`genretag report` on a calibrated model's classify lines: the confidences, not the probabilities,
+    meet the threshold, as in `tag` (a raw 0.9 with a calibrated 0.7 is below 0.79)."""
+    from genretag.report.rows import read_results, rows_from_results
+    from genretag.tags.tagger import Tagger
+
+    song = make_file(tmp_path / "song.flac", seconds=1.0)
+    line = {"path": str(song), "genre": "Rock", "confidence": 0.7, "segments": 1, "error": None,
+            "probabilities": {"Rock": 0.9, "Punk": 0.1}, "confidences": {"Rock": 0.7, "Punk": 0.05},
+            "would_tag": False}
+    results = tmp_path / "genres.jsonl"
+    results.write_text(json.dumps(line) + "\n")
+    (row,) = rows_from_results(read_results(results), Tagger(min_confidence=0.79))
+    assert row.action == SKIP_BELOW
+    (row,) = rows_from_results(read_results(results), Tagger(min_confidence=0.6))
+    assert row.action == WRITE and row.proposed == ["Rock"]
+    results.write_text(json.dumps({**line, "confidences": {"Rock": 7}}) + "\n")
+    with pytest.raises(Exception, match="confidences"):
+        read_results(results)

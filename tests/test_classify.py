@@ -54,6 +54,7 @@ def parse_jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_folder_with_good_and_bad_files(mixed_folder, tiny_model_dir):
     r = run_cli("classify", str(mixed_folder), "--model", str(tiny_model_dir), "--format", "jsonl", "--jobs", "2")
     assert r.returncode == 1, r.stderr
@@ -80,6 +81,7 @@ def test_folder_with_good_and_bad_files(mixed_folder, tiny_model_dir):
     assert by_name["empty.mp3"]["error"] == "empty file"
 
 
+@pytest.mark.slow
 def test_all_good_exits_zero_and_csv_and_output_file(tmp_path, tiny_model_dir):
     a = make_file(tmp_path / "a.wav", seconds=2.0)
     b = make_file(tmp_path / "b.ogg", seconds=2.0, freq=880.0)
@@ -92,6 +94,7 @@ def test_all_good_exits_zero_and_csv_and_output_file(tmp_path, tiny_model_dir):
     assert all(x["genre"] in GTZAN_GENRES and x["error"] == "" for x in rows)
 
 
+@pytest.mark.slow
 def test_table_output_for_people(tmp_path, tiny_model_dir):
     a = make_file(tmp_path / "song.flac", seconds=2.0)
     r = run_cli("classify", str(a), "--model", str(tiny_model_dir), "--top-k", "3")
@@ -105,6 +108,7 @@ def test_table_output_for_people(tmp_path, tiny_model_dir):
     (["classify", "x.mp3", "--model", "no-such-model"], "no-such-model"),
     (["classify"], "Missing argument"),
 ])
+@pytest.mark.slow
 def test_usage_errors_exit_2_without_traceback(args, needle):
     r = run_cli(*args)
     assert r.returncode == 2
@@ -122,6 +126,7 @@ def test_absurd_jobs_is_a_one_line_usage_error(tmp_path, command):
     assert r.stdout == ""
 
 
+@pytest.mark.slow
 def test_missing_path_is_an_error_row(tmp_path, tiny_model_dir):
     ok = make_file(tmp_path / "ok.wav", seconds=1.5)
     r = run_cli("classify", str(tmp_path / "nope.mp3"), str(ok), "--model", str(tiny_model_dir),
@@ -131,6 +136,7 @@ def test_missing_path_is_an_error_row(tmp_path, tiny_model_dir):
     assert rows[0]["error"] == "file not found" and rows[1]["error"] is None
 
 
+@pytest.mark.slow
 def test_no_audio_found(tmp_path, tiny_model_dir):
     (tmp_path / "a.txt").write_text("x")
     r = run_cli("classify", str(tmp_path), "--model", str(tiny_model_dir))
@@ -216,6 +222,7 @@ def test_decoder_noise_on_fd2_is_silenced_and_stderr_restored():
     assert r.stderr == "after\nkept\n"
 
 
+@pytest.mark.slow
 def test_precision_flag_end_to_end(tmp_path, tiny_model_dir):
     """--precision bf16 classifies like fp32 where the CPU has bfloat16 units and is a clear
     one-line usage error where it has none; an unknown precision is a usage error."""
@@ -286,6 +293,7 @@ def test_schedule_streams_unless_rounds_are_asked_for(monkeypatch) -> None:
     assert _streams()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlap", [True, False])
 def test_a_worker_killed_while_sending_its_result_does_not_hang_the_run(tmp_path, overlap: bool) -> None:
     """The wedge a SIGKILL mid-send leaves: half a message in the pool's result pipe (loky's manager

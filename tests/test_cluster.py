@@ -65,6 +65,7 @@ def same_rows(got: list[dict], want: list[dict]) -> None:
             assert g["probabilities"][k] == pytest.approx(p, abs=1.5e-6)
 
 
+@pytest.mark.slow
 def test_cluster_rows_equal_local_rows_and_each_worker_loads_the_model_once(dask_cluster, library,
                                                                            tiny_model_dir):
     lc, client = dask_cluster
@@ -111,6 +112,7 @@ def test_an_ensemble_travels_as_flat_files_that_load_to_the_same_model(tiny_mode
     assert np.array_equal(a.predict(x), b.predict(x))
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_one_line_exit_1_and_writes_nothing(library, tiny_model_dir, tmp_path,
                                                                      monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
@@ -198,6 +200,7 @@ def test_tag_write_on_the_cluster_writes_and_journals_as_locally(dask_cluster, l
     assert {p: (af.genre_values(p), af.all_tags(p), fingerprint(p)) for p in good} == before
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_still_gives_every_result_once(dask_cluster, library, tiny_model_dir):
     _, client = dask_cluster
     net = load_net(str(tiny_model_dir), "cpu")

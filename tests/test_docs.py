@@ -277,6 +277,7 @@ def _materialise(arg: str) -> str:
     return str(target)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_cheap_commands_run_on_generated_audio(page, tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -309,6 +310,7 @@ def _python_blocks(page: Path) -> list[tuple[int, str]]:
 PYTHON = [(page.relative_to(ROOT).as_posix(), n, code) for page in PAGES for n, code in _python_blocks(page)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page,lineno,code", PYTHON, ids=[f"{p}:{n}" for p, n, _ in PYTHON])
 def test_python_examples_run_on_generated_audio(page, lineno, code, tmp_path):
     """Each ```python block runs as a script of its own, its quoted audio file names made into generated audio."""

@@ -183,6 +183,7 @@ def files_paths(rep: dict) -> list[str]:
     return [f["path"] for f in rep["files"]]
 
 
+@pytest.mark.slow
 def test_plot_without_matplotlib_says_what_to_install(label_folders, tiny_model_dir, tmp_path):
     """matplotlib made unimportable in a real run of the CLI: one line naming the extra, before any work."""
     import subprocess

@@ -218,6 +218,7 @@ def test_zero_shot_prior_is_added_to_the_head_logits(refit_model: Path, tmp_path
     assert not torch.allclose(got, plain(wave))
 
 
+@pytest.mark.slow
 def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path: Path) -> None:
     """scripts/transfer_experiments.py (the multi-trunk figures of docs/results.md) on the tiny folder:
     one row per trunk, trunk pair, zero-shot blend and ensemble, all scored on valid items only."""
@@ -245,6 +246,7 @@ def test_the_trunk_experiments_script_runs_and_scores_valid_only(data, tmp_path:
     assert msd["valid_pooled"] > 1 / 3  # three clearly different signals: better than chance
 
 
+@pytest.mark.slow
 def test_the_experiments_script_takes_tag_features_and_a_prior_inside_training(data, tmp_path: Path) -> None:
     """``NAME:tags`` trains heads on the 50 tag logits alone; ``--trained-prior W`` trains a head on top
     of W x the zero-shot prior and scores it with the prior added, on valid items only; ``--valid-library``

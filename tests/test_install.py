@@ -112,6 +112,7 @@ def _without(wheel: Path, dest: Path, drop, change=None) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_wheel_carries_every_bundled_model_with_the_cards_sha256(built):
     assert list(MODELS.glob("*.safetensors")), "models/ holds no weights to check"
     assert model_problems(_zip_files(built["wheel"]), "genretag/_models/") == []
@@ -232,6 +233,7 @@ def test_extra_holds_exactly_what_its_modules_import(extra):
     assert _imports(files) - BASE == EXTRAS[extra]
 
 
+@pytest.mark.slow
 def test_the_base_imports_no_optional_dependency():
     """Every module outside an extra's modules imports with every extra's packages made unimportable."""
     blocked = sorted(set().union(*(v for k, v in EXTRAS.items() if k != "test")) - BASE)

@@ -55,6 +55,7 @@ def test_auto_gives_the_fp32_answers_on_generated_audio(tmp_path):
     assert diff < 1e-4  # float rounding; the target for real music is 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", MUSICNN_CARDS)
 def test_every_bundled_musicnn_card_runs_in_onnx_runtime_with_the_same_outputs(card):
     ref = load_net(card, device="cpu", verify=False, precision="fp32")
@@ -107,6 +108,7 @@ def test_without_onnxruntime_pytorch_runs_with_one_warning(monkeypatch, caplog):
     np.testing.assert_array_equal(a.predict(x), ref.predict(x))
 
 
+@pytest.mark.slow
 def test_cli_with_a_broken_onnxruntime_warns_once_and_answers_as_fp32(tmp_path):
     """A runtime that cannot load on the user's machine (here: an install whose import fails as a
     missing CPU instruction set would) gives one warning line and the PyTorch fp32 answers."""

@@ -61,6 +61,7 @@ def open_page(driver, page: Path) -> None:
     wait_for(driver, "return document.body.dataset.ready === '1'")
 
 
+@pytest.mark.slow
 def test_review_page_in_chromium(tmp_path, driver, tiny_model_dir):
     lib = tmp_path / "lib"
     (lib / "Listen").mkdir(parents=True)

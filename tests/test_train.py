@@ -166,6 +166,7 @@ def test_report_votes_and_segments_are_exact():
     assert set(rep) >= {"split", "subset", "n_tracks", "labels", "accuracy", "macro_f1", "per_class", "confusion", "ece"}
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_and_tune(tiny_gtzan, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "genretag", *args], capture_output=True, text=True, timeout=600)
@@ -352,6 +353,7 @@ def test_tune_on_a_folder_not_in_gtzan_layout_fails_like_train_and_makes_no_stud
     assert not (tmp_path / "run").exists()  # nor an empty run folder from train
 
 
+@pytest.mark.slow
 def test_a_failing_trial_stops_tune_with_one_line_and_spends_no_trial(tiny_gtzan, tmp_path, monkeypatch, capfd):
     """An error inside a trial ends the study with a one-line GenretagError (no Optuna traceback on
     stderr); the FAILED trials do not count toward --trials, so the resumed study still runs 2 trials."""
@@ -414,6 +416,7 @@ def test_resume_without_a_checkpoint_says_so_and_trains(tiny_gtzan, tiny_params,
     ("--label-smoothing", "1"), ("--label-smoothing", "-0.1"), ("--weight-decay", "-0.01"),
     ("--segment-seconds", "0"), ("--segment-seconds", "-3"), ("--segment-seconds", "31"), ("--jobs", "100000"),
 ])
+@pytest.mark.slow
 def test_out_of_range_hyper_parameters_are_usage_errors(tiny_gtzan, tmp_path, flag, value):
     run = tmp_path / "run"
     args = ["train", str(tiny_gtzan), f"{flag}={value}", "--out", str(run)]
@@ -463,6 +466,7 @@ def test_training_on_valid_records_no_valid_figures(tiny_gtzan, tmp_path):
     assert "trained on" in line and "valid acc" not in line and "valid nll" not in line
 
 
+@pytest.mark.slow
 def test_card_records_the_command_line_with_a_global_option_first(tiny_gtzan, tmp_path):
     """`genretag -v train ...`: the card records the whole command line (the library never reads sys.argv)."""
     import shlex

@@ -228,6 +228,7 @@ def test_refit_head_with_strided_front_end(dataset: Path, tmp_path: Path, monkey
     np.testing.assert_allclose(ln.predict(y[None, :M.SEGMENT_SAMPLES]), want, atol=2e-3)  # float16 weights
 
 
+@pytest.mark.slow
 def test_head_bag_and_library_copies_with_refit(dataset: Path, tmp_path: Path, monkeypatch) -> None:
     """--heads 1,2 and --augment-copies 0,1: a bag of two heads loads from its file; library copies
     of train (and, for the refit, valid) are cached beside the clean audio and add training rows."""

@@ -16,8 +16,8 @@ def report_cmd(
     results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="JSON lines of `classify --format jsonl` or `tag --format jsonl`.",
                                             show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE.html", help="The page to write.")],
-    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0,
-                                                  help="The threshold drawn on the page, and (for classify results) the one planned with, as in tag.")] = DEFAULT_MIN_CONFIDENCE,
+    min_confidence: Annotated[float | None, typer.Option("--min-confidence", min=0.0, max=1.0, show_default=False,
+                                                         help="The threshold drawn on the page, and (for classify results) the one planned with, as in tag (default: the model's, as in tag).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="For classify results: plan up to K genres, as in tag.")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="For classify results: plan as tag --overwrite.")] = False,
     append: Annotated[bool, typer.Option("--append", help="For classify results: plan as tag --append.")] = False,
@@ -53,6 +53,9 @@ def report_cmd(
     if card_path is None:
         fail(f"model {model!r} not found (not a card path, not bundled, not in the cache)", 2)
     card = load_card(card_path)
+    if min_confidence is None:  # tag's default for this model: its card's threshold, else 0.5
+        value = card.extra.get("min_confidence")
+        min_confidence = float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_CONFIDENCE
     items = read_results(results)
     policy = "overwrite" if overwrite else "append" if append else "keep-existing"
     tagger = Tagger(policy=policy, min_confidence=min_confidence, top_k=top_k, names=names)

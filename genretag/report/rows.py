@@ -145,8 +145,14 @@ def _classify_result(obj: dict):
     segments = obj.get("segments", 0)
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
         raise ValueError("segments is not a whole number")
+    confidences = obj.get("confidences", {})  # a calibrated model's: what tag compares with its threshold
+    if not isinstance(confidences, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for k, v in confidences.items()):
+        raise ValueError("confidences is not an object of genre -> number from 0 to 1")
     return TrackResult(exact_path(obj), genre, _confidence(obj), {k: float(v) for k, v in probs.items()},
-                       segments, _optional_str(obj, "error"))
+                       segments, _optional_str(obj, "error"),
+                       confidences={k: float(v) for k, v in confidences.items()})
 
 
 def parse_line(text: str):

@@ -26,6 +26,7 @@ def error_lines(stderr: bytes) -> list[str]:
     return [line for line in assert_clean_stderr(stderr) if line.startswith("genretag: error:")]
 
 
+@pytest.mark.slow
 def test_relative_paths_reach_the_workers_as_the_client_sees_them(tmp_path, tiny_model_dir, monkeypatch):
     """The workers run in another folder, which holds another file of the same name: the results must be
     those of the client's file, reported under the name the user gave."""
@@ -53,6 +54,7 @@ def test_relative_paths_reach_the_workers_as_the_client_sees_them(tmp_path, tiny
                 assert row["action"] == "write" and row["confidence"] == json.loads(local.stdout)["confidence"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address", ["tcp://nonsense:xx", "foo://bar", "tcp://:8786", "tcp://host:99999",
                                      "localhost"])
 def test_a_malformed_scheduler_address_is_one_line_at_once(tmp_path, tiny_model_dir, address):
@@ -69,6 +71,7 @@ def test_a_malformed_scheduler_address_is_one_line_at_once(tmp_path, tiny_model_
     assert took < 30, took  # no wait for a connection that can never be made (was twice the timeout, or 40 s)
 
 
+@pytest.mark.slow
 def test_a_scheduler_file_that_is_not_json_or_has_no_address_is_one_line(tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.flac", seconds=1.0)
     cases = {"garbage.json": "not json {", "list.json": "[1, 2]", "no-address.json": '{"id": "x"}'}
@@ -82,6 +85,7 @@ def test_a_scheduler_file_that_is_not_json_or_has_no_address_is_one_line(tmp_pat
         assert line.startswith(f"genretag: error: {f} is not a scheduler file"), line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "ten"])
 def test_a_bad_scheduler_timeout_is_one_line(tmp_path, tiny_model_dir, value):
     song = make_file(tmp_path / "song.flac", seconds=1.0)
@@ -93,6 +97,7 @@ def test_a_bad_scheduler_timeout_is_one_line(tmp_path, tiny_model_dir, value):
         f"not '{value}'"]
 
 
+@pytest.mark.slow
 def test_a_cluster_without_workers_ends_with_one_line_after_the_timeout(tmp_path, tiny_model_dir):
     """No worker ever joins (and, the same state, every worker died): one line once the scheduler timeout
     has passed with no worker, not a wait for ever."""
@@ -110,6 +115,7 @@ def test_a_cluster_without_workers_ends_with_one_line_after_the_timeout(tmp_path
     assert took < 60, took
 
 
+@pytest.mark.slow
 def test_every_worker_killed_mid_run_ends_with_one_line(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     lib.mkdir()

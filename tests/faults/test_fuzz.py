@@ -36,6 +36,7 @@ def hypothesis_home(tmp_path_factory):
     set_hypothesis_home_dir(None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_fuzz_decode_and_tag_write(name, tmp_path_factory):
     seed = make_seed(name, tmp_path_factory.mktemp("seed"))

@@ -16,6 +16,7 @@ def jsonl(stdout: bytes) -> list[dict]:
     return [json.loads(line) for line in stdout.decode("utf-8").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_cover_art_of_any_size_changes_no_probability(tmp_path, tiny_model_dir):
     bare = cbr_mp3_without_xing(tmp_path / "bare.mp3", seconds=8.0)
     files = [bare]
@@ -46,6 +47,7 @@ def test_mp3_length_is_the_decoded_length(tmp_path):
         assert round(ai.duration * ai.sample_rate) == decoded, f.name
 
 
+@pytest.mark.slow
 def test_silence_and_near_empty_audio_get_no_genre(tmp_path, tiny_model_dir):
     import numpy as np
     import soundfile as sf
@@ -104,6 +106,7 @@ def _without_dac_override() -> list[str]:
     return prefix
 
 
+@pytest.mark.slow
 def test_unreadable_file_and_folder_on_the_command_line(tmp_path, tiny_model_dir):
     import os
 
@@ -129,6 +132,7 @@ def test_unreadable_file_and_folder_on_the_command_line(tmp_path, tiny_model_dir
     assert rows[str(good)]["genre"] is not None
 
 
+@pytest.mark.slow
 def test_output_cut_short_by_head_is_no_failure(tmp_path, tiny_model_dir):
     import subprocess
     import sys
@@ -145,6 +149,7 @@ def test_output_cut_short_by_head_is_no_failure(tmp_path, tiny_model_dir):
         assert_clean_stderr(err)
 
 
+@pytest.mark.slow
 def test_names_are_printed_as_given_and_no_decoder_chatter(tmp_path, tiny_model_dir):
     from hostile import truncated
 
@@ -158,6 +163,7 @@ def test_names_are_printed_as_given_and_no_decoder_chatter(tmp_path, tiny_model_
     assert [line.split(",")[0] for line in r.stdout.decode().splitlines()] == ["path", "./-dash.wav", "./cut.mp3"]
 
 
+@pytest.mark.slow
 def test_model_failure_prints_no_csv_header(tmp_path):
     card = tmp_path / "broken.json"
     card.write_text("{not json")
@@ -167,6 +173,7 @@ def test_model_failure_prints_no_csv_header(tmp_path):
     assert len(lines) == 1 and lines[0].count("broken.json") == 1, lines
 
 
+@pytest.mark.slow
 def test_non_utf8_file_names_keep_the_output_valid_utf8(tmp_path, tiny_model_dir):
     import base64
     import os
@@ -216,6 +223,7 @@ SPECIAL_ERRORS = {"fifo.mp3": "not a regular file (a FIFO)", "self.wav": "symbol
                   "dangling.ogg": "broken symbolic link (its target does not exist)"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["classify", "tag"])
 def test_fifo_symlink_loop_and_dangling_link(tmp_path, tiny_model_dir, command):
     """Named on the command line: one error row each (a FIFO is never opened for reading: that would wait for
@@ -258,6 +266,7 @@ def _damaged_set(tmp_path):
     return good, bad
 
 
+@pytest.mark.slow
 def test_truncated_and_bit_flipped_files_of_every_format(tmp_path, tiny_model_dir):
     """classify: each damaged file is classified or gets a one-line error in its row; the good ones are
     classified; exit 1 exactly when a row has an error; nothing on stderr but the model line."""

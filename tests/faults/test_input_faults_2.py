@@ -43,6 +43,7 @@ def error_lines(stderr: bytes) -> list[str]:
 
 # ----------------------------------------------------------------------------- outputs (defect 5)
 
+@pytest.mark.slow
 def test_an_output_that_names_an_input_or_an_audio_file_is_refused_before_anything_is_written(
         tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.mp3", seconds=2.0)
@@ -78,6 +79,7 @@ def test_an_output_that_names_an_input_or_an_audio_file_is_refused_before_anythi
 
 # ----------------------------------------------------------------------------- containers (10, 11, 17)
 
+@pytest.mark.slow
 def test_a_chained_ogg_is_classified_over_every_link(tmp_path, tiny_model_dir):
     """Two Vorbis files back to back: a short one, then a long one (libsndfile saw 3 s, and read nothing
     at the offsets its wrong length gave). The length is the sum and the sub-tracks reach the second link."""
@@ -112,6 +114,7 @@ def _latin1_title(src, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_an_m4a_with_a_latin1_text_atom_is_classified(tmp_path, tiny_model_dir):
     clean = make_file(tmp_path / "clean.m4a", seconds=3.0, freq=500.0)
     latin = _latin1_title(clean, tmp_path / "latin.m4a")
@@ -122,6 +125,7 @@ def test_an_m4a_with_a_latin1_text_atom_is_classified(tmp_path, tiny_model_dir):
     assert b["error"] is None and b["probabilities"] == a["probabilities"]
 
 
+@pytest.mark.slow
 def test_an_rf64_wav_is_classified_and_its_tag_is_unsupported_not_damaged(tmp_path, tiny_model_dir):
     rf = tmp_path / "big.wav"
     sf.write(str(rf), varied_tone(16000, 3.0), 16000, format="RF64", subtype="PCM_16")
@@ -136,6 +140,7 @@ def test_an_rf64_wav_is_classified_and_its_tag_is_unsupported_not_damaged(tmp_pa
 
 # ----------------------------------------------------------------------------- names (defect 12)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"},
                                  {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
                                   "PYTHONIOENCODING": None}], ids=["ascii", "C-locale"])
@@ -201,6 +206,7 @@ def test_the_api_takes_int_and_stereo_waveforms_and_bytes_paths_and_reports_bad_
 
 # ----------------------------------------------------------------------------- the result cache (defect 15)
 
+@pytest.mark.slow
 def test_a_cache_of_another_layout_is_left_alone_with_one_warning(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -254,6 +260,7 @@ def test_a_cache_locked_by_another_writer_is_given_up_with_one_warning(tmp_path,
 
 # ----------------------------------------------------------------------------- bounds and streams (defect 16)
 
+@pytest.mark.slow
 def test_genretag_threads_beyond_the_bound_is_ignored_with_one_warning(tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.flac", seconds=1.5)
     for value in ("65536", "257", "0"):
@@ -264,6 +271,7 @@ def test_genretag_threads_beyond_the_bound_is_ignored_with_one_warning(tmp_path,
                             "256 or 'load'"]
 
 
+@pytest.mark.slow
 def test_a_full_output_is_one_line_exit_1(tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.flac", seconds=1.5)
     for fmt in ("csv", "jsonl", "table"):
@@ -280,6 +288,7 @@ def test_a_full_output_is_one_line_exit_1(tmp_path, tiny_model_dir):
                                          "No space left on device"]
 
 
+@pytest.mark.slow
 def test_closed_stdout_or_stderr_still_gives_results_or_one_line(tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.flac", seconds=1.5)
     out = tmp_path / "out.csv"
@@ -306,6 +315,7 @@ def _card(path, members):
     return path
 
 
+@pytest.mark.slow
 def test_an_ensemble_that_contains_itself_or_names_an_absolute_path_is_one_line(tmp_path, tiny_model_dir):
     song = make_file(tmp_path / "song.flac", seconds=1.5)
     a, b = tmp_path / "a.json", tmp_path / "b.json"

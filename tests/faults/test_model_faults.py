@@ -66,6 +66,7 @@ def test_invalid_local_card_is_one_line_naming_the_file_once(tiny_model_dir, tmp
     assert msg.count(str(path)) == 1 and msg.startswith(f"{path}: not a valid model card")
 
 
+@pytest.mark.slow
 def test_invalid_card_through_the_cli(tiny_model_dir, tmp_path):
     path = card_copy(tiny_model_dir, tmp_path, audio__segment_seconds=-1)
     r = run_cli("classify", str(make_file(tmp_path / "a.wav")), "--model", str(path), "-f", "csv")

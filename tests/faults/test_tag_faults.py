@@ -148,6 +148,7 @@ def hostile_library(folder: Path) -> tuple[list[Path], list[Path]]:
 
 # --- the tests ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_hostile_library(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     good, damaged = hostile_library(lib)
@@ -190,6 +191,7 @@ def _without_dac_override() -> list[str] | None:
     return prefix if probe.returncode == 0 else None
 
 
+@pytest.mark.slow
 def test_read_only_folder_and_file(tmp_path, tiny_model_dir):
     prefix = _without_dac_override()
     if prefix is None:
@@ -223,6 +225,7 @@ def test_read_only_folder_and_file(tmp_path, tiny_model_dir):
         os.chmod(ro_dir, 0o755)
 
 
+@pytest.mark.slow
 def test_unreadable_folder_is_a_failure(tmp_path, tiny_model_dir):
     """A folder that cannot be listed, inside the walked folder and named on the command line: one
     line each, the other files written, exit 1 (as `classify` does; the dry run takes the same path)."""
@@ -254,6 +257,7 @@ def test_unreadable_folder_is_a_failure(tmp_path, tiny_model_dir):
     assert af.genre_values(inner / "hidden.mp3") == ["Rock"] == af.genre_values(named / "hidden.mp3")
 
 
+@pytest.mark.slow
 def test_concurrent_runs(tmp_path, tiny_model_dir):
     """Two `tag --write` runs on one folder at once: no spurious errors, no journal line without its write."""
     lib = tmp_path / "lib"
@@ -290,6 +294,7 @@ def _kill_library(folder: Path) -> list[Path]:
     return [af.make_file(folder / f"k{i}{ext}", freq=220 + 35 * i, genre="Rock") for i, ext in enumerate(GOOD + GOOD[:3])]
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points(tmp_path, tiny_model_dir):
     """kill -9 after a random number of rows plus a random delay, again and again; then undo."""
     trials = int(os.environ.get("GENRETAG_KILL_TRIALS", "4"))
@@ -339,6 +344,7 @@ def test_kill_9_at_random_points(tmp_path, tiny_model_dir):
     print(f"kill -9 trials: {trials}, {killed_mid_write} left a temporary file behind")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_tag(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     # enough files that the run is still writing when the test sees its first temporary copy

@@ -90,6 +90,7 @@ def top_atoms(path: Path) -> list[bytes]:
     return names
 
 
+@pytest.mark.slow
 def test_fragmented_mp4_stays_decodable(tmp_path, tiny_model_dir):
     p = fragmented_m4a(tmp_path / "frag.m4a")
     names = top_atoms(p)
@@ -162,6 +163,7 @@ def unsynchronised_v24(path: Path, cover: bytes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_id3v24_unsynchronised_tag_keeps_cover_art(tmp_path, tiny_model_dir):
     cover = b"\xff\xd8\xff\xe0" + bytes(random.Random(7).choice([0xFF, 0x00, 0xE1, 0x12]) for _ in range(2400))
     p = unsynchronised_v24(tmp_path / "unsync.mp3", cover)
@@ -231,6 +233,7 @@ def tag_api(p: Path, journal: Path, policy: str) -> None:
     assert plan.action == "written", plan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", [".flac", ".m4a"])
 def test_genre_not_utf8_kept_by_append_and_undo(tmp_path, tiny_model_dir, ext):
     p = latin1_genre(tmp_path / f"latin1{ext}")
@@ -297,6 +300,7 @@ def id3_with_genre_frames(path: Path, version: int, genre_frames: list[bytes]) -
     (2, [b"\x00Rock", b"\x00Pop"]),  # two TCO frames
     (2, [b"\x01" + "Rock\0Pop\0".encode("utf-16")]),
 ], ids=["v23-two-frames", "v23-utf16-null", "v22-two-frames", "v22-utf16-null"])
+@pytest.mark.slow
 def test_undo_restores_multi_valued_id3_genres_as_stored(tmp_path, tiny_model_dir, version, bodies):
     p = id3_with_genre_frames(tmp_path / "multi.mp3", version, bodies)
     originals = [_frame(version, b"TCO" if version == 2 else b"TCON", b) for b in bodies]
@@ -316,6 +320,7 @@ def test_undo_restores_multi_valued_id3_genres_as_stored(tmp_path, tiny_model_di
 
 # --- user extended attributes --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_user_xattrs_survive_write_and_undo(tmp_path, tiny_model_dir):
     p = af.make_file(tmp_path / "x.flac", seconds=2.0, genre=None)
     try:

@@ -90,6 +90,7 @@ def test_fingerprint_tells_apart_files_that_differ_only_in_the_middle(tmp_path):
         assert fingerprint(p) != before, ext
 
 
+@pytest.mark.slow
 def test_result_cache_does_not_answer_for_a_file_with_other_audio_in_the_middle(tmp_path, tiny_model_dir):
     """`tag a.wav` fills the cache; `tag b.wav --write` (same length, same silent ends) must classify b."""
     a, b = _quiet_ends_wav(tmp_path / "a.wav", 1), _quiet_ends_wav(tmp_path / "b.wav", 2)
@@ -184,6 +185,7 @@ def test_id3v1_genre_is_the_current_genre_and_undo_restores_its_byte(tmp_path, c
     assert read_genres(p) == ["Metal"] and read_tags(p).values == []
 
 
+@pytest.mark.slow
 def test_id3v1_genre_in_the_dry_run_and_keep_existing_cli(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -277,6 +279,7 @@ def test_tcon_255_is_no_genre(tmp_path):
 
 # --- defect 7: long names ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_name_of_nearly_name_max_bytes_is_written_and_undone(tmp_path, tiny_model_dir):
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -386,6 +389,7 @@ def _runner_without_chown() -> tuple[list[str], int] | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_file_owned_by_another_user_is_refused_not_given_away(tiny_model_dir):
     runner = _runner_without_chown()
     if runner is None:
@@ -497,6 +501,7 @@ def test_beets_plugin_refuses_an_empty_genre_name(tmp_path):
     assert "empty" in res.stderr and _beets_items(tmp_path)["a"][0] == ["Folk"]
 
 
+@pytest.mark.slow
 def test_beets_plugin_counts_a_file_beets_could_not_write_as_failed(tmp_path):
     if os.geteuid() != 0:
         prefix: list[str] = []
