@@ -176,3 +176,17 @@ def with_progress(results: Iterator) -> Iterator:
             failed += 0 if r.ok else 1
             progress.update(task, advance=1, failed=failed)
             yield r
+
+
+def genre_names_option(path: Path | None) -> dict[str, str]:
+    """The label -> name overrides a `--genre-names` file gives (none without one); a bad file is a
+    usage error (exit 2)."""
+    from genretag.cli.app import fail
+    from genretag.tags.plan import load_genre_names
+
+    if path is None:
+        return {}
+    try:
+        return load_genre_names(path)
+    except ValueError as e:
+        fail(str(e), 2)

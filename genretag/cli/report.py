@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from genretag.cli.app import app, fail, info
-from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, load_genre_names
+from genretag.cli.common import genre_names_option
+from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
 
 
 @app.command("report")
@@ -43,12 +44,7 @@ def report_cmd(
     if overwrite and append:
         fail("use only one of --overwrite, --append", 2)
     check_writable(output)
-    names: dict[str, str] = {}
-    if genre_names is not None:
-        try:
-            names = load_genre_names(genre_names)
-        except ValueError as e:
-            fail(str(e), 2)
+    names = genre_names_option(genre_names)
     card_path = find_local(model)
     if card_path is None:
         fail(f"model {model!r} not found (not a card path, not bundled, not in the cache)", 2)

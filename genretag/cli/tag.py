@@ -26,13 +26,14 @@ from genretag.cli.common import (
     Vote,
     VoteOpt,
     classify_options,
+    genre_names_option,
     iter_inputs,
     load,
     on_cluster,
     open_cluster,
 )
 from genretag.cli.outputs import refuse_unsafe_output
-from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan, load_genre_names
+from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan
 
 
 class TagFormat(str, Enum):
@@ -203,12 +204,7 @@ def tag_cmd(
         fail("use only one of --overwrite, --keep-existing, --append", 2)
     if separator == "":
         fail("--separator must not be empty", 2)
-    names: dict[str, str] = {}
-    if genre_names is not None:
-        try:
-            names = load_genre_names(genre_names)
-        except ValueError as e:
-            fail(str(e), 2)
+    names = genre_names_option(genre_names)
     tagger = Tagger(policy="overwrite" if overwrite else "append" if append else "keep-existing",
                     min_confidence=DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence, top_k=top_k, names=names, separator=separator,
                     keep_mtime=keep_mtime, journal=journal, write=write, split_hard_links=split_hard_links)

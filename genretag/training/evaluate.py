@@ -267,18 +267,9 @@ def plot_confusion(conf: list[list[int]], labels: list[str], path: str, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = np.asarray(conf)
     fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                        color="white" if m[i, j] > m.max() / 2 else "black")
+    _draw_confusion(ax, np.asarray(conf), labels, labels)
+    ax.set_aspect("equal")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
