@@ -246,3 +246,16 @@ def decode(path: str | os.PathLike) -> np.ndarray:
             a = frame.to_ndarray()
             parts.append(a.T if frame.format.is_planar else a.reshape(-1, len(frame.layout.channels)))
     return np.concatenate(parts, axis=0).astype(np.float32)
+
+
+def track_result(path: str, **probs: float):
+    """A classification result of a GTZAN model with the given probabilities (the other genres share
+    what is left), for tests that replace the network's answers."""
+    from genretag.pipeline.inference import TrackResult
+    from genretag.store.card import GTZAN_GENRES
+
+    rest = [g for g in GTZAN_GENRES if g not in probs]
+    left = max(0.0, 1.0 - sum(probs.values()))
+    full = {**{g: left / len(rest) for g in rest}, **probs}
+    top = max(full, key=full.get)
+    return TrackResult(path, top, full[top], full, 3, None)

@@ -37,14 +37,7 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def fake_result(path: str, **probs: float) -> TrackResult:
-    from genretag.store.card import GTZAN_GENRES
-
-    rest = [g for g in GTZAN_GENRES if g not in probs]
-    left = max(0.0, 1.0 - sum(probs.values()))
-    full = {**{g: left / len(rest) for g in rest}, **probs}
-    top = max(full, key=full.get)
-    return TrackResult(path, top, full[top], full, 3, None)
+fake_result = af.track_result
 
 
 @pytest.fixture

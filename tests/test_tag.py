@@ -52,15 +52,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
-def result(path: str, **probs: float) -> TrackResult:
-    """A classification result with the given probabilities (the rest share what is left)."""
-    from genretag.store.card import GTZAN_GENRES
-
-    rest = [g for g in GTZAN_GENRES if g not in probs]
-    left = max(0.0, 1.0 - sum(probs.values()))
-    full = {**{g: left / len(rest) for g in rest}, **probs}
-    top = max(full, key=full.get)
-    return TrackResult(path, top, full[top], full, 3, None)
+result = af.track_result
 
 
 @pytest.fixture

@@ -65,6 +65,14 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def special_kind(mode: int) -> str | None:
+    """What a file of this `st_mode` is when it is neither a regular file nor a folder ("a FIFO",
+    "a socket or device"), else None: reading or writing one could block or never end."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device"
+
+
 def open_regular(path: str | os.PathLike) -> BinaryIO:
     """`open(path, "rb")` for a regular file only: a FIFO, socket or device raises OSError at once
     (opening a FIFO that no one writes to would block for ever)."""
@@ -73,8 +81,8 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        if not stat.S_ISREG(mode):
-            raise OSError(f"not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'a socket or device'})")
+        if special_kind(mode):
+            raise OSError(f"not a regular file ({special_kind(mode)})")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from genretag.audio.containers import ogg_is_chained, special_kind
 from genretag.audio.mpeg import mpeg_length
 from genretag.errors import AudioError, one_line  # AudioError: its historical home
 
@@ -64,8 +65,8 @@ def _check_readable(path: Path) -> None:
         raise AudioError(f"cannot read: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):
         raise AudioError("is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise AudioError(f"not a regular file ({'a FIFO' if stat.S_ISFIFO(st.st_mode) else 'a socket or device'})")
+    if special_kind(st.st_mode):
+        raise AudioError(f"not a regular file ({special_kind(st.st_mode)})")
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
     if st.st_size == 0:
@@ -93,12 +94,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
 
 
 def _is_chained_ogg(path: Path) -> bool:
-    from genretag.audio.containers import ogg_is_chained
-
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"OggS":
-                return False
+    try:  # any other file stops at its first four bytes
         return ogg_is_chained(path)
     except OSError as e:
         raise AudioError(f"cannot read: {e.strerror or e}") from None

@@ -278,15 +278,12 @@ def tag_cmd(
 
 def _not_regular(path: Path) -> str | None:
     """What `path` is when it exists and is not a regular file (a FIFO would block the run), else None."""
-    import stat
+    from genretag.audio.containers import special_kind
 
     try:
-        mode = path.stat().st_mode
+        return special_kind(path.stat().st_mode)
     except OSError:
         return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device"
 
 
 def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from genretag.report.rows import ResultsError, exact_path
+from genretag.report.rows import ResultsError, exact_path, read_json_lines
 from genretag.tags.plan import SKIP_CHANGED, SKIP_NOT_AS_REVIEWED, WRITE, TagPlan
 
 
@@ -68,21 +68,7 @@ def _entry(text: str) -> AcceptedFile:
 
 def read_accepted(path: str | os.PathLike) -> AcceptedList:
     """Read an accepted list; ResultsError (exit 2) names the first line that is not one, or an empty list."""
-    shown = os.fsdecode(path)
-    files = []
-    try:
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    text = raw.decode("utf-8")
-                    if text.strip():
-                        files.append(_entry(text))
-                except UnicodeDecodeError:
-                    raise ResultsError(f"{shown}:{n}: not an accepted-file line (not UTF-8)") from None
-                except ValueError as e:
-                    raise ResultsError(f"{shown}:{n}: not an accepted-file line ({e})") from None
-    except OSError as e:
-        raise ResultsError(f"cannot read {shown}: {e.strerror or e}") from None
+    files = read_json_lines(path, _entry, "an accepted-file")
     if not files:
-        raise ResultsError(f"{shown}: no files in the list")
+        raise ResultsError(f"{os.fsdecode(path)}: no files in the list")
     return AcceptedList(files)

@@ -13,8 +13,9 @@ import binascii
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from genretag.errors import GenretagError
 from genretag.tags.plan import ERROR, genre_name
@@ -172,12 +173,9 @@ def parse_line(text: str):
     raise ValueError("neither a classify nor a tag result (keys: " + ", ".join(sorted(map(str, obj))[:8]) + ")")
 
 
-def read_results(path: str | os.PathLike) -> list:
-    """Every line of a results file, parsed (see `parse_line`); blank lines are passed over.
-
-    Raises ResultsError (exit 2) naming the first line that is not a genretag result, or when the file
-    cannot be read or holds no result.
-    """
+def read_json_lines(path: str | os.PathLike, parse: Callable[[str], Any], what: str) -> list:
+    """`parse` of every non-blank line of a UTF-8 file. ResultsError (exit 2) names the first line
+    `parse` refuses (ValueError) as "not a `what` line", or says the file cannot be read."""
     shown = os.fsdecode(path)
     out = []
     try:
@@ -186,17 +184,27 @@ def read_results(path: str | os.PathLike) -> list:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise ResultsError(f"{shown}:{n}: not a genretag result line (not UTF-8)") from None
+                    raise ResultsError(f"{shown}:{n}: not {what} line (not UTF-8)") from None
                 if not text.strip():
                     continue
                 try:
-                    out.append(parse_line(text))
+                    out.append(parse(text))
                 except ValueError as e:
-                    raise ResultsError(f"{shown}:{n}: not a genretag result line ({e})") from None
+                    raise ResultsError(f"{shown}:{n}: not {what} line ({e})") from None
     except OSError as e:
         raise ResultsError(f"cannot read {shown}: {e.strerror or e}") from None
+    return out
+
+
+def read_results(path: str | os.PathLike) -> list:
+    """Every line of a results file, parsed (see `parse_line`); blank lines are passed over.
+
+    Raises ResultsError (exit 2) naming the first line that is not a genretag result, or when the file
+    cannot be read or holds no result.
+    """
+    out = read_json_lines(path, parse_line, "a genretag result")
     if not out:
-        raise ResultsError(f"{shown}: no results in the file")
+        raise ResultsError(f"{os.fsdecode(path)}: no results in the file")
     return out
 
 

@@ -7,6 +7,7 @@ the weights' sha256 is checked against the card before they are used.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -75,9 +76,10 @@ class Model:
     def sample_rate(self) -> int:
         return self.card.audio.sample_rate
 
-    @property
+    @functools.cached_property
     def calibration(self) -> Calibration | None:
-        """The card's map from probability to real-world confidence (None: the softmax is the confidence)."""
+        """The card's map from probability to real-world confidence (None: the softmax is the confidence);
+        read once (`load_net` checks it), as every result of a run uses it."""
         return Calibration.from_card(self.card)
 
     @property
@@ -250,6 +252,7 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
     card_path = find_card(name_or_path)
     try:
         card = load_card(card_path)
+        Calibration.from_card(card)  # a bad calibration fails here, not at the first result
     except (ValueError, TypeError) as e:
         raise ModelError(f"{card_path}: {e}") from None
     if card.members:
