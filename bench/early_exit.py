@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from genretag.labels import broad_genre, label_key
     from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
     from genretag.store.load import load_net
     from genretag.training.dataset import scan, split
@@ -134,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     nets = {"fit": load_net(args.fit_model or args.model, "cpu"), "check": load_net(args.model, "cpu")}
     data: dict = {}
     for role, net in nets.items():
-        idx = {lab: i for i, lab in enumerate(net.labels)}
+        # GTZAN's folder names ("hiphop") against a model's labels ("hiphop", or "Hip-Hop" for broad-musicnn)
+        idx = {label_key(broad_genre(lab) or lab): i for i, lab in enumerate(net.labels)}
         for name in ("valid", "test"):
             tracks = subsets[name]
             data[role, name] = (segment_probs(net, [str(t.path) for t in tracks], args.workdir),
-                                np.array([idx[t.genre] for t in tracks]))
+                                np.array([idx[label_key(broad_genre(t.genre) or t.genre)] for t in tracks]))
     if "valid_seen_in_training" in (nets["fit"].card.metrics or {}):
         print(f"warning: {nets['fit'].card.name}'s head was trained on valid too, so valid cannot choose "
               "the margin; give --fit-model a head trained on train only (see --help)", file=sys.stderr)

@@ -64,8 +64,12 @@ def pick_files(source: Path, n: int) -> list[str]:
     return files[::step][:n]
 
 
-def decode_stages(files: list[str], params, clock: Clock) -> list:
-    """The worker's side, split into stages; returns the Prepared items (as prepare_file makes them)."""
+def decode_stages(files: list[str], params, clock: Clock, reads: dict[str, list[list[int]]] | None = None) -> list:
+    """The worker's side, split into stages; returns the Prepared items (as prepare_file makes them).
+
+    `reads`: per file, the groups of sub-tracks (indices into its plan) decoded in one read each, as
+    `classify` decoded them (the first look's, then the rest only for an undecided track); default:
+    all of them in one read."""
     import soundfile as sf
 
     from genretag.audio import decode as audio
@@ -89,11 +93,16 @@ def decode_stages(files: list[str], params, clock: Clock) -> list:
         open_close()
         open_cost = time.process_time() - t
         clock.s["container read"] += open_cost
-        t = time.process_time()
-        chunks = (audio._sf_read if ai.backend == "soundfile" else audio._pyav_read)(
-            Path(p), offsets, params.segment_seconds, ai)
-        # the read opens the container again: that part is counted once, above
-        clock.s["decode"] = clock.s.get("decode", 0.0) + max(0.0, time.process_time() - t - open_cost)
+        groups = (reads or {}).get(p) or [list(range(len(offsets)))]
+        chunks = []
+        for k, rows in enumerate(groups):
+            t = time.process_time()
+            chunks += (audio._sf_read if ai.backend == "soundfile" else audio._pyav_read)(
+                Path(p), [offsets[i] for i in rows], params.segment_seconds, ai)
+            # the first read opens the container again: that part is counted once, above
+            clock.s["decode"] = clock.s.get("decode", 0.0) + max(0.0, time.process_time() - t - (open_cost if k == 0 else 0))
+            if k:
+                clock.s["container read"] += open_cost
         n_out = params.segment_samples
         waves = []
         for c in chunks:
@@ -110,6 +119,20 @@ def decode_stages(files: list[str], params, clock: Clock) -> list:
         blob = clock("transfer", pickle.dumps, prep, pickle.HIGHEST_PROTOCOL)
         out.append(clock("transfer", pickle.loads, blob))
     return out
+
+
+def decoded_reads(files: list[str], params, results) -> dict[str, list[list[int]]]:
+    """Per file, the reads `classify` made: the first look's sub-tracks alone, and the others in a
+    second read only for a track that ran more (`prepare_file(early_exit=...)`, `prepare_rest`)."""
+    from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
+    from genretag.pipeline.prepare import prepare_file
+
+    reads = {}
+    for p, r in zip(files, results):
+        first = prepare_file(p, params, early_exit=DEFAULT_EARLY_EXIT)
+        if first.rows is not None:
+            reads[p] = [list(first.rows)] + ([list(first.missing)] if r.segments > len(first.rows) else [])
+    return reads
 
 
 def network_stages(model, prepared: list, batch: int, clock: Clock) -> int:
@@ -153,15 +176,15 @@ def profile(files: list[str], precision: str, batch: int | None) -> dict:
     prepare_file(files[0], params)  # warm the decoders
     model.predict(np.zeros((batch, params.segment_samples), dtype=np.float32))
 
-    clock = Clock()
-    prepared = decode_stages(files, params, clock)
-    n_sub = network_stages(model, prepared, batch, clock)
-
-    # The whole pipeline in this process, for the sub-tracks the early exit runs and the overhead.
+    # The whole pipeline in this process: the sub-tracks the early exit runs and decodes, the overhead.
     t = time.process_time()
     results = list(inference.classify(files, model, jobs=1, batch_segments=batch))
     whole = time.process_time() - t
     ran = float(np.mean([r.segments for r in results]))
+
+    clock = Clock()
+    prepared = decode_stages(files, params, clock, decoded_reads(files, params, results))
+    n_sub = network_stages(model, prepared, batch, clock)
     per_sub = {k: clock.s[k] / n_sub for k in ("mel", "trunk", "heads", "trunk + heads") if k in clock.s}
     for p, r in zip(prepared, results):
         probs = np.full((r.segments, len(model.labels)), 1.0 / len(model.labels), dtype=np.float32)

@@ -7,7 +7,7 @@ import pytest
 from audio_factory import make_file
 
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-from genretag.pipeline.inference import classify, run_model
+from genretag.pipeline.inference import DecodeStream, classify, run_model
 from genretag.pipeline.prepare import prepare_file
 from genretag.store.load import load_net
 
@@ -120,3 +120,67 @@ def test_classify_uses_the_default_rule_unless_segments_is_given(library):
     assert [(r.genre, r.segments) for r in default] == [(r.genre, r.segments) for r in explicit]
     full = list(classify(long, net, jobs=1, early_exit=None))
     assert all(f.segments >= d.segments for f, d in zip(full, default))
+
+
+def _mixed_rule(net, prepared) -> EarlyExit:
+    """A first look after 2 sub-tracks whose margin some files clear and some do not."""
+    margins = sorted(float(np.diff(np.sort(net.predict(p.waves[EarlyExit((2,), 0).order(len(p.waves))[:2]])
+                                           .mean(axis=0))[-2:])[0])
+                     for p in prepared if p.waves is not None and len(p.waves) > 2)
+    mid = len(margins) // 2
+    return EarlyExit((2, 4), (margins[mid - 1] + margins[mid]) / 2)
+
+
+class CountingStream(DecodeStream):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[str] = []
+
+    def rest(self, first):
+        self.asked.append(first.path)
+        return super().rest(first)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_decoding_the_rest_only_when_asked_gives_the_answers_of_decoding_everything(library, jobs):
+    files, net = library
+    full = [prepare_file(f, net.card.audio, 9) for f in files]
+    rule = _mixed_rule(net, full)
+    want = list(run_model(full, net, "soft", 3, rule))
+    stream = CountingStream(files, net.card.audio, 9, jobs, early_exit=rule)
+    got = list(run_model(stream, net, "soft", 3, rule, stream))
+    assert [(r.path, r.genre, r.segments, r.error) for r in got] == [(r.path, r.genre, r.segments, r.error) for r in want]
+    for a, b in zip(got, want):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    # the rest of a file is decoded exactly when its vote needed more than the first look
+    more = [r.path for r in want if r.ok and r.segments > 2]
+    assert sorted(stream.asked) == sorted(more) and 0 < len(more) < len([r for r in want if r.ok])
+    # without a decoder the model stage decodes the rest itself, with the same answers
+    inline = list(run_model([prepare_file(f, net.card.audio, 9, rule) for f in files], net, "soft", 3, rule))
+    assert [(r.genre, r.segments) for r in inline] == [(r.genre, r.segments) for r in want]
+
+
+def test_a_rest_that_turned_silent_or_unreadable_starts_the_track_over(tmp_path, tiny_model_dir):
+    """Between the first look and the rest the file changed: silence where music was (another
+    plan: the silent sub-tracks are replaced, as a first decode would) or garbage."""
+    import soundfile as sf
+
+    from genretag.pipeline.prepare import prepare_rest
+
+    net = load_net(tiny_model_dir)
+    never = EarlyExit((2,), 2.0)  # never decided: every track asks for its rest
+    quiet, broken = make_file(tmp_path / "quiet.wav", seconds=9.0), make_file(tmp_path / "broken.wav", seconds=9.0)
+    firsts = [prepare_file(str(p), net.card.audio, 9, never) for p in (quiet, broken)]
+    assert all(p.missing for p in firsts)
+    x, sr = sf.read(str(quiet), dtype="float32")
+    x[: int(4.5 * sr)] = 0.0  # the first half silent: sub-tracks 0-3 are replaced
+    sf.write(str(quiet), x, sr)
+    broken.write_bytes(b"RIFF no longer audio")
+    rest = prepare_rest(firsts[0], net.card.audio)
+    assert rest.rows is None and rest.offsets != firsts[0].offsets  # another plan: the whole track again
+    got = list(run_model(firsts, net, "soft", 4, never))
+    want = run_model([prepare_file(str(quiet), net.card.audio, 9)], net, "soft", 4, never)
+    (w,) = list(want)
+    assert got[0].genre == w.genre and got[0].segments == w.segments
+    assert got[0].probabilities == pytest.approx(w.probabilities, abs=1e-6)
+    assert not got[1].ok and got[1].path == str(broken)

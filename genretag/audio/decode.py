@@ -280,9 +280,14 @@ def _sf_read(path: Path, offsets: list[float], seconds: float, ai: AudioInfo) ->
     frames = int(round(seconds * sr))
     chunks = []
     with _quiet_stderr(), sf.SoundFile(os.fsencode(path)) as f:
+        # libsndfile (1.2.2) seeks an Ogg stream forward from where the last read stopped to the
+        # wrong samples, though tell() says otherwise; a seek from the start lands exactly.
+        rewind = f.format == "OGG"
         for off in offsets:
             start = int(round(off * sr))
             if f.seekable():
+                if rewind:
+                    f.seek(0)
                 f.seek(min(start, max(f.frames - 1, 0)))
             chunk = f.read(frames, dtype="float32", always_2d=True)
             chunks.append(chunk)

@@ -21,7 +21,7 @@ import numpy as np
 from genretag.paths import numba_cache_dir
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-from genretag.pipeline.prepare import Prepared, prepare_file, prepare_waveform
+from genretag.pipeline.prepare import Prepared, prepare_file, prepare_rest, prepare_waveform
 from genretag.pipeline.segments import vote as combine
 from genretag.pipeline.threads import network_threads, torch_threads
 from genretag.store.card import AudioParams
@@ -91,17 +91,41 @@ def error_result(path: str, error: str) -> TrackResult:
 
 
 def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
-              batch_segments: int = 64, early_exit: EarlyExit | None = None) -> Iterator[TrackResult]:
+              batch_segments: int = 64, early_exit: EarlyExit | None = None,
+              decoder: DecodeStream | None = None) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
     `batch_segments` (a file may straddle two batches); yield results in input order as
     soon as a file's vote is done.
 
     With `early_exit` (soft vote only), a file's sub-tracks run in the rule's order and
     the rest are queued only while its vote is not yet decided; its result then votes
-    over the sub-tracks that ran."""
+    over the sub-tracks that ran. A file prepared with only its first sub-tracks decoded
+    (`Prepared.rows`) has the rest decoded when its vote needs them: by `decoder`'s pool
+    while the network goes on with other files, or here when there is no `decoder`."""
     rule = early_exit if vote == "soft" else None
     waiting: deque[_Track] = deque()  # files read but not yet yielded, in order
     todo: deque[tuple[_Track, int]] = deque()  # (file, sub-track) not yet through the network
+    asked: list[tuple[_Track, Future]] = []  # files whose other sub-tracks are being decoded
+
+    def queue(t: _Track) -> None:
+        new = t.advance(rule)
+        if t.first is not None and any(i in t.missing for _, i in new):  # not decoded yet
+            t.deferred = new
+            asked.append((t, decoder.rest(t.first) if decoder is not None
+                          else _done(prepare_rest(t.first, net.card.audio))))
+        else:
+            todo.extend(new)
+
+    def take_rests(block: bool) -> None:
+        ready = [a for a in asked if a[1].done()] or (asked[:1] if block else [])
+        for t, fut in ready:
+            asked.remove((t, fut))
+            rest = decoder.rest_result(fut, t.first) if decoder is not None else fut.result()
+            if t.take_rest(rest):
+                todo.extend(t.deferred)
+            else:  # another plan (a silent sub-track was replaced): the track starts over
+                queue(t)
+            t.deferred = []
 
     def compute(final: bool) -> None:
         while len(todo) >= batch_segments or (final and todo):
@@ -111,7 +135,7 @@ def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
                 t.probs[i] = row
                 t.pending -= 1
                 if t.pending == 0:
-                    todo.extend(t.advance(rule))
+                    queue(t)
 
     def emit() -> Iterator[TrackResult]:
         while waiting and waiting[0].finished:
@@ -124,25 +148,61 @@ def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
     for p in prepared:
         t = _Track(p, len(net.labels), rule)
         waiting.append(t)
-        todo.extend(t.advance(rule))
+        queue(t)
+        # files behind one whose rest is still decoding wait in memory: a bounded number of them
+        take_rests(block=len(waiting) > _MAX_WAITING)
         compute(final=False)
         yield from emit()
-    compute(final=True)
+    while todo or asked:
+        take_rests(block=len(todo) < batch_segments)
+        compute(final=not asked)
+        yield from emit()
     yield from emit()
+
+
+#: At most this many files wait for the one at the head of the output to be done (about 2 MB each).
+_MAX_WAITING = 32
+
+
+def _done(value: Prepared) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
 
 
 class _Track:
     """One file in `run_model`: its sub-tracks, their probabilities so far, what is queued."""
 
     def __init__(self, p: Prepared, n_labels: int, rule: EarlyExit | None) -> None:
-        self.path, self.waves, self.error = p.path, p.waves, p.error
-        n = 0 if p.waves is None else int(p.waves.shape[0])
+        self.path, self.n_labels, self.rule = p.path, n_labels, rule
+        self.deferred: list[tuple[_Track, int]] = []  # queued once the rest is decoded
+        self.load(p)
+
+    def load(self, p: Prepared) -> None:
+        """Start over with the sub-tracks of `p` (all of them, or its first ones: `p.rows`)."""
+        self.waves, self.error = p.waves, p.error
+        self.first = p if p.missing else None  # what decoding the rest starts from
+        self.missing = set(p.missing)
+        if p.waves is not None and p.rows is not None:
+            self.waves = np.zeros((len(p.offsets), p.waves.shape[1]), dtype=np.float32)
+            self.waves[list(p.rows)] = p.waves
+        n = 0 if self.waves is None else int(self.waves.shape[0])
         self.n = n
-        self.order = rule.order(n) if rule and n else list(range(n))
-        self.probs = np.zeros((n, n_labels), dtype=np.float32)
+        self.order = self.rule.order(n) if self.rule and n else list(range(n))
+        self.probs = np.zeros((n, self.n_labels), dtype=np.float32)
         self.queued = 0  # sub-tracks (a prefix of `order`) queued or done
         self.pending = 0  # of those, not through the network yet
         self.finished = n == 0
+
+    def take_rest(self, rest: Prepared) -> bool:
+        """Add the rest of the sub-tracks (True), or start over from `rest` when it is another
+        plan or an error (False)."""
+        if rest.waves is not None and rest.rows is not None:
+            self.waves[list(rest.rows)] = rest.waves
+            self.first, self.missing = None, set()
+            return True
+        self.load(rest)
+        return False
 
     @property
     def ran(self) -> list[int]:
@@ -165,9 +225,14 @@ class _Track:
 _END = object()
 
 
-def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
-                   prefetch: int | None = None, overlap: bool = True) -> Iterator[Prepared]:
-    """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight.
+class DecodeStream:
+    """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight;
+    and, on request, the rest of a file prepared with only its first sub-tracks.
+
+    Iterate it for the `Prepared` files. With `early_exit`, a file's sub-tracks the rule
+    looks at first are decoded, the others only when `rest` is asked for (`run_model`
+    asks for a track whose vote is not decided by its first ones): the same pool decodes
+    them while the network goes on with other files.
 
     With jobs > 1 the files are decoded by a pool of `jobs` loky worker
     processes (joblib's reusable executor, so a second call reuses warm
@@ -190,55 +255,94 @@ def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | No
     a fresh pool, and becomes an error result only if that fails too; the
     other files in flight are resubmitted.
     """
-    if jobs <= 1:
-        for p in paths:
-            yield prepare_file(p, params, segments)
-        return
-    prefetch = max(prefetch or 4 * jobs, 16)
-    window: deque[tuple[str, Future]] = deque()
-    it = iter(paths)
-    executor = _executor(jobs)
 
-    def submit() -> bool:
-        nonlocal executor
-        path = next(it, _END)
-        if path is _END:  # not None: None is an input (whose result says it is not a path)
-            return False
-        try:
-            fut = executor.submit(prepare_file, path, params, segments)
-        except Exception:  # the pool broke since the last submission: start a fresh one
-            executor = _executor(jobs)
-            fut = executor.submit(prepare_file, path, params, segments)
-        window.append((path, fut))
-        return True
+    def __init__(self, paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
+                 prefetch: int | None = None, overlap: bool = True, early_exit: EarlyExit | None = None) -> None:
+        self.paths, self.params, self.segments, self.jobs = paths, params, segments, jobs
+        self.prefetch = max(prefetch or 4 * jobs, 16)
+        self.overlap = overlap
+        self.early_exit = early_exit
 
-    def fill() -> None:
-        while len(window) < prefetch and submit():
-            pass
-        if not overlap:  # the round decodes while the consumer waits
-            watched(lambda t: _all_done([f for _, f in window], t), executor)
+    def _prepare(self, path: str) -> Prepared:
+        return prepare_file(path, self.params, self.segments, self.early_exit)
 
-    try:
-        while True:
-            if not window:
-                fill()
-                if not window:
-                    break
-            path, fut = window.popleft()
+    def __iter__(self) -> Iterator[Prepared]:
+        if self.jobs <= 1:
+            for p in self.paths:
+                yield self._prepare(p)
+            return
+        jobs, params, segments, early_exit = self.jobs, self.params, self.segments, self.early_exit
+        window: deque[tuple[str, Future]] = deque()
+        it = iter(self.paths)
+        executor = _executor(jobs)
+
+        def submit() -> bool:
+            nonlocal executor
+            path = next(it, _END)
+            if path is _END:  # not None: None is an input (whose result says it is not a path)
+                return False
             try:
-                result = watched(fut.result, executor)
-            except Exception:  # the pool broke: prepare_file itself never raises
-                result = _retry_alone(path, params, segments, jobs)
+                fut = executor.submit(prepare_file, path, params, segments, early_exit)
+            except Exception:  # the pool broke since the last submission: start a fresh one
                 executor = _executor(jobs)
-                window = deque((p, f) if f.done() and f.exception() is None
-                               else (p, executor.submit(prepare_file, p, params, segments))
-                               for p, f in window)
-            if overlap:
-                submit()  # keep the workers busy while the consumer runs the model
-            yield result
-    finally:
-        for _, fut in window:  # consumer stopped early (or interrupted)
-            fut.cancel()
+                fut = executor.submit(prepare_file, path, params, segments, early_exit)
+            window.append((path, fut))
+            return True
+
+        def fill() -> None:
+            while len(window) < self.prefetch and submit():
+                pass
+            if not self.overlap:  # the round decodes while the consumer waits
+                watched(lambda t: _all_done([f for _, f in window], t), executor)
+
+        try:
+            while True:
+                if not window:
+                    fill()
+                    if not window:
+                        break
+                path, fut = window.popleft()
+                try:
+                    result = watched(fut.result, executor)
+                except Exception:  # the pool broke: prepare_file itself never raises
+                    result = _retry_alone(jobs, prepare_file, path, params, segments, early_exit)
+                    executor = _executor(jobs)
+                    window = deque((p, f) if f.done() and f.exception() is None
+                                   else (p, executor.submit(prepare_file, p, params, segments, early_exit))
+                                   for p, f in window)
+                if self.overlap:
+                    submit()  # keep the workers busy while the consumer runs the model
+                yield result
+        finally:
+            for _, fut in window:  # consumer stopped early (or interrupted)
+                fut.cancel()
+
+    def rest(self, first: Prepared) -> Future:
+        """Start decoding the sub-tracks `first` lacks (`prepare_rest`); `rest_result` takes them."""
+        if self.jobs <= 1:
+            return _done(prepare_rest(first, self.params))
+        try:
+            return _executor(self.jobs).submit(prepare_rest, first, self.params)
+        except Exception:  # a broken pool: rest_result decodes it again on a fresh one
+            fut: Future = Future()
+            fut.set_exception(RuntimeError("the decoding pool broke"))
+            return fut
+
+    def rest_result(self, fut: Future, first: Prepared) -> Prepared:
+        """What `rest` started; decoded again on a fresh pool if a worker died under it."""
+        if self.jobs <= 1:
+            return fut.result()
+        try:
+            return watched(fut.result, _executor(self.jobs))
+        except Exception:  # the pool broke: prepare_rest itself never raises
+            return _retry_alone(self.jobs, prepare_rest, first, self.params)
+
+
+def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
+                   prefetch: int | None = None, overlap: bool = True,
+                   early_exit: EarlyExit | None = None) -> DecodeStream:
+    """The files of `paths` decoded in input order (see `DecodeStream`)."""
+    return DecodeStream(paths, params, segments, jobs, prefetch, overlap, early_exit)
 
 
 #: How often a wait on the decoding pool looks for a worker that died without the pool noticing.
@@ -305,11 +409,14 @@ def _executor(jobs: int):
     return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
 
-def _retry_alone(path: str, params: AudioParams, segments: int | None, jobs: int) -> Prepared:
+def _retry_alone(jobs: int, fn, first, *args) -> Prepared:
+    """`fn(first, *args)` (a decoding step that never raises) on a fresh pool; an error result
+    if the decoder crashes again."""
     try:
         executor = _executor(jobs)
-        return watched(executor.submit(prepare_file, path, params, segments).result, executor)
+        return watched(executor.submit(fn, first, *args).result, executor)
     except Exception as e:
+        path = first.path if isinstance(first, Prepared) else first
         return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
 
 
@@ -360,6 +467,8 @@ def classify(
     """
     net = model
     tune_for_inference(net)
+    rule = early_exit if segments is None else None
+    decoder: DecodeStream | None = None
     if batch_segments is None:
         batch_segments = default_batch_segments(net)
     if isinstance(inputs, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(inputs, Iterable):
@@ -370,8 +479,9 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
-        prepared = prepare_stream(inputs, net.card.audio, segments, jobs, overlap=_streams())
-    results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
+        prepared = decoder = prepare_stream(inputs, net.card.audio, segments, jobs, overlap=_streams(),
+                                            early_exit=rule if vote == "soft" else None)
+    results = run_model(prepared, net, vote, batch_segments, rule, decoder)
     if net.device.type != "cpu":
         yield from results
         return
