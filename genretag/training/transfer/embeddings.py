@@ -68,11 +68,11 @@ def as_stored(net: torch.nn.Module, half: bool) -> torch.nn.Module:
 
 def load_tagger(cfg: TransferConfig, device) -> tuple[M.MusicnnTagger, ModelCard]:
     """The ``--base-model`` tagger (at ``cfg.freq_stride``, weights as they will be stored) and its card."""
-    ln = load_net(cfg.base_model, "cpu")
-    if ln.card.architecture.get("name") != "musicnn":
-        raise ValueError(f"--base-model must be a musicnn tagger card, not {ln.card.architecture.get('name')!r}")
-    ln.net.set_freq_stride(cfg.freq_stride)
-    return as_stored(ln.net, cfg.half_weights).to(device).eval(), ln.card
+    model = load_net(cfg.base_model, "cpu")
+    if model.card.architecture.get("name") != "musicnn":
+        raise ValueError(f"--base-model must be a musicnn tagger card, not {model.card.architecture.get('name')!r}")
+    model.net.set_freq_stride(cfg.freq_stride)
+    return as_stored(model.net, cfg.half_weights).to(device).eval(), model.card
 
 
 @dataclass(frozen=True)

@@ -119,10 +119,10 @@ class _FinetuneStart:
 def _finetune_start(cfg: TransferConfig, note: Callable[[str], None]) -> _FinetuneStart:
     """The head to fine-tune: the --from-head model, or one trained now on frozen embeddings."""
     if cfg.from_head:
-        ln = load_net(cfg.from_head, "cpu")
-        if ln.card.architecture.get("name") != "musicnn-transfer":
-            raise ValueError(f"--from-head must be a musicnn-transfer model, not {ln.card.architecture.get('name')!r}")
-        net, start_card = ln.net, ln.card
+        model = load_net(cfg.from_head, "cpu")
+        if model.card.architecture.get("name") != "musicnn-transfer":
+            raise ValueError(f"--from-head must be a musicnn-transfer model, not {model.card.architecture.get('name')!r}")
+        net, start_card = model.net, model.card
         cfg = replace(cfg, freq_stride=int(start_card.architecture.get("freq_stride", 1)))
         data = load_data(cfg, start_card.audio.sample_rate)
         if data.labels != start_card.labels:

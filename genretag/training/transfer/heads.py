@@ -20,6 +20,8 @@ from genretag.training.transfer.scores import split_rows
 
 @dataclass
 class HeadResult:
+    """One grid cell's best head: its settings, valid score and epoch, and its weights."""
+
     pooling: str
     hidden: int
     weight_decay: float
