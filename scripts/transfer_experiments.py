@@ -90,7 +90,7 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
     ``NAME:tags+all`` the tag logits beside the usual pooled embeddings.
 
     ``copies``: the training rows also hold that many library versions of every training item
-    (``transfer.augmented_embeddings``, as ``transfer --augment-copies``); each training subset's
+    (``transfer.Embedder.augmented``, as ``transfer --augment-copies``); each training subset's
     labels, one per item and version, are under ``y_<subset>``.
     ``valid_library``: library versions K of the valid items, under ``valid@K`` and
     ``valid_excerpts@K``, scored beside the clean valid items and never trained on.
@@ -102,16 +102,17 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
     name, _, what = spec.partition(":")
     card = load_card(REPO / "models" / f"{name}.json")
     net = T.as_stored(M.load_musicnn(REPO / "models" / card.weights), half=True)
+    embedder = T.Embedder(net, card, "cpu", log)
 
     def padded(d: T.Data, subset: str) -> dict:
-        return T.cached_embeddings(d, subset, net, card, "cpu", note=log)
+        return embedder.cached(d, subset)
 
     def versions(subset: str) -> list[T.Data]:
-        """The clean audio and library versions 0..copies-1, in augmented_embeddings' order."""
+        """The clean audio and library versions 0..copies-1, in Embedder.augmented's order."""
         return [data] + [T.library_data(data, [subset], k, log) for k in range(max(0, copies))]
 
     def numbered(embs: list[dict], n: int) -> dict:
-        """Version j's rows numbered as augmented_embeddings numbers its items (j * n + item)."""
+        """Version j's rows numbered as Embedder.augmented numbers its items (j * n + item)."""
         return {key: np.concatenate([e[key] + j * n if key == "track" else e[key] for j, e in enumerate(embs)])
                 for key in embs[0]}
 
@@ -125,8 +126,7 @@ def trunk_embeddings(data: T.Data, spec: str, crops: int, copies: int = 0, valid
             out[subset] = numbered([tiled(d, subset) for d in versions(subset)], len(data.parts[subset]))
             out[f"y_{subset}"] = np.tile(data.y(subset), 1 + max(0, copies))
         else:
-            out[subset], out[f"y_{subset}"] = T.augmented_embeddings(data, [subset], copies, net, card, "cpu",
-                                                                     dense=crops, note=log)
+            out[subset], out[f"y_{subset}"] = embedder.augmented(data, [subset], copies, dense=crops)
     if short:
         extra = numbered([T.extract_embeddings(net, short_crops(d, "train", card, short, seed=j), "cpu")
                           for j, d in enumerate(versions("train"))], len(data.parts["train"]))
@@ -229,7 +229,7 @@ def main() -> None:
             x = valid_x(trunk_set, k)
             if len(x) != len(va_track):  # a library version keeps its item's length and sub-track count
                 raise SystemExit(f"library version {k} of valid has {len(x)} sub-tracks, not {len(va_track)}")
-            out[str(k)] = scores(T._split_rows(predict(x, k), va_track, len(y_va)), y_va, n_va)
+            out[str(k)] = scores(T.split_rows(predict(x, k), va_track, len(y_va)), y_va, n_va)
         return {"library": out} if out else {}
 
     def lib_text(row: dict) -> str:
@@ -245,11 +245,11 @@ def main() -> None:
                 for wd in [float(w) for w in args.weight_decay.split(",")]:
                     t0 = time.time()
                     head, _, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]],
-                                                      T.HeadSpec(len(data.labels), hidden, wd), cfg,
-                                                      T.ValidRows(xva, va_track, y_va))
+                                                    spec=T.HeadSpec(len(data.labels), hidden, wd), cfg=cfg,
+                                                    valid=T.ValidRows(xva, va_track, y_va))
                     with torch.no_grad():
                         lv = head(torch.from_numpy(xva)).numpy()
-                    seg = T._split_rows(lv, va_track, len(y_va))
+                    seg = T.split_rows(lv, va_track, len(y_va))
                     with torch.no_grad():
                         on_lib = on_library(lambda x, _k, h=head: h(torch.from_numpy(x)).numpy(), combo)
                     row = {"trunks": list(combo), "extra_repeat": rep, "hidden": hidden, "weight_decay": wd,
@@ -275,7 +275,7 @@ def main() -> None:
             for combo, seg in best_logits.items():
                 head_lg = np.concatenate(seg)
                 for w in (0.25, 0.5, 1.0, 2.0):
-                    blend = T._split_rows(head_lg + w * zlog, va_track, len(y_va))
+                    blend = T.split_rows(head_lg + w * zlog, va_track, len(y_va))
 
                     def blended(x, k, h=best_heads[combo], m=mname, w=w):
                         with torch.no_grad():
@@ -299,15 +299,16 @@ def main() -> None:
                 for hidden in [int(h) for h in args.hidden.split(",")]:
                     for wd in [float(x) for x in args.weight_decay.split(",")]:
                         head, _, nll, ep = T.train_head(xtr[idx], y_tr_tracks[tr_track[idx]],
-                                                          T.HeadSpec(len(data.labels), hidden, wd), cfg,
-                                                          T.ValidRows(xva, va_track, y_va, zva), offset=ztr[idx])
+                                                        spec=T.HeadSpec(len(data.labels), hidden, wd), cfg=cfg,
+                                                        valid=T.ValidRows(xva, va_track, y_va, zva),
+                                                        offset=ztr[idx])
                         with torch.no_grad():
                             lv = head(torch.from_numpy(xva)).numpy() + zva
                             on_lib = on_library(lambda x, k, h=head, m=mname, w=w: h(torch.from_numpy(x)).numpy()
                                                 + T.prior_offset(valid_tags(msd, k), data.labels, m, w), (msd,))
                         row = {"trunks": [msd], "trained_prior": mname, "weight": w, "extra_repeat": rep,
                                "hidden": hidden, "weight_decay": wd, "epoch": ep, "valid_nll": nll,
-                               **scores(T._split_rows(lv, va_track, len(y_va)), y_va, n_va), **on_lib}
+                               **scores(T.split_rows(lv, va_track, len(y_va)), y_va, n_va), **on_lib}
                         rows.append(row)
                         log(f"trained prior {mname:<6} x{w:<4g} rep {rep} h {hidden:<3} wd {wd:<4g} ep {ep:<2} "
                             f"tracks {row['valid_tracks']:.1%} excerpts {row['valid_excerpts']:.1%} "

@@ -297,9 +297,9 @@ def test_a_head_trained_on_an_offset_is_scored_with_it() -> None:
     track = np.arange(len(y_va))
     cfg = T.TransferConfig(head_epochs=10)
     spec = T.HeadSpec(n_classes, 0, 0.01)
-    _, acc_plain, _, _ = T.train_head(xtr, ytr, spec, cfg, T.ValidRows(x_va, track, y_va))
+    _, acc_plain, _, _ = T.train_head(xtr, ytr, spec=spec, cfg=cfg, valid=T.ValidRows(x_va, track, y_va))
     prior = 10.0 * np.eye(n_classes, dtype=np.float32)
-    head, acc, nll, _ = T.train_head(xtr, ytr, spec, cfg, T.ValidRows(x_va, track, y_va, prior[y_va]),
+    head, acc, nll, _ = T.train_head(xtr, ytr, spec=spec, cfg=cfg, valid=T.ValidRows(x_va, track, y_va, prior[y_va]),
                                      offset=prior[ytr])
     assert acc == 1.0 and nll < 0.01
     assert acc_plain < 0.9
@@ -361,7 +361,7 @@ def test_an_offset_of_the_wrong_shape_is_refused() -> None:
     x = np.zeros((6, 4), np.float32)
     y = np.arange(6) % 3
     with pytest.raises(ValueError, match="one row of 3 logits per training row"):
-        T.train_head(x, y, T.HeadSpec(3, 0, 0.01), T.TransferConfig(head_epochs=5), offset=np.zeros((5, 3)))
+        T.train_head(x, y, spec=T.HeadSpec(3, 0, 0.01), cfg=T.TransferConfig(head_epochs=5), offset=np.zeros((5, 3)))
 
 
 def test_the_experiments_scripts_short_crops_and_tiled_excerpts_are_cut_as_described(data) -> None:

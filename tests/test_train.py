@@ -376,7 +376,7 @@ def test_a_failing_trial_stops_tune_with_one_line_and_spends_no_trial(tiny_gtzan
 
     monkeypatch.setattr(tuning, "train", fails_with(AudioError("blues/blues.00003.wav: cannot decode")))
     with pytest.raises(AudioError) as e:  # a genretag error keeps its class and exit code
-        tuning.tune(base, 2, storage, out=out)
+        tuning.tune(base, 2, storage=storage, out=out)
     assert str(e.value) == "trial 0: blues/blues.00003.wav: cannot decode" and e.value.exit_code == 1
     assert states() == ["FAIL"]  # the study stopped at the first failure
     err = capfd.readouterr().err
@@ -384,7 +384,7 @@ def test_a_failing_trial_stops_tune_with_one_line_and_spends_no_trial(tiny_gtzan
 
     monkeypatch.setattr(tuning, "train", fails_with(ValueError("no training tracks in this split")))
     with pytest.raises(GenretagError) as e:  # what `genretag train` makes a usage error
-        tuning.tune(base, 2, storage, out=out)
+        tuning.tune(base, 2, storage=storage, out=out)
     assert str(e.value) == "trial 1 failed: no training tracks in this split" and e.value.exit_code == 2
     assert isinstance(e.value.__cause__, ValueError)
 
@@ -396,7 +396,7 @@ def test_a_failing_trial_stops_tune_with_one_line_and_spends_no_trial(tiny_gtzan
     assert states() == ["FAIL"] * 3
 
     monkeypatch.setattr(tuning, "train", real_train)
-    res = tuning.tune(base, 2, storage, out=out)
+    res = tuning.tune(base, 2, storage=storage, out=out)
     assert len(states()) == 5 and set(states()[3:]) <= {"COMPLETE", "PRUNED"}  # two trials on top of the failed
     assert res["trials"] == 5 and json.loads((out / "best_params.json").read_text()).keys() == SEARCHED
     assert "Traceback" not in capfd.readouterr().err

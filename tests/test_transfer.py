@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from genretag.nets import musicnn as M
 from genretag.nets.cnn import build_net
 from genretag.store.card import AudioParams, MelParams, ModelCard, load_card
-from genretag.store.load import _adapt, load_net, save_model
+from genretag.store.load import load_net, save_model
 
 SR = 16000
 GENRES = ("clicks", "noise", "tones")
@@ -134,7 +134,7 @@ def test_classify_cli_with_transfer_model(head_model: Path, dataset: Path) -> No
 
 
 def test_ensemble_is_the_mean_of_its_members(head_model: Path, tmp_path: Path) -> None:
-    from genretag.training.transfer import make_ensemble
+    from genretag.training.transfer import adapt_waves, make_ensemble
 
     other = ModelCard(name="tiny-resnet", labels=list(GENRES),
                       architecture={"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16],
@@ -148,7 +148,7 @@ def test_ensemble_is_the_mean_of_its_members(head_model: Path, tmp_path: Path) -
     ens = load_net(ens_path, "cpu")
     members = [load_net(head_model, "cpu"), load_net(other_path, "cpu")]
     x = np.random.default_rng(1).standard_normal((3, M.SEGMENT_SAMPLES)).astype(np.float32) * 0.1
-    want = np.mean([m.predict(_adapt(x, ens_card, m.card)) for m in members], axis=0)
+    want = np.mean([m.predict(adapt_waves(x, ens_card, m.card)) for m in members], axis=0)
     got = ens.predict(x)
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
@@ -258,3 +258,39 @@ def test_head_bag_and_library_copies_with_refit(dataset: Path, tmp_path: Path, m
     with torch.inference_mode():
         want = torch.softmax(net(torch.from_numpy(y[None, :M.SEGMENT_SAMPLES])) / card.temperature, 1).numpy()
     np.testing.assert_allclose(ln.predict(y[None, :M.SEGMENT_SAMPLES]), want, atol=2e-3)
+
+
+def test_the_experiments_script_uses_only_public_names_of_the_package() -> None:
+    """scripts/transfer_experiments.py reads the transfer package through its public names: no
+    ``T._name`` and no ``from genretag... import _name``, so the package may move its private helpers."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "scripts" / "transfer_experiments.py").read_text())
+    private = [f"{n.value.id}.{n.attr}" for n in ast.walk(tree)
+               if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "T"
+               and n.attr.startswith("_")]
+    private += [f"{n.module}.{a.name}" for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("genretag")
+                for a in n.names if a.name.startswith("_")]
+    assert private == []
+    from genretag.training import transfer as T
+
+    used = {n.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "T"}
+    assert used and used <= set(T.__all__)
+
+
+def test_the_package_names_its_many_parameters_by_keyword() -> None:
+    """Past the first two, the parameters of train_head and the card helpers are keyword-only: a
+    positional call (the order that used to work) is refused instead of read in the wrong order."""
+    from genretag.training import transfer as T
+
+    x = np.zeros((6, 4), np.float32)
+    y = np.arange(6) % 3
+    with pytest.raises(TypeError):
+        T.train_head(x, y, T.HeadSpec(3, 0, 0.01), T.TransferConfig(head_epochs=5))
+    head, acc, nll, epoch = T.train_head(x, y, spec=T.HeadSpec(3, 0, 0.01), cfg=T.TransferConfig(head_epochs=5),
+                                         stop_epoch=2)
+    assert epoch == 2 and np.isnan(acc) and np.isnan(nll)
+    with pytest.raises(TypeError):
+        T.transfer_card(T.TransferConfig(), load_net("msd-musicnn", "cpu").card, list(GENRES), "all", 0, False)

@@ -105,7 +105,7 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
         if cache is not None:
             cache.close()
     rep = {"layout": layout, "source": source, "subset": subset or "", "models": [net.card.name],
-           **ev.labelled_report(items, results, net.labels, threshold, threshold_source)}
+           **ev.labelled_report(items, results, labels=net.labels, threshold=threshold, source=threshold_source)}
     print_labelled(rep)
     write_outputs(rep, json_out, plot, f"{net.card.name} on {source}" + (f" ({subset})" if subset else ""))
     if rep["n_errors"] or unreadable:

@@ -360,7 +360,7 @@ def tune_cmd(
                        steps_per_epoch=steps_per_epoch, device=getattr(device, "value", device), jobs=jobs,
                        patience=max(3, epochs // 3), widths=[] if arch == "cnn1d" else TrainConfig().widths)
     try:
-        res = tune(base, trials, storage, study_name, out, on_note=info)
+        res = tune(base, trials, storage=storage, study_name=study_name, out=out, on_note=info)
     except ValueError as e:
         fail(str(e), 2)
     info(f"best valid accuracy {res['best_value']:.1%} after {res['trials']} trials")

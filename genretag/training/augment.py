@@ -54,7 +54,7 @@ def _one_pole(x: np.ndarray, coef_up: float, coef_down: float) -> np.ndarray:
     return out
 
 
-def compress(y: np.ndarray, sr: int, threshold_db: float = -20.0, ratio: float = 4.0, knee_db: float = 6.0,
+def compress(y: np.ndarray, sr: int, *, threshold_db: float = -20.0, ratio: float = 4.0, knee_db: float = 6.0,
              attack_ms: float = 10.0, release_ms: float = 150.0, target_db: float | None = -11.0,
              ceiling_db: float = -1.0) -> np.ndarray:
     """Soft-knee compression, then make-up gain into a peak limiter until the output is at ``target_db`` RMS.
@@ -87,11 +87,11 @@ def compress(y: np.ndarray, sr: int, threshold_db: float = -20.0, ratio: float =
     g = 10 ** (-np.interp(np.arange(len(y)), centres, reduction) / 20)
     out = y * g.astype(np.float32)
     if target_db is None:
-        return limit(out, sr, ceiling_db)
+        return limit(out, sr, ceiling_db=ceiling_db)
     # make-up gain into the limiter until the *limited* signal sits at the target level
     gain_db = target_db - rms_db(out)
     for _ in range(4):
-        res = limit(out * np.float32(10 ** (gain_db / 20)), sr, ceiling_db)
+        res = limit(out * np.float32(10 ** (gain_db / 20)), sr, ceiling_db=ceiling_db)
         miss = target_db - rms_db(res)
         if abs(miss) < 0.25:
             break
@@ -99,7 +99,7 @@ def compress(y: np.ndarray, sr: int, threshold_db: float = -20.0, ratio: float =
     return res
 
 
-def limit(y: np.ndarray, sr: int, ceiling_db: float = -1.0, lookahead_ms: float = 5.0,
+def limit(y: np.ndarray, sr: int, *, ceiling_db: float = -1.0, lookahead_ms: float = 5.0,
           release_ms: float = 50.0) -> np.ndarray:
     """Look-ahead peak limiter: no sample above ``ceiling_db`` (a hard clip catches what smoothing misses)."""
     from scipy.ndimage import maximum_filter1d, uniform_filter1d
@@ -111,7 +111,7 @@ def limit(y: np.ndarray, sr: int, ceiling_db: float = -1.0, lookahead_ms: float 
     return np.clip(y * g.astype(np.float32), -ceiling, ceiling).astype(np.float32)
 
 
-def tilt(y: np.ndarray, sr: int, db_per_decade: float, pivot_hz: float = 1000.0,
+def tilt(y: np.ndarray, sr: int, db_per_decade: float, *, pivot_hz: float = 1000.0,
          max_gain_db: float = 9.0) -> np.ndarray:
     """Spectral tilt: gain ``db_per_decade * log10(f / pivot_hz)``, clamped to +-``max_gain_db``.
 
@@ -241,7 +241,7 @@ def parse_variant(variant: str) -> int | None:
     return k
 
 
-def library_cache(tracks: list, source, copy: int, root=None, progress=None):
+def library_cache(tracks: list, source, copy: int, *, root=None, progress=None):
     """A WaveCache of the ``copy``-th library version of ``tracks``, made from the decoded ``source`` cache.
 
     Stored beside the other decoded caches (``<cache>/features/<key>``) and reused while

@@ -96,7 +96,7 @@ def calibrate_temperature(seg_logits: list[np.ndarray], y: np.ndarray) -> float:
 class CropSampler:
     """Draws random sub-track crops from training tracks, balanced across genres."""
 
-    def __init__(self, tracks: list[Track], labels: list[str], caches: list[WaveCache],
+    def __init__(self, tracks: list[Track], labels: list[str], *, caches: list[WaveCache],
                  seg_samples: int, balance: bool, offline_p: float, rng: np.random.Generator) -> None:
         self.tracks, self.caches, self.seg = tracks, caches, seg_samples
         self.offline_p, self.rng = offline_p, rng
@@ -134,7 +134,7 @@ def augment_waves(x: np.ndarray, gain_db: float, noise_snr_db: float, rng: np.ra
     return x.astype(np.float32)
 
 
-def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator,
+def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float, rng: np.random.Generator,
           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each example (and its soft target) with another of the batch, weight ~ Beta(alpha, alpha); 0: off."""
     if alpha <= 0:

@@ -174,7 +174,7 @@ def augment_offline(y: np.ndarray, sr: int, variant: str) -> np.ndarray:
     raise ValueError(f"unknown offline augmentation {variant!r}")
 
 
-def wave_cache(tracks: list[Track], sample_rate: int, variant: str = "orig", jobs: int = 1,
+def wave_cache(tracks: list[Track], sample_rate: int, *, variant: str = "orig", jobs: int = 1,
                root: Path | None = None, progress=None) -> WaveCache:
     """Decode `tracks` once into a memory-mapped cache (reused while the files are unchanged)."""
     root = root or cache_dir() / "features"

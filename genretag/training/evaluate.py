@@ -47,7 +47,7 @@ def track_segments(cache: WaveCache, i: int, seg_samples: int, max_segments: int
         return read(plan_segments(len(y) / sr, seg_samples / sr, max_segments))
 
 
-def predict_tracks(nets: list[LoadedNet], tracks: list[Track], cache: WaveCache | None = None,
+def predict_tracks(nets: list[LoadedNet], tracks: list[Track], *, cache: WaveCache | None = None,
                    max_segments: int | None = None, batch: int = 64, progress=None,
                    logits: bool = False) -> Predictions:
     """Run every model over every track's sub-tracks; average the models' probabilities."""
@@ -104,7 +104,7 @@ def tag_threshold(card) -> tuple[float, str]:
     return DEFAULT_MIN_CONFIDENCE, "genretag default"
 
 
-def add_coverage(rep: dict, conf: np.ndarray, right: np.ndarray, in_labels: np.ndarray,
+def add_coverage(rep: dict, conf: np.ndarray, *, right: np.ndarray, in_labels: np.ndarray,
                  threshold: float, source: str) -> dict:
     """Add the precision/coverage curve (`curve`), the point at `threshold` (`at_threshold`) and the
     abstentions there to a report; returns it."""
@@ -126,10 +126,11 @@ def gtzan_coverage(rep: dict, pred: Predictions, threshold: float, source: str) 
     conf = soft.max(axis=1) if len(soft) else np.zeros(0)
     right = soft.argmax(axis=1) == pred.y_true() if len(soft) else np.zeros(0, dtype=bool)
     rep["accuracy"].setdefault("top1", rep["accuracy"]["soft"])
-    return add_coverage(rep, conf, right, np.ones(len(conf), dtype=bool), threshold, source)
+    return add_coverage(rep, conf, right=right, in_labels=np.ones(len(conf), dtype=bool), threshold=threshold,
+                        source=source)
 
 
-def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[str], threshold: float,
+def labelled_report(items: Sequence[Labelled], results: Sequence, *, labels: list[str], threshold: float,
                     source: str = "") -> dict:
     """All metrics of one run over labelled files (`results`: their TrackResults, in the same order), JSON-ready.
 
@@ -194,7 +195,8 @@ def labelled_report(items: Sequence[Labelled], results: Sequence, labels: list[s
         "confusion_outside": outside_row.tolist(),
         "ece": metrics.ece(np.array(probs), y_arr) if len(y) else 0.0,
     }
-    add_coverage(rep, np.array(conf), np.array(right, dtype=bool), np.array(in_labels, dtype=bool), threshold, source)
+    add_coverage(rep, np.array(conf), right=np.array(right, dtype=bool), in_labels=np.array(in_labels, dtype=bool),
+                 threshold=threshold, source=source)
     for lab in labels:  # what `tag` would write of each genre at the threshold, and how much of it is right
         w = per_written[lab]
         rep["per_class"][lab]["at_threshold"] = {"written": w, "right": per_right[lab],

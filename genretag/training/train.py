@@ -101,7 +101,7 @@ def make_card(cfg: TrainConfig, labels: list[str]) -> ModelCard:
     )
 
 
-def spec_augment(x: torch.Tensor, gen: torch.Generator, n_freq: int = 2, f_max: int = 15,
+def spec_augment(x: torch.Tensor, gen: torch.Generator, *, n_freq: int = 2, f_max: int = 15,
                  n_time: int = 2, t_max: int = 20) -> torch.Tensor:
     """Mask random mel bands and frames (Park et al. 2019), filling with each example's mean."""
     b, _, nm, nt = x.shape
@@ -169,7 +169,7 @@ class _Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, resume: bool = False,
+def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Callable[[int, int, float], None] | None = None,
           on_epoch: Callable[[EpochLog], None] | None = None,
           on_note: Callable[[str], None] | None = None) -> Path:
@@ -190,8 +190,9 @@ def train(cfg: TrainConfig, resume: bool = False,
     card = make_card(cfg, data.labels)
     net = build_net(card).to(device)
     note(f"{cfg.arch} with {count_parameters(net):,} parameters on {device.type}")
-    sampler = common.CropSampler(data.train, data.labels, _train_caches(cfg, data.train, note),
-                                 card.audio.segment_samples, cfg.balance, cfg.aug_offline_p, rng)
+    sampler = common.CropSampler(data.train, data.labels, caches=_train_caches(cfg, data.train, note),
+                                 seg_samples=card.audio.segment_samples, balance=cfg.balance,
+                                 offline_p=cfg.aug_offline_p, rng=rng)
     valid_cache = wave_cache(data.valid, cfg.sample_rate, jobs=cfg.jobs) if data.valid else None
     steps = cfg.steps_per_epoch or max(1, math.ceil(8 * len(data.train) / cfg.batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -281,7 +282,7 @@ def _train_epoch(net, sampler: common.CropSampler, opt, sched, cfg: TrainConfig,
         xb, yb = sampler.batch(cfg.batch_size)
         x = torch.from_numpy(common.augment_waves(xb, cfg.aug_gain_db, cfg.aug_noise_snr_db, rng)).to(device)
         y = torch.from_numpy(yb).long().to(device)
-        x, target = common.mixup(x, F.one_hot(y, n_classes).float(), cfg.aug_mixup, rng, gen)
+        x, target = common.mixup(x, F.one_hot(y, n_classes).float(), alpha=cfg.aug_mixup, rng=rng, gen=gen)
         logits = net(x, spec_transform=sa)
         loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)

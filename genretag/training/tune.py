@@ -69,7 +69,7 @@ def trial_error(number: int, exc: Exception) -> GenretagError:
 SPENT = ("COMPLETE", "PRUNED")
 
 
-def tune(base: TrainConfig, trials: int, storage: str, study_name: str = "genretag",
+def tune(base: TrainConfig, trials: int, *, storage: str, study_name: str = "genretag",
          out: str | Path = "runs/tune", on_note: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) a study of `trials` complete or pruned trials; write `<out>/best_params.json`
     (the searched fields of the best trial); return it.
