@@ -44,7 +44,7 @@ class TagFormat(str, Enum):
 def shown(path: str) -> str:
     """A path (or a genre) for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s
     output)."""
-    from genretag.tags.journal import printable_path
+    from genretag.fs import printable_path
 
     return printable_path(path)
 
@@ -52,7 +52,7 @@ def shown(path: str) -> str:
 def write_json_line(obj: dict) -> None:
     """One JSON line on stdout, valid UTF-8 whatever the file names: a name that is not UTF-8 is shown
     with \\xNN escapes in `path` and given exactly, in base64, in `path_bytes` (as `classify` does)."""
-    from genretag.tags.journal import path_bytes
+    from genretag.fs import path_bytes
 
     raw = path_bytes(obj.get("path", ""))
     if raw is not None:

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, open_regular
+from genretag.fs import lock_fd, path_bytes, printable_path
 from genretag.paths import data_dir
 from genretag.tags.fields import TagError, read_tags
 from genretag.tags.safe_write import WriteOutcome, cleanup_stray_temps, write_genres_safely
@@ -72,25 +73,6 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
     return entry
 
 
-def printable_path(path: str) -> str:
-    """`path` as valid UTF-8 text, each byte of the name that is not UTF-8 as `\\xNN` (for reading only;
-    the same form as `genretag.pipeline.output.printable_path`)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return path
-
-
-def path_bytes(path: str) -> str | None:
-    """The exact bytes of a file name that is not valid UTF-8, in base64 (None for a UTF-8 name)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return base64.b64encode(os.fsencode(path)).decode("ascii")
-    return None
-
-
 def _exact_path(e: dict) -> str | None:
     """Put the name `path_bytes` holds into `path`; why it cannot be done, or None."""
     raw = e.get("path_bytes")
@@ -120,12 +102,7 @@ def append_entry(journal: str | os.PathLike, entry: dict) -> None:
             raise OSError(errno.EINVAL, "not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass
+        lock_fd(fd)
         os.write(fd, line)
         os.fsync(fd)
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
 from genretag.errors import one_line
+from genretag.fs import fsync_dir, fsync_path, lock_fd
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form
@@ -218,7 +219,7 @@ def write_genres_safely(
         _copy_xattrs(path, tmp)
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _unchanged_since(path, st)
         outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
                                audio_after, before.id3v1_genre, before.raw, after.raw,
@@ -247,7 +248,7 @@ def write_genres_safely(
         if lock != -1:
             os.close(lock)
         os.close(writer)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
 
@@ -318,7 +319,7 @@ def _lock_target(path: Path) -> int:
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
         deadline = time.monotonic() + LOCK_WAIT
-        while not _flock(fd, blocking=False):
+        while not lock_fd(fd, blocking=False):
             if time.monotonic() >= deadline:
                 os.close(fd)
                 raise TagError(f"locked by another process for {LOCK_WAIT:g} s (a stopped or stalled genretag "
@@ -352,7 +353,7 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     n = 0
     lock = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _flock(lock, blocking=True)
+        lock_fd(lock)
         with open(src, "rb") as fin, open(dst, "r+b") as fout:
             while block := fin.read(1 << 20):
                 h.update(block)
@@ -362,21 +363,6 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
         os.close(lock)
         raise
     return f"{n}:{h.hexdigest()}", lock
-
-
-def _flock(fd: int, blocking: bool) -> bool:
-    """An exclusive lock on fd; False when another process holds it (True where flock does not exist)."""
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _owner_alive(pid: int) -> bool:
@@ -389,27 +375,6 @@ def _owner_alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
-
-
-def _fsync_path(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(p: Path) -> None:
@@ -446,7 +411,7 @@ def cleanup_stray_temps(folder: str | os.PathLike) -> list[Path]:
                 except OSError:
                     continue
                 try:
-                    if _flock(fd, blocking=False):
+                    if lock_fd(fd, blocking=False):
                         os.unlink(e.path)
                         removed.append(Path(e.path))
                 except OSError:
