@@ -116,7 +116,7 @@ def _tally(rows: list[ReviewRow], settings: ReportSettings) -> dict:
     return {"totals": totals, "now": now, "after": after, "pairs": pairs, "confidences": confidences}
 
 
-def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, matrix_rows: list[str],
+def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, *, matrix_rows: list[str],
               matrix_cols: list[str]) -> dict:
     """What the page's script gets: the rows (as arrays, folders and actions numbered) and the settings."""
     folders: list[list[str]] = []
@@ -206,7 +206,7 @@ def render(rows: list[ReviewRow], settings: ReportSettings, page_dir: str) -> st
         matrix_html, mrows, mcols = charts.matrix(t["pairs"])
     else:
         matrix_html, mrows, mcols = '<p class="muted">No file has a genre yet.</p>', [], []
-    data = page_data(rows, settings, page_dir, mrows, mcols)
+    data = page_data(rows, settings, page_dir, matrix_rows=mrows, matrix_cols=mcols)
     e = lambda s: escape(printable_path(str(s)), quote=True)  # noqa: E731
     cards = [("files", totals["files"], ""), ("written" if written else "would write", totals["write"], "write"),
              ("kept (already tagged)", totals["kept"], "kept"),

@@ -184,7 +184,7 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
     return list(values)
 
 
-def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
+def set_genres(path: str | os.PathLike, values: list[str], *, separator: str | None = None,
                id3v1_genre: int | None = None, raw: list[bytes] | None = None,
                drop_empty_tag: bool = False) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
