@@ -75,14 +75,14 @@ class GenreField:
 
 
 GENRE_FIELDS: dict[str, GenreField] = {
-    "mp3": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "mp3", t, v, r)),
-    "wav": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "wav", t, v, r)),
-    "aiff": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "aiff", t, v, r)),
+    "mp3": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "mp3", t, v, raw=r)),
+    "wav": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "wav", t, v, raw=r)),
+    "aiff": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "aiff", t, v, raw=r)),
     "flac": GenreField("Vorbis GENRE", False, vorbis.parse_flac_file, vorbis.write_flac_file),
     "ogg-vorbis": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, r)),
+                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, raw=r)),
     "ogg-opus": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, r)),
+                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, raw=r)),
     "mp4": GenreField("MP4 \xa9gen", False, lambda f, fmt: mp4.parse(f), mp4.write),
 }
 

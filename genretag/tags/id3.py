@@ -294,6 +294,8 @@ def _check_chunk_walk(f, root, fmt: str) -> None:
 
 @dataclass
 class Id3File:
+    """A file's ID3 tag and what sits beside it: what `fields.GENRE_FIELDS` parses an mp3, wav or aiff into."""
+
     tag: Id3Tag
     extra: list[bytes]  # what else the file's tags hold (ID3v1 but its genre byte; other IFF chunks)
     v1_at: int | None = None  # offset of an ID3v1 tag (mp3)
@@ -312,6 +314,8 @@ class Id3File:
 
 
 def parse_file(f, fmt: str) -> Id3File:
+    """The ID3 tag of the open file `f` (an empty v2.4 tag when it has none), and for an mp3 its ID3v1 tag
+    and APEv2 genre, for a wav or aiff its other chunks (and a wav's RIFF INFO genre)."""
     if fmt == "mp3":
         f.seek(0)
         head = f.read(HEADER)
@@ -355,13 +359,16 @@ def _riff_info_genres(body: bytes) -> list[str]:
 
 
 def tag_size(head: bytes) -> int:
+    """The whole size of the ID3v2 tag whose 10-byte header is `head` (footer included)."""
     try:
         return HEADER + syncsafe(head[6:10]) + (HEADER if head[3] == 4 and head[5] & 0x10 else 0)
     except (ValueError, IndexError):
         raise DamagedTagError("ID3v2 tag: damaged header") from None
 
 
-def write_file(path: str, fmt: str, parsed: Id3File, values: list[str], raw: list[bytes] | None = None) -> None:
+def write_file(path: str, fmt: str, parsed: Id3File, values: list[str], *, raw: list[bytes] | None = None) -> None:
+    """Write the tag with the new genre back in place: at the front of an mp3 (and its ID3v1 genre byte),
+    in the ID3 chunk of a wav or aiff (added when there is none)."""
     from mutagen._util import resize_bytes
 
     tag = parsed.tag

@@ -261,7 +261,8 @@ def parse_ogg(f, kind: str) -> OggHeaders:
     return OggHeaders(packets, comments, framing)
 
 
-def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str], raw: list[bytes] | None = None) -> None:
+def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str], *,
+              raw: list[bytes] | None = None) -> None:
     """Let mutagen re-page the header packets around the comment block built here."""
     from mutagen.oggopus import OggOpus
     from mutagen.oggvorbis import OggVorbis
