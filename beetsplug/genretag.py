@@ -143,7 +143,8 @@ class GenretagPlugin(BeetsPlugin):
         `min_confidence`, so `beet ls genretag_confidence:..0.6` finds the
         doubtful ones. A failed result changes nothing.
         """
-        plan = plan_tag(result, list(item.genres or []), s.policy, s.min_confidence, s.top_k, s.names)
+        plan = plan_tag(result, list(item.genres or []), policy=s.policy, min_confidence=s.min_confidence,
+                        top_k=s.top_k, names=s.names)
         if plan.action == ERROR:
             return plan
         item[GENRE] = genre_name(result.genre, s.names)

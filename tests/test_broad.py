@@ -101,14 +101,14 @@ def test_a_calibrated_result_carries_confidences_and_tag_uses_them_for_every_gen
     assert r.confidence == pytest.approx(cal("A", 0.6), abs=1e-6) and r.confidence < 0.6
     assert set(r.confidences) == {"A", "B", "C"} and "confidences" in r.to_json()
     # 0.6 -> 0.356, 0.3 -> 0.136: a bar of 0.3 writes A alone, even with --top-k 2
-    plan = plan_tag(r, [], "overwrite", min_confidence=0.3, top_k=2)
+    plan = plan_tag(r, [], policy="overwrite", min_confidence=0.3, top_k=2)
     assert plan.action == WRITE and plan.new_values == ["A"]
-    plan = plan_tag(r, [], "overwrite", min_confidence=0.1, top_k=2)
+    plan = plan_tag(r, [], policy="overwrite", min_confidence=0.1, top_k=2)
     assert plan.new_values == ["A", "B"]
-    assert plan_tag(r, [], "overwrite", min_confidence=0.4).action == SKIP_BELOW
+    assert plan_tag(r, [], policy="overwrite", min_confidence=0.4).action == SKIP_BELOW
     # an uncalibrated result keeps using its probabilities
     plain = TrackResult("y.mp3", "A", 0.6, {"A": 0.6, "B": 0.3})
-    assert plan_tag(plain, [], "overwrite", min_confidence=0.5).new_values == ["A"]
+    assert plan_tag(plain, [], policy="overwrite", min_confidence=0.5).new_values == ["A"]
 
 
 @pytest.fixture(scope="module")

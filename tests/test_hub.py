@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from genretag.cli import app
-from genretag.cli.app import state
+from genretag.cli.app import setup_logging, state
 from genretag.store import index as hub
 from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
 from genretag.store.resolve import find_card
@@ -165,9 +165,11 @@ def env(tmp_path, monkeypatch, model_files):
     monkeypatch.delenv("NO_COLOR", raising=False)
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.setenv(var, "*")
-    state.quiet, state.verbose = False, 0
+    state.verbose = 0
+    setup_logging(quiet=False, verbose=0)
     yield
-    state.quiet, state.verbose = False, 0
+    state.verbose = 0
+    setup_logging(quiet=False, verbose=0)
 
 
 @pytest.fixture

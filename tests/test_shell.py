@@ -4,6 +4,7 @@ help examples, exit codes, and the shell completion files in completions/."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 import genretag
 from genretag.cli import app, completions
-from genretag.cli.app import state
+from genretag.cli.app import setup_logging, state
 from genretag.store import index as hub
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,9 +52,27 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv(hub.INDEX_ENV, raising=False)
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.setenv(var, "*")
-    state.quiet, state.verbose = False, 0
+    state.verbose = 0
+    setup_logging(quiet=False, verbose=0)
     yield
-    state.quiet, state.verbose = False, 0
+    state.verbose = 0
+    setup_logging(quiet=False, verbose=0)
+
+
+
+def test_quiet_is_read_from_the_log_level_the_options_set(capsys):
+    """-q sets one thing, the `genretag` logger's level; the CLI's own notes and progress read it."""
+    from genretag.cli.app import info
+
+    logger = logging.getLogger("genretag")
+    assert run("-q", "models", "list").exit_code == 0 and state.quiet and logger.level == logging.ERROR
+    info("a note")
+    assert capsys.readouterr().err == ""
+    logger.setLevel(logging.INFO)  # a library user's level is the CLI's too
+    assert not state.quiet
+    info("a note")
+    assert capsys.readouterr().err == "a note\n"
+    assert run("models", "list").exit_code == 0 and not state.quiet and logger.level == logging.INFO
 
 
 # --------------------------------------------------------------------------- terminals and processes

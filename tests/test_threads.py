@@ -73,3 +73,15 @@ def test_decoding_workers_follow_the_cores_this_process_may_use(monkeypatch):
     assert default_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
     assert default_jobs() == 8
+
+
+def test_max_jobs_lives_with_the_threads_and_its_old_home_warns():
+    from genretag.pipeline import threads
+    from genretag.training import limits
+
+    assert limits.RANGES["jobs"] == (1, threads.MAX_JOBS)
+    with pytest.warns(DeprecationWarning, match=r"genretag.training.limits.MAX_JOBS is deprecated and will be "
+                                                r"removed in genretag 0.4.0; use genretag.pipeline.threads.MAX_JOBS"):
+        assert limits.MAX_JOBS == threads.MAX_JOBS
+    with pytest.raises(AttributeError, match="no attribute 'MAX_CORES'"):
+        limits.MAX_CORES  # noqa: B018

@@ -24,6 +24,13 @@ fingerprint starts with its scheme (`v2:`): the result cache is keyed by it,
 so entries made under an earlier scheme (which hashed only the first and last
 MiB) are never matched again. `file_fingerprint` is the other kind: every
 byte of the file, used by the journal to notice any change at all.
+
+The words keep the two apart everywhere: a `fingerprint` (`TrackResult.fingerprint`,
+`TagPlan.fingerprint`, the result cache's key, `expect_audio=`) is always this
+audio one; the whole-file one always says `file` (`file_fingerprint`,
+`expect_file=`, `WriteOutcome.file_before` / `file_after`). Only the journal's
+JSON keys `fingerprint_before` / `fingerprint_after`, kept so that old journals
+still undo, name whole-file fingerprints without it.
 """
 
 from __future__ import annotations

@@ -68,9 +68,21 @@ completion_init()
 
 
 class State:
+    """What this run's global options and start-up found.
+
+    `quiet` is read from the level of the `genretag` logger, which `setup_logging` sets from -q:
+    one setting decides both what the CLI's own notes and progress show and what the library's
+    log records do. `verbose` counts -v, which also asks for more detail in results (`models list`),
+    even with -q.
+    """
+
     verbose: int = 0
-    quiet: bool = False
     stdout_closed: bool = False  # genretag was started with file descriptor 1 closed (`>&-`)
+
+    @property
+    def quiet(self) -> bool:
+        """-q: errors only (no notes, no progress)."""
+        return logging.getLogger("genretag").getEffectiveLevel() >= logging.ERROR
 
 
 state = State()
@@ -143,7 +155,6 @@ def _root(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr (repeatable).")] = 0,
 ) -> None:
     """Listen to a music library and say (or tag) which genre each track is."""
-    state.quiet = quiet
     state.verbose = verbose
     setup_logging(quiet, verbose)
 

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from genretag.cli.app import err_console, info, state
-from genretag.training.limits import MAX_JOBS
+from genretag.pipeline.threads import MAX_JOBS
 
 
 class Vote(str, Enum):

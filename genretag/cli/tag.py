@@ -44,7 +44,7 @@ class TagFormat(str, Enum):
 def shown(path: str) -> str:
     """A path (or a genre) for the terminal: each byte that is not UTF-8 appears as \\xNN (as in `classify`'s
     output)."""
-    from genretag.tags.journal import printable_path
+    from genretag.fs import printable_path
 
     return printable_path(path)
 
@@ -52,7 +52,7 @@ def shown(path: str) -> str:
 def write_json_line(obj: dict) -> None:
     """One JSON line on stdout, valid UTF-8 whatever the file names: a name that is not UTF-8 is shown
     with \\xNN escapes in `path` and given exactly, in base64, in `path_bytes` (as `classify` does)."""
-    from genretag.tags.journal import path_bytes
+    from genretag.fs import path_bytes
 
     raw = path_bytes(obj.get("path", ""))
     if raw is not None:
@@ -237,7 +237,7 @@ def tag_cmd(
     def inputs():
         # a listed path is taken as it is (never walked as a folder): exactly the listed files
         for p in (accepted.paths if accepted is not None else iter_inputs(paths, opts.recursive, unreadable)):
-            for stray in tagger.prepare(p):
+            for stray in tagger.note_times_and_clean(p):
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
 
@@ -326,7 +326,16 @@ def undo_cmd(
     was readable (or there is nothing to undo), 1 otherwise; 2 when the
     journal named with --journal does not exist.
     """
-    from genretag.tags.journal import default_journal_path, undo
+    from genretag.tags.journal import (
+        BAD_LINE,
+        FAILED,
+        LINE_STATUSES,
+        REFUSED,
+        RESTORED,
+        WOULD_RESTORE,
+        default_journal_path,
+        undo,
+    )
 
     jpath = journal or default_journal_path()
     if not jpath.exists():
@@ -343,19 +352,18 @@ def undo_cmd(
         for item in undo(jpath, dry_run=dry_run, keep_mtime=keep_mtime):
             counts[item.status] = counts.get(item.status, 0) + 1
             detail = ""
-            if item.status in ("restored", "would restore"):
+            if item.status in (RESTORED, WOULD_RESTORE):
                 detail = shown(f": {'; '.join(item.new or []) or '(none)'} -> {'; '.join(item.old or []) or '(none)'}")
             elif item.message:
                 detail = f": {item.message}"
             line = f"{item.status} {shown(item.path)}{detail}"
-            if item.status in ("bad journal line", "warning"):
+            if item.status in LINE_STATUSES:
                 err_console().print(f"genretag: warning: {shown(item.path)}: {item.message}", markup=False)
             else:
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
     except OSError as e:
         fail(f"cannot read journal {jpath}: {e.strerror}", 1)
-    nouns = ("bad journal line", "warning")  # the other statuses are verbs: "2 restored"
-    summary = ", ".join(f"{n} {s}{'s' * (s in nouns and n != 1)}" for s, n in counts.items()) or "nothing to undo"
+    summary = ", ".join(f"{n} {s}{'s' * (s in LINE_STATUSES and n != 1)}" for s, n in counts.items()) or "nothing to undo"
     info(summary + (" (dry run)" if dry_run else ""))
-    if counts.get("refused") or counts.get("error") or counts.get("bad journal line"):
+    if counts.get(REFUSED) or counts.get(FAILED) or counts.get(BAD_LINE):
         raise typer.Exit(1)

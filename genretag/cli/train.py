@@ -26,7 +26,8 @@ from genretag.cli.evaluate import (
     write_outputs,
 )
 from genretag.errors import DatasetError
-from genretag.training.limits import MAX_JOBS, MAX_LABEL_SMOOTHING, MAX_SEGMENT_SECONDS, MIN_LR, MIN_SEGMENT_SECONDS
+from genretag.pipeline.threads import MAX_JOBS
+from genretag.training.limits import MAX_LABEL_SMOOTHING, MAX_SEGMENT_SECONDS, MIN_LR, MIN_SEGMENT_SECONDS
 
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Audio decoding worker processes, 1-{MAX_JOBS}.")]
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder in GTZAN layout: <genre>/<genre>.NNNNN.<ext>.")]

@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
-import os
 from collections.abc import Iterable
 from typing import IO
 
 from rich.table import Table
 
+from genretag.fs import path_bytes, printable_path
 from genretag.pipeline.inference import TrackResult
 
 FORMATS = ("table", "jsonl", "csv")
-
-
-def printable_path(path: str) -> str:
-    """`path` as valid UTF-8 text: bytes of the file name that are not UTF-8 become `\\xNN`.
-
-    File names are bytes; Python hands undecodable ones over as lone
-    surrogates (surrogateescape), which would make the output invalid UTF-8.
-    JSON lines also carry such a name exactly, as `path_bytes` (see `path_bytes`).
-    """
-    return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def path_bytes(path: str) -> str | None:
-    """The file name's exact bytes in base64, when they are not valid UTF-8 (else None).
-
-    `os.fsdecode(base64.b64decode(row["path_bytes"]))` is the path to open again.
-    """
-    if _is_utf8(path):
-        return None
-    return base64.b64encode(os.fsencode(path)).decode("ascii")
-
-
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ResultWriter:

@@ -16,6 +16,9 @@ THREADS_ENV = "GENRETAG_THREADS"
 #: The most threads `GENRETAG_THREADS` may ask for: far more than any CPU's cores, far fewer than
 #: the tens of thousands at which OpenMP runs out of stacks and the process crashes.
 MAX_THREADS = 256
+#: The most decoding worker processes `--jobs` may ask for (classify, tag, train, ...): beyond this is a
+#: typo, not a machine (each job is a process of its own).
+MAX_JOBS = 256
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ The table draws only the rows in view, so 50,000 files scroll and filter at once
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from genretag.errors import GenretagError
+from genretag.fs import atomic_write, path_bytes, printable_path
 from genretag.report import charts
 from genretag.report.rows import UNSURE_MARGIN, ReviewRow
 from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, SKIP_BELOW, SKIP_HAS_GENRE, SKIP_UNCHANGED, WRITE, WRITTEN
@@ -85,22 +85,6 @@ def listen_start(path: str, segments: int, settings: ReportSettings) -> float | 
     return round(offsets[len(offsets) // 2], 2)
 
 
-def _printable(s: str) -> str:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(s).decode("utf-8", "backslashreplace")
-    return s
-
-
-def _bytes_b64(s: str) -> str | None:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return base64.b64encode(os.fsencode(s)).decode("ascii")
-    return None
-
-
 def _href(abs_path: str, page_dir: str) -> str:
     """A relative URL from the page's folder to `abs_path` (each byte of the name percent-encoded)."""
     rel = os.path.relpath(abs_path, page_dir)
@@ -132,7 +116,7 @@ def _tally(rows: list[ReviewRow], settings: ReportSettings) -> dict:
     return {"totals": totals, "now": now, "after": after, "pairs": pairs, "confidences": confidences}
 
 
-def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, matrix_rows: list[str],
+def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, *, matrix_rows: list[str],
               matrix_cols: list[str]) -> dict:
     """What the page's script gets: the rows (as arrays, folders and actions numbered) and the settings."""
     folders: list[list[str]] = []
@@ -151,7 +135,7 @@ def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, ma
         if fi is None:
             fi = folder_of[shown_dir] = len(folders)
             below = os.path.relpath(shown_dir, root) if root else shown_dir
-            folders.append([_printable(below) or ".", _printable(abs_dir), _href(abs_dir, page_dir) + "/"])
+            folders.append([printable_path(below) or ".", printable_path(abs_dir), _href(abs_dir, page_dir) + "/"])
         ai = action_of.get(r.action)
         if ai is None:
             ai = action_of[r.action] = len(actions)
@@ -171,16 +155,16 @@ def page_data(rows: list[ReviewRow], settings: ReportSettings, page_dir: str, ma
                 listened += 1
         genres.update(r.current)
         genres.update(r.proposed)
-        out_rows.append([fi, _printable(name), [_printable(g) for g in r.current],
-                         [_printable(g) for g in r.proposed], r.confidence,
-                         [[_printable(g), p] for g, p in r.top], ai, r.error, flags, start, href,
-                         _bytes_b64(full), r.fingerprint])
+        out_rows.append([fi, printable_path(name), [printable_path(g) for g in r.current],
+                         [printable_path(g) for g in r.proposed], r.confidence,
+                         [[printable_path(g), p] for g, p in r.top], ai, r.error, flags, start, href,
+                         path_bytes(full), r.fingerprint])
     log.debug("review page: %d rows, %d with a stretch to play", len(rows), listened)
     return {
         "version": __version__, "threshold": settings.threshold, "margin": UNSURE_MARGIN,
         "written": settings.written, "folders": folders, "actions": actions,
-        "genres": sorted((_printable(g) for g in genres), key=str.lower),
-        "matrix": {"rows": [_printable(g) for g in matrix_rows], "cols": [_printable(g) for g in matrix_cols],
+        "genres": sorted((printable_path(g) for g in genres), key=str.lower),
+        "matrix": {"rows": [printable_path(g) for g in matrix_rows], "cols": [printable_path(g) for g in matrix_cols],
                    "none": NO_TOP},
         "rows": out_rows,
     }
@@ -222,8 +206,8 @@ def render(rows: list[ReviewRow], settings: ReportSettings, page_dir: str) -> st
         matrix_html, mrows, mcols = charts.matrix(t["pairs"])
     else:
         matrix_html, mrows, mcols = '<p class="muted">No file has a genre yet.</p>', [], []
-    data = page_data(rows, settings, page_dir, mrows, mcols)
-    e = lambda s: escape(_printable(str(s)), quote=True)  # noqa: E731
+    data = page_data(rows, settings, page_dir, matrix_rows=mrows, matrix_cols=mcols)
+    e = lambda s: escape(printable_path(str(s)), quote=True)  # noqa: E731
     cards = [("files", totals["files"], ""), ("written" if written else "would write", totals["write"], "write"),
              ("kept (already tagged)", totals["kept"], "kept"),
              (f"silent (below {settings.threshold:g})", totals["silent"], "silent"),
@@ -250,11 +234,8 @@ def write_report(rows: list[ReviewRow], path: str | os.PathLike, settings: Repor
     p = Path(path)
     page_dir = os.path.dirname(os.path.abspath(p))
     text = render(rows, settings, page_dir)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
+        atomic_write(p, text.encode("utf-8"))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write the report {p}: {err.strerror or err}", 1) from None
     return p

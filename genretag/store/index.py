@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from genretag.errors import ChecksumError, HubError, ModelError, OfflineError  # noqa: F401  (re-exported)
+from genretag.fs import atomic_write, locked
 from genretag.paths import bundled_models_dir, models_cache_dir
 from genretag.store.card import ModelCard, sha256_file
 from genretag.version import __version__
@@ -379,28 +380,6 @@ def download_file(url: str, part: Path, label: str, max_size: int | None = None)
                        "run the command again to resume")
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (POSIX flock; a no-op elsewhere), released on exit or death."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (Windows)
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def human_size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -427,7 +406,7 @@ def install(name: str, url: str, card: dict[str, Any] | None = None, card_url: s
     card_path = cache / f"{name}.json"
     wpath = cache / f"{name}.safetensors"
     part = cache / f"{name}.safetensors.part"
-    with _lock(cache / f".{name}.lock"):
+    with locked(cache / f".{name}.lock"):
         if card_path.exists() and wpath.exists() and not force:
             return card_path  # someone (maybe a concurrent process) installed it meanwhile
         if card is None:
@@ -469,7 +448,7 @@ def install(name: str, url: str, card: dict[str, Any] | None = None, card_url: s
         card["weights"] = wpath.name
         card["weights_sha256"] = want
         os.replace(part, wpath)
-        _atomic_write(card_path, (json.dumps(card, indent=2) + "\n").encode())
+        atomic_write(card_path, (json.dumps(card, indent=2) + "\n").encode())
     return card_path
 
 

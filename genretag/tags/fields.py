@@ -8,8 +8,14 @@ version and get the values joined with a separator.
 
 A tag is always read whole: `read_tags` returns the genre and the raw bytes
 of every other field, and refuses (DamagedTagError) a tag it cannot account
-for byte by byte. The writers (`genretag.tags.id3`, `.vorbis`, `.mp4`) keep
-those bytes, so the safe write can check that nothing but the genre changed.
+for byte by byte. The writers keep those bytes, so the safe write can check
+that nothing but the genre changed.
+
+This module is the table (`GENRE_FIELDS`: format -> field, parser, writer) and
+what every format shares; each format's storage code lives beside its format:
+`genretag.tags.id3` (an mp3's tag, the ID3 chunk of wav/aiff), `.vorbis` (FLAC
+metadata, Ogg comment headers) and `.mp4`. A new format is a table row over a
+module of its own.
 """
 
 from __future__ import annotations
@@ -68,257 +74,15 @@ class GenreField:
     write: Callable[[str, Any, list[str], list[bytes] | None], None]  # (path, parsed tag, stored values, raw)
 
 
-def _id3_in_iff(f, fmt: str):
-    """The ID3 chunk of a wav/aiff file, as mutagen's chunk object (None when absent)."""
-    from mutagen._iff import InvalidChunk
-
-    if fmt == "wav" and f.read(4) == b"RF64":  # 64-bit sizes in a ds64 chunk: mutagen reads RIFF only
-        raise TagError("unsupported format for tagging: RF64 wav")
-    f.seek(0)
-    try:
-        if fmt == "wav":
-            from mutagen.wave import _WaveFile
-
-            iff, key = _WaveFile(f), "id3"
-        else:
-            from mutagen.aiff import AIFFFile
-
-            iff, key = AIFFFile(f), "ID3"
-    except (InvalidChunk, EOFError, struct.error, ValueError) as e:
-        raise DamagedTagError(f"damaged {fmt} chunks ({one_line(e)})") from None
-    _check_chunk_walk(f, iff.root, fmt)
-    return iff, (iff[key] if key in iff else None)
-
-
-def _check_chunk_walk(f, root, fmt: str) -> None:
-    """The chunks must fill the file exactly: mutagen stops at the first chunk header it cannot read,
-    so a chunk cut off or shifted (bytes inserted or lost before it) would be silently missing, and a
-    write would add a second ID3 chunk beside the one not seen. A pad byte more or less is accepted."""
-    chunks = list(root.subchunks())
-    walked = chunks[-1].data_offset + chunks[-1].data_size + chunks[-1].padding() if chunks else root.data_offset + 4
-    stated = root.data_offset + root.data_size
-    size = f.seek(0, os.SEEK_END)
-    if abs(walked - stated) > 1 or abs(size - stated) > 1:
-        raise DamagedTagError(f"damaged {fmt} chunks: they cover {walked} bytes, the header says {stated}, "
-                              f"the file has {size}")
-
-
-@dataclass
-class _Id3File:
-    tag: id3.Id3Tag
-    extra: list[bytes]  # what else the file's tags hold (ID3v1 but its genre byte; other IFF chunks)
-    v1_at: int | None = None  # offset of an ID3v1 tag (mp3)
-    v1_genre: int | None = None  # its genre byte
-    other_genres: list[str] = field(default_factory=list)  # APEv2 Genre (mp3), RIFF INFO IGNR (wav)
-    v1_write: int | None = None  # the genre byte a write puts in the ID3v1 tag (None: from the values)
-
-    def genres(self) -> list[str]:
-        return self.tag.genres()
-
-    def genre_raw(self) -> list[bytes]:
-        return self.tag.genre_raw()
-
-    def others(self) -> list[bytes]:
-        return self.tag.others() + self.extra
-
-
-def _parse_id3(f, fmt: str) -> _Id3File:
-    if fmt == "mp3":
-        f.seek(0)
-        head = f.read(id3.HEADER)
-        tag = id3.parse(head + f.read(_id3_total(head) - len(head))) if head[:3] == b"ID3" else id3.Id3Tag(4)
-        end = f.seek(0, os.SEEK_END)
-        extra, v1_at, v1_genre = [], None, None
-        if end >= 128 + tag.size:
-            f.seek(end - 128)
-            v1 = f.read(128)
-            if v1[:3] == b"TAG":
-                extra, v1_at, v1_genre = [b"ID3v1" + v1[:127]], end - 128, v1[127]
-        return _Id3File(tag, extra, v1_at, v1_genre, _ape_genres(f, end - 128 if v1_at is not None else end))
-    iff, chunk = _id3_in_iff(f, fmt)
-    extra, info = [], []
-    for c in iff.root.subchunks():
-        if c is chunk or c.id in ("data", "SSND"):
-            continue
-        f.seek(c.data_offset)
-        extra.append(c.id.encode("latin-1") + f.read(c.data_size))
-        if fmt == "wav" and c.id == "LIST":
-            info += _riff_info_genres(extra[-1][4:])
-    if chunk is None:
-        return _Id3File(id3.Id3Tag(4), extra, other_genres=info)
-    f.seek(chunk.data_offset)
-    data = f.read(chunk.data_size)
-    return _Id3File(id3.parse(data[:_id3_total(data)], "ID3 chunk"), extra, other_genres=info)
-
-
-def _riff_info_genres(body: bytes) -> list[str]:
-    """The `IGNR` of a RIFF `LIST` chunk of type `INFO` (read only; [] when absent or unreadable)."""
-    if body[:4] != b"INFO":
-        return []
-    pos = 4
-    while pos + 8 <= len(body):
-        cid, n = body[pos:pos + 4], int.from_bytes(body[pos + 4:pos + 8], "little")
-        if cid == b"IGNR":
-            text = _text(body[pos + 8:pos + 8 + n].split(b"\0")[0]).strip()
-            return [text] if text else []
-        pos += 8 + n + (n & 1)
-    return []
-
-
-def _id3_total(head: bytes) -> int:
-    try:
-        return id3.HEADER + id3.syncsafe(head[6:10]) + (id3.HEADER if head[3] == 4 and head[5] & 0x10 else 0)
-    except (ValueError, IndexError):
-        raise DamagedTagError("ID3v2 tag: damaged header") from None
-
-
-def _write_id3(path: str, fmt: str, parsed: _Id3File, values: list[str], raw: list[bytes] | None = None) -> None:
-    from mutagen._util import resize_bytes
-
-    tag = parsed.tag
-    with open(path, "r+b") as f:
-        if fmt == "mp3":
-            if tag.size or values or raw:
-                data = id3.render(tag, values, min_size=tag.size, raw=raw)
-                if len(data) > tag.size:
-                    data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
-                    resize_bytes(f, tag.size, len(data), 0)
-                f.seek(0)
-                f.write(data)
-            if parsed.v1_at is not None:
-                f.seek(-1, os.SEEK_END)
-                f.write(bytes([_v1_genre(values) if parsed.v1_write is None else parsed.v1_write]))
-            return
-        iff, chunk = _id3_in_iff(f, fmt)
-        if chunk is None and not values and not raw:
-            return
-        data = id3.render(tag, values, min_size=chunk.data_size if chunk is not None else 0, raw=raw)
-        if chunk is None or len(data) > chunk.data_size:
-            data = id3.render(tag, values, min_size=len(data) + 1024, raw=raw)
-            if chunk is None:
-                iff.insert_chunk("id3" if fmt == "wav" else "ID3")
-                chunk = _id3_in_iff(f, fmt)[1]
-                if chunk is None:
-                    raise DamagedTagError(f"damaged {fmt} chunks: a new ID3 chunk cannot be found again")
-            chunk.resize(len(data))
-        f.seek(chunk.data_offset)
-        f.write(data)
-
-
-def _drop_empty_id3(path: str, fmt: str) -> None:
-    """Remove an ID3 tag (mp3) or chunk (wav, aiff) that holds no frame."""
-    from mutagen._util import resize_bytes
-
-    parsed = _parse(path)[1]
-    if parsed.tag.frames or not parsed.tag.size:
-        return
-    with open(path, "r+b") as f:
-        if fmt == "mp3":
-            resize_bytes(f, parsed.tag.size, 0, 0)
-            return
-        chunk = _id3_in_iff(f, fmt)[1]
-        if chunk is not None:
-            chunk.delete()
-
-
-def _v1_genre(values: list[str]) -> int:
-    """The ID3v1 genre byte for the first value (255: none of the 192 ID3v1 genres)."""
-    from mutagen._constants import GENRES
-
-    if values:
-        first = TCON_genres(values)[:1]
-        low = [g.lower() for g in GENRES]
-        if first and first[0].lower() in low:
-            return low.index(first[0].lower())
-    return 255
-
-
-def TCON_genres(values: list[str]) -> list[str]:  # noqa: N802 -- mutagen's name
-    """ID3 "(17)"-style references resolved to names, as mutagen's TCON.genres does.
-
-    The reference 255 (`(255)`, `255`) means "no genre" in ID3v1 and is dropped (mutagen would call it
-    `Unknown`)."""
-    from mutagen.id3 import TCON
-
-    values = [v for v in values if v.strip() not in ("(255)", "255")]
-    return TCON(encoding=3, text=values).genres if values else []
-
-
-def _v1_name(byte: int | None) -> list[str]:
-    """The genre an ID3v1 genre byte names ([] for 255, "none", and for bytes past the list)."""
-    from mutagen._constants import GENRES
-
-    return [GENRES[byte]] if byte is not None and byte < len(GENRES) else []
-
-
-def _text(raw: bytes) -> str:
-    """UTF-8, else Latin-1 (what RIFF INFO writers use): never U+FFFD, which `--append` would write back."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _ape_genres(f, end: int) -> list[str]:
-    """The `Genre` values of an APEv2 tag ending at `end` ([] when there is none or it cannot be read).
-
-    genretag does not write APEv2; it only reads the genre there, so that a file whose genre lives
-    only in APEv2 counts as having one."""
-    if end < 32:
-        return []
-    f.seek(end - 32)
-    footer = f.read(32)
-    if footer[:8] != b"APETAGEX":
-        return []
-    size, count = struct.unpack("<II", footer[12:20])
-    if not 32 <= size <= min(end, 1 << 24):
-        return []
-    f.seek(end - size)
-    body, pos = f.read(size - 32), 0
-    for _ in range(count):
-        if pos + 8 > len(body):
-            break
-        vlen, flags = struct.unpack_from("<II", body, pos)
-        key_end = body.find(b"\0", pos + 8)
-        if key_end < 0 or key_end + 1 + vlen > len(body):
-            break
-        key, value = body[pos + 8:key_end], body[key_end + 1:key_end + 1 + vlen]
-        pos = key_end + 1 + vlen
-        if key.lower() == b"genre" and not flags & 0x6:  # a text item (not binary, not a link)
-            text = _text(value)
-            return [v.strip() for v in text.split("\0") if v.strip()]
-    return []
-
-
-def _parse_flac(f, fmt: str):
-    f.seek(0)
-    head = f.read(id3.HEADER)
-    if head[:3] != b"ID3":
-        return vorbis.parse_flac(f, 0)
-    total = _id3_total(head)
-    meta = vorbis.parse_flac(f, total)
-    f.seek(0)
-    try:  # an ID3v2 tag in front of the stream: its genre is read (never written), for --keep-existing
-        meta.front_genres = TCON_genres(id3.parse(f.read(total)).genres())
-    except DamagedTagError:
-        meta.front_genres = []
-    return meta
-
-
-def _write_flac(path: str, parsed, values: list[str], raw: list[bytes] | None = None) -> None:
-    with open(path, "r+b") as f:
-        vorbis.write_flac(f, parsed, values, raw)
-
-
 GENRE_FIELDS: dict[str, GenreField] = {
-    "mp3": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "mp3", t, v, r)),
-    "wav": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "wav", t, v, r)),
-    "aiff": GenreField("ID3v2 TCON", True, _parse_id3, lambda p, t, v, r: _write_id3(p, "aiff", t, v, r)),
-    "flac": GenreField("Vorbis GENRE", False, _parse_flac, _write_flac),
+    "mp3": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "mp3", t, v, raw=r)),
+    "wav": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "wav", t, v, raw=r)),
+    "aiff": GenreField("ID3v2 TCON", True, id3.parse_file, lambda p, t, v, r: id3.write_file(p, "aiff", t, v, raw=r)),
+    "flac": GenreField("Vorbis GENRE", False, vorbis.parse_flac_file, vorbis.write_flac_file),
     "ogg-vorbis": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, r)),
+                             lambda p, t, v, r: vorbis.write_ogg(p, "ogg-vorbis", t, v, raw=r)),
     "ogg-opus": GenreField("Vorbis GENRE", False, vorbis.parse_ogg,
-                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, r)),
+                           lambda p, t, v, r: vorbis.write_ogg(p, "ogg-opus", t, v, raw=r)),
     "mp4": GenreField("MP4 \xa9gen", False, lambda f, fmt: mp4.parse(f), mp4.write),
 }
 
@@ -363,8 +127,8 @@ def _parse(path: str) -> tuple[str, Any]:
 
 
 def _state(fmt: str, parsed) -> GenreTags:
-    version = parsed.tag.major if isinstance(parsed, _Id3File) and parsed.tag.size else None
-    if isinstance(parsed, _Id3File):
+    version = parsed.tag.major if isinstance(parsed, id3.Id3File) and parsed.tag.size else None
+    if isinstance(parsed, id3.Id3File):
         return GenreTags(fmt, parsed.genres(), version, parsed.others(), id3v1_genre=parsed.v1_genre,
                          other_genres=list(parsed.other_genres), raw=parsed.genre_raw())
     front = getattr(parsed, "front_genres", [])  # FLAC: an ID3v2 tag in front of the stream
@@ -385,10 +149,10 @@ def readable_values(tags: GenreTags, separator: str | None = None) -> list[str]:
     (for `--keep-existing`, `--append` and the dry run)."""
     values = tags.values
     if GENRE_FIELDS[tags.format].id3:
-        values = TCON_genres(values)
+        values = id3.TCON_genres(values)
     sep = effective_separator(tags, separator)
     out = split_values(values, sep) if sep else [v for v in values if v.strip()]
-    return out or list(tags.other_genres) or _v1_name(tags.id3v1_genre)
+    return out or list(tags.other_genres) or id3.v1_name(tags.id3v1_genre)
 
 
 def read_genres(path: str | os.PathLike, separator: str | None = None) -> list[str]:
@@ -420,7 +184,7 @@ def stored_form(tags: GenreTags, values: list[str], separator: str | None = None
     return list(values)
 
 
-def set_genres(path: str | os.PathLike, values: list[str], separator: str | None = None,
+def set_genres(path: str | os.PathLike, values: list[str], *, separator: str | None = None,
                id3v1_genre: int | None = None, raw: list[bytes] | None = None,
                drop_empty_tag: bool = False) -> GenreTags:
     """Change the genre field of `path` in place (no safety net: used on the temporary copy).
@@ -439,12 +203,12 @@ def set_genres(path: str | os.PathLike, values: list[str], separator: str | None
     path = os.fspath(path)
     fmt, parsed = _parse(path)
     before = _state(fmt, parsed)
-    if isinstance(parsed, _Id3File):  # from the values before ID3v2.3 joins them: its first genre
-        parsed.v1_write = _v1_genre(values) if id3v1_genre is None else id3v1_genre
+    if isinstance(parsed, id3.Id3File):  # from the values before ID3v2.3 joins them: its first genre
+        parsed.v1_write = id3.v1_genre(values) if id3v1_genre is None else id3v1_genre
     try:
         GENRE_FIELDS[fmt].write(path, parsed, stored_form(before, values, separator), raw)
         if drop_empty_tag and GENRE_FIELDS[fmt].id3:
-            _drop_empty_id3(path, fmt)
+            id3.drop_empty_tag(path, fmt, _parse(path)[1])
     except TagError:
         raise
     except (MutagenError, EOFError, struct.error, ValueError) as e:

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, open_regular
+from genretag.fs import lock_fd, path_bytes, printable_path
 from genretag.paths import data_dir
 from genretag.tags.fields import TagError, read_tags
 from genretag.tags.safe_write import WriteOutcome, cleanup_stray_temps, write_genres_safely
@@ -54,7 +55,7 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
     """The journal line for one write."""
     entry = {
         "id": uuid.uuid4().hex, "op": op, "path": printable_path(outcome.path),
-        "fingerprint_before": outcome.fingerprint_before, "fingerprint_after": outcome.fingerprint_after,
+        "fingerprint_before": outcome.file_before, "fingerprint_after": outcome.file_after,
         "old": outcome.old, "new": outcome.new, "format": outcome.format,
         "old_raw": [base64.b64encode(b).decode("ascii") for b in outcome.old_raw],
         "new_raw": [base64.b64encode(b).decode("ascii") for b in outcome.new_raw],
@@ -70,25 +71,6 @@ def make_entry(outcome: WriteOutcome, op: str = "tag", undoes: str | None = None
     if undoes:
         entry["undoes"] = undoes
     return entry
-
-
-def printable_path(path: str) -> str:
-    """`path` as valid UTF-8 text, each byte of the name that is not UTF-8 as `\\xNN` (for reading only;
-    the same form as `genretag.pipeline.output.printable_path`)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return path
-
-
-def path_bytes(path: str) -> str | None:
-    """The exact bytes of a file name that is not valid UTF-8, in base64 (None for a UTF-8 name)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return base64.b64encode(os.fsencode(path)).decode("ascii")
-    return None
 
 
 def _exact_path(e: dict) -> str | None:
@@ -120,12 +102,7 @@ def append_entry(journal: str | os.PathLike, entry: dict) -> None:
             raise OSError(errno.EINVAL, "not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            pass
+        lock_fd(fd)
         os.write(fd, line)
         os.fsync(fd)
     finally:
@@ -231,12 +208,24 @@ class JournalWriter:
             raise TagError(f"cannot write the journal {self.path}: {e.strerror or e}") from None
 
 
+# Statuses of an UndoItem (and the first word of each line of `genretag undo`).
+RESTORED = "restored"
+WOULD_RESTORE = "would restore"  # a dry run
+SKIPPED = "skipped"  # already restored, or already holding its old genre
+REFUSED = "refused"  # changed since genretag wrote it: not touched
+FAILED = "error"  # the file could not be read or written
+BAD_LINE = "bad journal line"  # path is `journal:line`; the other entries are still undone
+TORN_LINE = "warning"  # the unterminated last line a crash mid-append leaves: not an error
+#: Statuses that name a journal line, not a file (nouns: "2 bad journal lines", where the others are verbs).
+LINE_STATUSES = (BAD_LINE, TORN_LINE)
+
+
 @dataclass
 class UndoItem:
     """What undo did (or would do) for one journal entry."""
 
     path: str
-    status: str  # restored, would restore, skipped, refused, error, warning
+    status: str  # RESTORED, WOULD_RESTORE, SKIPPED, REFUSED, FAILED, BAD_LINE, TORN_LINE
     message: str = ""
     old: list[str] | None = None
     new: list[str] | None = None
@@ -254,17 +243,17 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
     entries, problems = read_journal(jpath)
     for p in problems:
         where = f"{jpath}:{p.line}" + (f" ({p.path})" if p.path else "")
-        yield UndoItem(where, "warning" if p.torn else "bad journal line", p.message)
+        yield UndoItem(where, TORN_LINE if p.torn else BAD_LINE, p.message)
     undone = {e.get("undoes") for e in entries if e.get("op") == "undo"}
     by_id = {e.get("id"): e for e in entries if e.get("id")}
-    # fingerprint an undo produced -> the fingerprint it stands for (the state before the write)
+    # whole-file fingerprint an undo produced -> the one it stands for (the state before the write)
     aliases: dict[str, dict[str, str]] = {}
     for e in entries:
         target = by_id.get(e.get("undoes"))
         if e.get("op") == "undo" and target:
             aliases.setdefault(e["path"], {})[e["fingerprint_after"]] = target["fingerprint_before"]
-    virtual: dict[str, str | None] = {}  # path -> fingerprint it is (logically) at now
-    real_fp: dict[str, str] = {}  # path -> its actual whole-file fingerprint
+    virtual: dict[str, str | None] = {}  # path -> the whole-file fingerprint it is (logically) at now
+    file_now: dict[str, str] = {}  # path -> its actual whole-file fingerprint
     times: dict[str, tuple[int, int]] = {}  # path -> (atime, mtime) before undo read it
     writer = JournalWriter(jpath, op="undo")
     cleaned: set[str] = set()
@@ -273,48 +262,48 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
             continue
         path = e["path"]
         if e.get("id") in undone:
-            yield UndoItem(path, "skipped", "already restored", e.get("old"), e.get("new"))
+            yield UndoItem(path, SKIPPED, "already restored", e.get("old"), e.get("new"))
             continue
         if path not in virtual:
             try:
                 st = os.stat(path)
                 times[path] = (st.st_atime_ns, st.st_mtime_ns)
-                real = file_fingerprint(path)
+                file_fp = file_fingerprint(path)
             except FileNotFoundError:
-                yield UndoItem(path, "error", "file not found")
+                yield UndoItem(path, FAILED, "file not found")
                 virtual[path] = None
                 continue
             except FingerprintError as err:
-                yield UndoItem(path, "error", str(err))
+                yield UndoItem(path, FAILED, str(err))
                 virtual[path] = None
                 continue
-            real_fp[path] = real
+            file_now[path] = file_fp
             seen = set()
-            while real in aliases.get(path, {}) and real not in seen:
-                seen.add(real)
-                real = aliases[path][real]
-            virtual[path] = real
+            while file_fp in aliases.get(path, {}) and file_fp not in seen:
+                seen.add(file_fp)
+                file_fp = aliases[path][file_fp]
+            virtual[path] = file_fp
         current = virtual[path]
         if current is None:
-            yield UndoItem(path, "error", "file not readable")
+            yield UndoItem(path, FAILED, "file not readable")
             continue
         if current != e["fingerprint_after"]:
             if current == e["fingerprint_before"]:
-                yield UndoItem(path, "skipped", "already restored (or never written)", e["old"], e["new"])
+                yield UndoItem(path, SKIPPED, "already restored (or never written)", e["old"], e["new"])
                 continue
             try:
                 now = read_tags(path).values
             except TagError:
                 now = None
             if now == e["old"]:
-                yield UndoItem(path, "skipped", "already has its old genre", e["old"], e["new"])
+                yield UndoItem(path, SKIPPED, "already has its old genre", e["old"], e["new"])
                 continue
-            yield UndoItem(path, "refused", "changed since genretag wrote it (fingerprint differs); not touched",
+            yield UndoItem(path, REFUSED, "changed since genretag wrote it (fingerprint differs); not touched",
                            e["old"], e["new"])
             continue
         if dry_run:
             virtual[path] = e["fingerprint_before"]
-            yield UndoItem(path, "would restore", "", e["old"], e["new"])
+            yield UndoItem(path, WOULD_RESTORE, "", e["old"], e["new"])
             continue
         folder = os.path.dirname(path)
         if folder not in cleaned:
@@ -325,14 +314,14 @@ def undo(journal: str | os.PathLike | None = None, dry_run: bool = False,
             # values are the exact stored form, so no separator: they are written back as they were
             raw = _raw_items(e["old_raw"]) if e.get("old_raw") is not None else None
             out = write_genres_safely(path, list(e["old"]), keep_mtime=keep_mtime, before_replace=writer,
-                                      expect_fingerprint=real_fp[path], times=times.get(path),
+                                      expect_file=file_now[path], times=times.get(path),
                                       id3v1_genre=e.get("old_id3v1_genre"), raw=raw,
                                       drop_empty_tag=e.get("old_tag") is False)
         except TagError as err:
             virtual[path] = None
-            yield UndoItem(path, "error", str(err), e["old"], e["new"])
+            yield UndoItem(path, FAILED, str(err), e["old"], e["new"])
             continue
-        aliases.setdefault(path, {})[out.fingerprint_after] = e["fingerprint_before"]
-        real_fp[path] = out.fingerprint_after
+        aliases.setdefault(path, {})[out.file_after] = e["fingerprint_before"]
+        file_now[path] = out.file_after
         virtual[path] = e["fingerprint_before"]
-        yield UndoItem(path, "restored", "", e["old"], e["new"])
+        yield UndoItem(path, RESTORED, "", e["old"], e["new"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from genretag.errors import one_line
 from genretag.tags.errors import DamagedTagError
 
 GENRE_ATOMS = (b"\xa9gen", b"gnre")
@@ -96,7 +97,7 @@ def parse(f) -> Ilst:
     try:
         atoms = Atoms(f)
     except Exception as e:  # mutagen.mp4.AtomError and struct errors
-        raise DamagedTagError(f"MP4 atoms damaged: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DamagedTagError(f"MP4 atoms damaged: {one_line(e)}") from None
     try:
         ilst = atoms.path(b"moov", b"udta", b"meta", b"ilst")[-1]
     except KeyError:
@@ -109,7 +110,11 @@ def parse(f) -> Ilst:
 
 
 def write(path: str, ilst: Ilst, values: list[str], raw: list[bytes] | None = None) -> None:
-    """Let mutagen place an `ilst` whose items are built here."""
+    """Let mutagen place an `ilst` whose items are built here.
+
+    This sets private attributes of mutagen's MP4 writer (`_render`, `_failed_atoms` and the
+    offset-table update), so pyproject.toml pins mutagen below 2; a version without the
+    offset-table update is refused rather than guessed at."""
     from mutagen.mp4 import MP4
 
     obj = MP4(path)

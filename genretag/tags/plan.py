@@ -129,7 +129,7 @@ def proposed_genres(result, top_k: int = 1, min_confidence: float = DEFAULT_MIN_
     return out
 
 
-def plan_tag(result, current: list[str], policy: str = "keep-existing",
+def plan_tag(result, current: list[str], *, policy: str = "keep-existing",
              min_confidence: float = DEFAULT_MIN_CONFIDENCE, top_k: int = 1,
              names: dict[str, str] | None = None) -> TagPlan:
     """Decide what to write for one classified file, given its current (readable) genres."""

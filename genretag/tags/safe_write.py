@@ -26,12 +26,14 @@ import secrets
 import socket
 import stat
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
 from genretag.errors import one_line
+from genretag.fs import fsync_dir, fsync_path, lock_fd
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form
@@ -60,13 +62,30 @@ class WriteOutcome:
     format: str
     old: list[str]  # stored values before
     new: list[str]  # stored values after
-    fingerprint_before: str  # whole-file fingerprints (see genretag.audio.containers)
-    fingerprint_after: str
-    audio_fingerprint: str
+    file_before: str  # whole-file fingerprints (`file_fingerprint`): the journal's fingerprint_before/_after
+    file_after: str
+    audio_fingerprint: str  # the audio payload's (`fingerprint`), the same before and after (verified)
     old_id3v1_genre: int | None = None  # an mp3's ID3v1 genre byte before (None: no ID3v1 tag)
     old_raw: list[bytes] = field(default_factory=list)  # the genre field's stored items, exactly (undo's input)
     new_raw: list[bytes] = field(default_factory=list)
     had_tag: bool = True  # False: an ID3 format whose file had no ID3 tag (chunk) before this write
+
+    @property
+    def fingerprint_before(self) -> str:
+        """Deprecated name of `file_before`."""
+        _renamed("WriteOutcome.fingerprint_before", "WriteOutcome.file_before")
+        return self.file_before
+
+    @property
+    def fingerprint_after(self) -> str:
+        """Deprecated name of `file_after`."""
+        _renamed("WriteOutcome.fingerprint_after", "WriteOutcome.file_after")
+        return self.file_after
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"genretag.tags.{old} is deprecated and will be removed in genretag 0.4.0; use {new}",
+                  DeprecationWarning, stacklevel=3)
 
 
 def _no_checkpoint(step: str) -> None:
@@ -74,7 +93,7 @@ def _no_checkpoint(step: str) -> None:
 
 
 #: Called with the name of each step of a safe write ("after_tmp_write", "after_modify",
-#: "before_replace", "after_replace"). The crash tests (tests/test_tag.py) set it, in the process
+#: "before_replace", "after_replace"). The crash tests (tests/tags/test_safe_write.py) set it, in the process
 #: they kill, to a function that dies or pauses at one step; production code never changes it.
 _checkpoint: Callable[[str], None] = _no_checkpoint
 
@@ -135,10 +154,11 @@ def temp_name(path: Path) -> Path:
 def write_genres_safely(
     path: str | os.PathLike,
     values: list[str],
+    *,
     separator: str | None = None,
     keep_mtime: bool = False,
     before_replace: Callable[[WriteOutcome], None] | None = None,
-    expect_fingerprint: str | None = None,
+    expect_file: str | None = None,
     times: tuple[int, int] | None = None,
     expect_audio: str | None = None,
     id3v1_genre: int | None = None,
@@ -149,7 +169,7 @@ def write_genres_safely(
 
     `before_replace` (e.g. a journal append) runs once the new file is ready
     and fsynced, just before it replaces the original. When
-    `expect_fingerprint` is given, the write is refused unless the file's
+    `expect_file` is given, the write is refused unless the file's
     whole-file fingerprint still matches it (undo uses this); when
     `expect_audio` is given, it is refused with ChangedSinceClassified unless
     the audio-payload fingerprint matches it (the one classified). With
@@ -180,8 +200,8 @@ def write_genres_safely(
     lock = -1
     try:
         st = os.fstat(writer)
-        fp_before, lock = _copy_hashing(path, tmp)
-        if expect_fingerprint is not None and fp_before != expect_fingerprint:
+        file_before, lock = _copy_hashing(path, tmp)
+        if expect_file is not None and file_before != expect_file:
             raise TagError("file changed since it was last written by genretag")
         _checkpoint("after_tmp_write")
         audio_before = fingerprint(tmp)
@@ -189,7 +209,8 @@ def write_genres_safely(
             raise ChangedSinceClassified("changed since classified")
         fmt = read_tags(tmp).format
         seen_before = _reader_view(str(tmp), fmt)
-        before = set_genres(tmp, values, separator, id3v1_genre, raw, drop_empty_tag)
+        before = set_genres(tmp, values, separator=separator, id3v1_genre=id3v1_genre, raw=raw,
+                            drop_empty_tag=drop_empty_tag)
         _checkpoint("after_modify")
         after = read_tags(tmp)
         if raw is not None:
@@ -205,7 +226,7 @@ def write_genres_safely(
         if audio_after != audio_before:
             raise TagError("verification failed: the audio payload changed")
         _verify_as_read(str(tmp), fmt, seen_before)
-        fp_after = file_fingerprint(tmp)
+        file_after = file_fingerprint(tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         tst = os.stat(tmp)
         if (tst.st_uid, tst.st_gid) != (st.st_uid, st.st_gid):
@@ -218,9 +239,9 @@ def write_genres_safely(
         _copy_xattrs(path, tmp)
         if keep_mtime:
             os.utime(tmp, ns=times or (st.st_atime_ns, st.st_mtime_ns))
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _unchanged_since(path, st)
-        outcome = WriteOutcome(str(path), after.format, before.values, after.values, fp_before, fp_after,
+        outcome = WriteOutcome(str(path), after.format, before.values, after.values, file_before, file_after,
                                audio_after, before.id3v1_genre, before.raw, after.raw,
                                not (GENRE_FIELDS[fmt].id3 and before.id3_version is None))
         if before_replace is not None:
@@ -247,7 +268,7 @@ def write_genres_safely(
         if lock != -1:
             os.close(lock)
         os.close(writer)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     _checkpoint("after_replace")
     return outcome
 
@@ -318,7 +339,7 @@ def _lock_target(path: Path) -> int:
         except OSError as e:
             raise TagError(e.strerror or str(e)) from None
         deadline = time.monotonic() + LOCK_WAIT
-        while not _flock(fd, blocking=False):
+        while not lock_fd(fd, blocking=False):
             if time.monotonic() >= deadline:
                 os.close(fd)
                 raise TagError(f"locked by another process for {LOCK_WAIT:g} s (a stopped or stalled genretag "
@@ -344,7 +365,7 @@ def _unchanged_since(path: Path, st: os.stat_result) -> None:
 def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     """Copy src to a new file dst (created exclusively, owner-only, locked while the returned fd is open).
 
-    Returns src's file fingerprint and that fd.
+    Returns src's whole-file fingerprint and that fd.
     """
     import hashlib
 
@@ -352,7 +373,7 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     n = 0
     lock = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _flock(lock, blocking=True)
+        lock_fd(lock)
         with open(src, "rb") as fin, open(dst, "r+b") as fout:
             while block := fin.read(1 << 20):
                 h.update(block)
@@ -362,21 +383,6 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
         os.close(lock)
         raise
     return f"{n}:{h.hexdigest()}", lock
-
-
-def _flock(fd: int, blocking: bool) -> bool:
-    """An exclusive lock on fd; False when another process holds it (True where flock does not exist)."""
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _owner_alive(pid: int) -> bool:
@@ -389,27 +395,6 @@ def _owner_alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
-
-
-def _fsync_path(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(p: Path) -> None:
@@ -446,7 +431,7 @@ def cleanup_stray_temps(folder: str | os.PathLike) -> list[Path]:
                 except OSError:
                     continue
                 try:
-                    if _flock(fd, blocking=False):
+                    if lock_fd(fd, blocking=False):
                         os.unlink(e.path)
                         removed.append(Path(e.path))
                 except OSError:

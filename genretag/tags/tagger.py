@@ -15,6 +15,7 @@ Nothing a bad file does stops the others: every problem becomes the plan's
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,9 +68,12 @@ class Tagger:
         if self.write and not isinstance(self.journal, JournalWriter):
             self.journal = JournalWriter(self.journal)
 
-    def prepare(self, path: str) -> list[Path]:
+    def note_times_and_clean(self, path: str) -> list[Path]:
         """Call before `path` is read or classified: notes its times (keep_mtime) and,
-        once per folder, removes temporary files killed runs left there. Returns those removed."""
+        once per folder, removes temporary files killed runs left there. Returns those removed.
+
+        A dry run does neither. The times are taken before anything reads the file, so that
+        --keep-mtime gives back the access time the user's file had."""
         if not self.write:
             return []
         if self.keep_mtime:
@@ -84,6 +88,12 @@ class Tagger:
         self._cleaned.add(folder)
         return cleanup_stray_temps(folder)
 
+    def prepare(self, path: str) -> list[Path]:
+        """Deprecated name of `note_times_and_clean` (it is not a `Classifier.prepare`)."""
+        warnings.warn("genretag.tags.Tagger.prepare is deprecated and will be removed in genretag 0.4.0; "
+                      "use Tagger.note_times_and_clean", DeprecationWarning, stacklevel=2)
+        return self.note_times_and_clean(path)
+
     def plan(self, result) -> TagPlan:
         """What to do with one classified file (reads its tags; changes nothing)."""
         path = result.path
@@ -93,8 +103,8 @@ class Tagger:
             current = read_tags(path)
         except TagError as e:
             return TagPlan(ERROR, path=path, error=str(e), confidence=result.confidence)
-        plan = plan_tag(result, readable_values(current, self.separator), self.policy, self.min_confidence,
-                        self.top_k, self.names)
+        plan = plan_tag(result, readable_values(current, self.separator), policy=self.policy,
+                        min_confidence=self.min_confidence, top_k=self.top_k, names=self.names)
         plan.path = path
         plan.fingerprint = getattr(result, "fingerprint", None)
         if plan.action != WRITE:

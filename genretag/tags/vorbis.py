@@ -15,6 +15,8 @@ import io
 import struct
 from dataclasses import dataclass, field
 
+from genretag.errors import one_line
+from genretag.tags import id3
 from genretag.tags.errors import DamagedTagError
 
 GENRE = b"GENRE"
@@ -168,6 +170,30 @@ def write_flac(f, meta: FlacMeta, values: list[str], raw: list[bytes] | None = N
     f.write(data)
 
 
+def parse_flac_file(f, fmt: str = "flac") -> FlacMeta:
+    """The FLAC metadata of the open file `f`, past an ID3v2 tag in front of the stream if there is one.
+
+    That tag's genre is read (never written) into `front_genres`, for --keep-existing."""
+    f.seek(0)
+    head = f.read(id3.HEADER)
+    if head[:3] != b"ID3":
+        return parse_flac(f, 0)
+    total = id3.tag_size(head)
+    meta = parse_flac(f, total)
+    f.seek(0)
+    try:
+        meta.front_genres = id3.TCON_genres(id3.parse(f.read(total)).genres())
+    except DamagedTagError:
+        meta.front_genres = []
+    return meta
+
+
+def write_flac_file(path: str, meta: FlacMeta, values: list[str], raw: list[bytes] | None = None) -> None:
+    """`write_flac` on the file at `path`."""
+    with open(path, "r+b") as f:
+        write_flac(f, meta, values, raw)
+
+
 # --- Ogg -------------------------------------------------------------------------
 
 OGG_MAGIC = {"ogg-vorbis": (b"\x01vorbis", b"\x03vorbis", 3), "ogg-opus": (b"OpusHead", b"OpusTags", 2)}
@@ -225,7 +251,7 @@ def parse_ogg(f, kind: str) -> OggHeaders:
     except (EOFError, OSError, struct.error, ValueError) as e:
         raise DamagedTagError(f"Ogg header pages damaged ({e.__class__.__name__})") from None
     except Exception as e:  # mutagen.ogg.error
-        raise DamagedTagError(f"Ogg header pages damaged: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise DamagedTagError(f"Ogg header pages damaged: {one_line(e)}") from None
     if len(packets) < n or not packets[0].startswith(ident) or not packets[1].startswith(magic):
         raise DamagedTagError("Ogg comment header missing or damaged")
     framing = kind == "ogg-vorbis"
@@ -235,7 +261,8 @@ def parse_ogg(f, kind: str) -> OggHeaders:
     return OggHeaders(packets, comments, framing)
 
 
-def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str], raw: list[bytes] | None = None) -> None:
+def write_ogg(path: str, kind: str, headers: OggHeaders, values: list[str], *,
+              raw: list[bytes] | None = None) -> None:
     """Let mutagen re-page the header packets around the comment block built here."""
     from mutagen.oggopus import OggOpus
     from mutagen.oggvorbis import OggVorbis

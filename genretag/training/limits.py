@@ -9,11 +9,12 @@ numbers only: the CLI imports this module at start-up, before torch.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import field
 from typing import Any
 
-#: Decoding worker processes: beyond this is a typo, not a machine (each job is a process of its own).
-MAX_JOBS = 256
+from genretag.pipeline import threads
+
 #: AdamW's learning rate: below this nothing moves in a run of a few thousand steps.
 MIN_LR = 1e-6
 #: Label smoothing below 1: at 1 every target is the uniform distribution and nothing is learnt.
@@ -22,7 +23,7 @@ MAX_LABEL_SMOOTHING = 0.99
 MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 0.05, 30.0
 
 RANGES: dict[str, tuple[float | None, float | None]] = {
-    "jobs": (1, MAX_JOBS),
+    "jobs": (1, threads.MAX_JOBS),  # decoding workers: the bound every command shares
     "lr": (MIN_LR, None),
     "weight_decay": (0.0, None),
     "dropout": (0.0, 1.0),
@@ -42,3 +43,12 @@ def out_of_range(name: str, value: float, lo: float | None, hi: float | None) ->
         return None
     want = f"{lo:g}-{hi:g}" if lo is not None and hi is not None else f">= {lo:g}" if lo is not None else f"<= {hi:g}"
     return f"{name}={value!r}: out of range (want {want})"
+
+
+def __getattr__(name: str) -> Any:
+    """`MAX_JOBS` moved to `genretag.pipeline.threads` (it bounds every command's decoding workers)."""
+    if name == "MAX_JOBS":
+        warnings.warn("genretag.training.limits.MAX_JOBS is deprecated and will be removed in genretag 0.4.0; "
+                      "use genretag.pipeline.threads.MAX_JOBS", DeprecationWarning, stacklevel=2)
+        return threads.MAX_JOBS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
