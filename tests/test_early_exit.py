@@ -80,7 +80,7 @@ def test_run_model_stops_each_track_where_the_rule_says(library, batch):
     mid = len(margins) // 2  # halfway between two files' margins: no file sits on the threshold
     rule = EarlyExit((2, 4), (margins[mid - 1] + margins[mid]) / 2)
     want = _reference(net, prepared, rule)
-    got = list(run_model(prepared, net, "soft", batch, rule))
+    got = list(run_model(prepared, net, vote="soft", batch_segments=batch, early_exit=rule))
     assert [r.path for r in got] == files
     runs = []
     for r, w in zip(got, want):
@@ -97,16 +97,16 @@ def test_run_model_stops_each_track_where_the_rule_says(library, batch):
 def test_never_decided_is_the_full_vote_and_hard_vote_runs_everything(library):
     files, net = library
     prepared = [prepare_file(f, net.card.audio, 9) for f in files]
-    full = list(run_model(prepared, net, "soft", 4, None))
-    never = list(run_model(prepared, net, "soft", 4, EarlyExit((1,), 2.0)))
+    full = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=None))
+    never = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=EarlyExit((1,), 2.0)))
     always = EarlyExit((1,), 0.0)
-    hard = list(run_model(prepared, net, "hard", 4, always))
+    hard = list(run_model(prepared, net, vote="hard", batch_segments=4, early_exit=always))
     for a, b, h, p in zip(full, never, hard, prepared):
         assert a.genre == b.genre and a.segments == b.segments == h.segments
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
         if p.waves is not None:
             assert a.segments == len(p.waves)
-    stopped = list(run_model(prepared, net, "soft", 4, always))
+    stopped = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=always))
     assert {r.segments for r in stopped if r.ok} == {1}
 
 

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from genretag.audio.containers import file_fingerprint, fingerprint
 from genretag.cli import app
-from genretag.pipeline import cache as cache_mod
+from genretag.pipeline import classifier as classifier_mod
 from genretag.pipeline.inference import TrackResult
+from genretag.pipeline.result_cache import ResultCache
 from genretag.tags.errors import DamagedTagError
 from genretag.tags.fields import TagError, read_tags
 from genretag.tags.journal import read_entries, undo
@@ -77,7 +78,7 @@ def fake_model(monkeypatch):
             else:
                 yield result(p, **answers.get(name, {"jazz": 0.6, "blues": 0.3}))
 
-    monkeypatch.setattr(cache_mod, "classify", fake_classify)
+    monkeypatch.setattr(classifier_mod, "classify", fake_classify)
     return answers
 
 
@@ -499,21 +500,21 @@ def test_resumed_run_classifies_only_what_changed(tmp_path, tiny):
 
 
 def test_cache_keys(tmp_path):
-    c = cache_mod.ResultCache(tmp_path / "c.sqlite")
+    c = ResultCache(tmp_path / "c.sqlite")
     r = result("/x/a.mp3", rock=0.9)
     c.put_many([("fp1", "m@1", "soft", 3, r), ("fp2", "m@1", "soft", 3, TrackResult("b", None, None, {}, 0, "bad"))])
     got = c.get("fp1", "m@1", "soft", 3)
     assert got.genre == "rock" and got.probabilities == r.probabilities
     assert c.get("fp1", "m@2", "soft", 3) is None and c.get("fp1", "m@1", "hard", 3) is None
     assert c.get("fp1", "m@1", "soft", 5) is None and c.get("fp2", "m@1", "soft", 3) is None
-    c2 = cache_mod.ResultCache(tmp_path / "c.sqlite")  # a second run sharing the cache
+    c2 = ResultCache(tmp_path / "c.sqlite")  # a second run sharing the cache
     assert c2.get("fp1", "m@1", "soft", 3) is not None
     c.close()
     c2.close()
 
 
 def _fill_cache(path: Path, n: int = 3000) -> None:
-    c = cache_mod.ResultCache(path)
+    c = ResultCache(path)
     c.put_many([(f"fp{i:05d}", "m@1", "soft", 0, result(f"/x/{i}.mp3", rock=0.9)) for i in range(n)])
     c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
@@ -555,7 +556,7 @@ def test_cache_damaged_inside_is_rebuilt_on_first_use(tmp_path, caplog):
     page = int.from_bytes(data[16:18], "big")
     data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
     path.write_bytes(bytes(data))
-    c = cache_mod.ResultCache(path)
+    c = ResultCache(path)
     assert c.moved_aside is None  # nothing wrong is visible on open
     with caplog.at_level("WARNING", logger="genretag"):
         assert c.get("fp00001", "m@1", "soft", 0) is None
@@ -753,7 +754,7 @@ def test_file_replaced_after_classification_is_skipped(tmp_path, monkeypatch, ti
                 os.replace(other, moved)  # classified as metal, then replaced by another clip
             yield r
 
-    monkeypatch.setattr(cache_mod, "classify", classify_then_swap)
+    monkeypatch.setattr(classifier_mod, "classify", classify_then_swap)
     res = run("tag", lib, "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
     assert res.exit_code == 0, res.output
     out = rows(res)

@@ -90,7 +90,7 @@ def error_result(path: str, error: str) -> TrackResult:
     return TrackResult(path, None, None, {}, 0, error)
 
 
-def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
+def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
               batch_segments: int = 64, early_exit: EarlyExit | None = None) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
     `batch_segments` (a file may straddle two batches); yield results in input order as
@@ -165,7 +165,7 @@ class _Track:
 _END = object()
 
 
-def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
+def prepare_stream(paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
                    prefetch: int | None = None, overlap: bool = True) -> Iterator[Prepared]:
     """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight.
 
@@ -370,8 +370,9 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
-        prepared = prepare_stream(inputs, net.card.audio, segments, jobs, overlap=_streams())
-    results = run_model(prepared, net, vote, batch_segments, early_exit if segments is None else None)
+        prepared = prepare_stream(inputs, net.card.audio, segments=segments, jobs=jobs, overlap=_streams())
+    results = run_model(prepared, net, vote=vote, batch_segments=batch_segments,
+                        early_exit=early_exit if segments is None else None)
     if net.device.type != "cpu":
         yield from results
         return
