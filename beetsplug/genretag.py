@@ -119,8 +119,9 @@ class GenretagPlugin(BeetsPlugin):
 
     def classify(self, items: Sequence, s: Settings) -> Iterator[tuple[object, object]]:
         """(item, TrackResult) for each item, in order: batched, and through genretag's result cache."""
-        from genretag.pipeline.cache import Classifier, ResultCache
+        from genretag.pipeline.classifier import Classifier
         from genretag.pipeline.inference import default_jobs
+        from genretag.pipeline.result_cache import ResultCache
 
         model = self._load(s)
         try:
@@ -132,8 +133,7 @@ class GenretagPlugin(BeetsPlugin):
         try:
             yield from zip(items, classifier.classify(os.fsdecode(item.path) for item in items))
         finally:
-            if cache is not None:
-                cache.close()
+            classifier.close()  # and its result cache
             self._log.debug("{0.classified} classified, {0.cached} from the result cache", classifier.stats)
 
     def apply(self, item, result, s: Settings):

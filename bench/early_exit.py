@@ -52,7 +52,7 @@ def segment_probs(net, paths: list[str], workdir: Path) -> list[np.ndarray]:
         z = np.load(f)
         return [z[str(i)] for i in range(len(paths))]
     out = []
-    for p in prepare_stream(paths, net.card.audio, None, 2):
+    for p in prepare_stream(paths, net.card.audio, segments=None, jobs=2):
         if p.waves is None:
             raise SystemExit(f"{p.path}: {p.error}")
         out.append(np.concatenate([net.predict(p.waves[i:i + 8]) for i in range(0, len(p.waves), 8)]))

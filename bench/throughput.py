@@ -389,7 +389,7 @@ def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     params = load_card(find_card(card)).audio
     # the worker count classify itself uses; streaming (overlap=True): with no model to share
     # the cores with, decoding never waits, which is the fastest the decoders go
-    for p in prepare_stream(files, params, None, jobs or default_jobs()):
+    for p in prepare_stream(files, params, segments=None, jobs=jobs or default_jobs()):
         print(json.dumps({"path": p.path, "segments": 0 if p.waves is None else int(p.waves.shape[0]),
                           "error": p.error}))
 

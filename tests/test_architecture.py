@@ -120,7 +120,8 @@ def test_the_cycle_finder_finds_a_function_level_cycle():
 
 LIGHT_PACKAGES = ("genretag.audio", "genretag.tags", "genretag.report")
 LOOKUP_MODULES = ("genretag.store.card", "genretag.store.local", "genretag.store.index", "genretag.store.resolve",
-                  "genretag.errors", "genretag.paths", "genretag.labels", "genretag.training.labelled")
+                  "genretag.errors", "genretag.paths", "genretag.labels", "genretag.training.labelled",
+                  "genretag.pipeline.executor")
 
 _PROBE = """
 import importlib, pkgutil, sys

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from audio_factory import make_file
 
-from genretag.pipeline import cache as cache_mod
+from genretag.pipeline import classifier as classifier_mod
 from genretag.pipeline import inference
-from genretag.pipeline.cache import Classifier, ResultCache
+from genretag.pipeline.classifier import Classifier
+from genretag.pipeline.result_cache import ResultCache
 from genretag.store.load import Model, load_model
 
 
@@ -56,7 +57,7 @@ def test_a_long_stream_with_cache_hits_is_one_model_stream(model, files, tmp_pat
         streams.append(kw)
         return inference.classify(paths, net, **kw)
 
-    monkeypatch.setattr(cache_mod, "classify", counting_classify)
+    monkeypatch.setattr(classifier_mod, "classify", counting_classify)
     gone = [str(tmp_path / f"missing-{i}.wav") for i in range(300)]  # misses that fail fast
     paths = [files[0], *gone[:150], files[1], *gone[150:], files[2]]
     clf = Classifier(model, cache=cache, vote="soft", jobs=1)
@@ -98,3 +99,58 @@ def test_the_loaded_model_is_the_api(tiny_model_dir):
     m = genretag.load_model(tiny_model_dir)
     assert isinstance(m, genretag.Model) and genretag.Model is api.Model is LoadedNet is Model
     assert m.name == "tiny-test" and m.sample_rate == 16000 and m.loaded is m
+
+
+def test_without_fingerprints_the_stream_is_the_model_stream(model, files, tmp_path):
+    """What `genretag classify` runs locally: no fingerprint read, the results of `inference.classify`."""
+    clf = Classifier(model, fingerprints=False)
+    out = list(clf.classify(files))
+    for a, b in zip(out, inference.classify(files, model), strict=True):
+        _same(a, b)
+        assert a.to_json() == b.to_json()
+    assert all(r.fingerprint is None for r in out) and clf.lookup(files[0]) == (None, None)
+    assert (clf.stats.cached, clf.stats.classified) == (0, 5)
+    with_cache = Classifier(model, fingerprints=False, cache=ResultCache(tmp_path / "results.sqlite"))
+    assert with_cache.fingerprints and all(r.fingerprint for r in with_cache.classify(files[:1]))  # a cache needs them
+
+
+def test_closing_stores_what_is_left_and_closes_the_cache(model, files, tmp_path):
+    cache = ResultCache(tmp_path / "results.sqlite")
+    with Classifier(model, cache=cache) as clf:
+        stream = clf.classify(files)
+        assert [next(stream).path, next(stream).path] == files[:2]
+        assert len(cache) == 0  # fewer than STORE_EVERY results: not stored yet
+    assert cache.db is None  # the executor closed it, after storing the two
+    stream.close()
+    again = ResultCache(tmp_path / "results.sqlite")
+    assert len(again) == 2
+    again.close()
+
+
+def test_the_cache_key_besides_the_fingerprint_is_held_once(model, files, tmp_path):
+    from audio_factory import track_result
+
+    from genretag.pipeline.result_cache import model_id
+
+    cache = ResultCache(tmp_path / "results.sqlite")
+    early, ten = cache.for_model(model, vote="soft", segments=None), cache.for_model(model, vote="soft", segments=10)
+    assert (early.model_id, early.vote, early.segments, ten.segments) == (model_id(model), "soft", 0, 10)
+    stored = track_result("/x/a.mp3", rock=0.9)
+    stored.fingerprint = "fp-a"
+    early.put_many([stored, track_result("/x/b.mp3", jazz=0.8)])  # b has no fingerprint: not stored
+    assert len(cache) == 1
+    hit = early.get("/y/renamed.mp3", "fp-a")
+    assert (hit.path, hit.fingerprint, hit.genre) == ("/y/renamed.mp3", "fp-a", "rock")
+    assert ten.get("/y/renamed.mp3", "fp-a") is None  # another setting: another key
+    assert cache.get("fp-a", model_id(model), "soft", 0).genre == "rock"
+
+
+def test_an_executor_satisfies_the_protocol_and_the_old_address_still_imports(model):
+    from genretag.pipeline import cache, classifier, executor, result_cache
+
+    assert isinstance(Classifier(model), executor.Executor)
+    assert not isinstance(object(), executor.Executor)
+    assert (cache.Classifier, cache.classify_cached) == (classifier.Classifier, classifier.classify_cached)
+    assert (cache.ResultCache, cache.UnusableCache, cache.model_id, cache.default_cache_path) == (
+        result_cache.ResultCache, result_cache.UnusableCache, result_cache.model_id, result_cache.default_cache_path)
+    assert cache.CacheStats is executor.CacheStats

@@ -254,7 +254,7 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
 
     params = AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3)
     out = []
-    for i, p in enumerate(prepare_stream([str(f) for f in files], params, None, jobs, prefetch=4,
+    for i, p in enumerate(prepare_stream([str(f) for f in files], params, segments=None, jobs=jobs, prefetch=4,
                                          overlap=overlap)):
         out.append(p)
         if i == kill_after:

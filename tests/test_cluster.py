@@ -24,8 +24,9 @@ distributed = pytest.importorskip("distributed")
 from genretag.audio.containers import fingerprint  # noqa: E402
 from genretag.cli import app  # noqa: E402
 from genretag.pipeline import cluster as cluster_mod  # noqa: E402
-from genretag.pipeline.cache import default_cache_path  # noqa: E402
+from genretag.pipeline.executor import Executor  # noqa: E402
 from genretag.pipeline.inference import classify  # noqa: E402
+from genretag.pipeline.result_cache import default_cache_path  # noqa: E402
 from genretag.store.load import load_net  # noqa: E402
 from genretag.tags.journal import read_entries  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_an_ensemble_travels_as_flat_files_that_load_to_the_same_model(tiny_mode
     """Member cards may sit outside the ensemble's folder; the worker gets one folder of renamed files."""
     import numpy as np
 
-    from genretag.pipeline.cache import model_id
+    from genretag.pipeline.result_cache import model_id
     from genretag.training.transfer import make_ensemble
 
     other = tmp_path / "other"
@@ -150,6 +151,7 @@ def test_stopping_early_cancels_the_work_in_flight(dask_cluster, library, tiny_m
     net = load_net(str(tiny_model_dir), "cpu")
     good = sorted(str(p) for p in library.rglob("t*"))
     ex = cluster_mod.ClusterExecutor(client, net, chunk=1, window=4)
+    assert isinstance(ex, Executor)  # what the CLI's open_executor returns for --scheduler
     before = _chunk_keys(client)
     stream = ex.classify(good * 4)
     assert [next(stream).path for _ in range(2)] == good[:2]

@@ -127,7 +127,7 @@ def test_files_straddling_batches_keep_their_results_and_order(net):
         start += k
     whole = net.predict(waves)
     for b in (1, 3, 4, 7, 64):
-        out = list(run_model(items, net, "soft", batch_segments=b))
+        out = list(run_model(items, net, vote="soft", batch_segments=b))
         assert [r.path for r in out] == [p.path for p in items]
         assert out[2].error == "cannot decode" and out[2].genre is None
         start = 0

@@ -80,7 +80,7 @@ def test_run_model_stops_each_track_where_the_rule_says(library, batch):
     mid = len(margins) // 2  # halfway between two files' margins: no file sits on the threshold
     rule = EarlyExit((2, 4), (margins[mid - 1] + margins[mid]) / 2)
     want = _reference(net, prepared, rule)
-    got = list(run_model(prepared, net, "soft", batch, rule))
+    got = list(run_model(prepared, net, vote="soft", batch_segments=batch, early_exit=rule))
     assert [r.path for r in got] == files
     runs = []
     for r, w in zip(got, want):
@@ -97,16 +97,16 @@ def test_run_model_stops_each_track_where_the_rule_says(library, batch):
 def test_never_decided_is_the_full_vote_and_hard_vote_runs_everything(library):
     files, net = library
     prepared = [prepare_file(f, net.card.audio, 9) for f in files]
-    full = list(run_model(prepared, net, "soft", 4, None))
-    never = list(run_model(prepared, net, "soft", 4, EarlyExit((1,), 2.0)))
+    full = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=None))
+    never = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=EarlyExit((1,), 2.0)))
     always = EarlyExit((1,), 0.0)
-    hard = list(run_model(prepared, net, "hard", 4, always))
+    hard = list(run_model(prepared, net, vote="hard", batch_segments=4, early_exit=always))
     for a, b, h, p in zip(full, never, hard, prepared):
         assert a.genre == b.genre and a.segments == b.segments == h.segments
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
         if p.waves is not None:
             assert a.segments == len(p.waves)
-    stopped = list(run_model(prepared, net, "soft", 4, always))
+    stopped = list(run_model(prepared, net, vote="soft", batch_segments=4, early_exit=always))
     assert {r.segments for r in stopped if r.ok} == {1}
 
 
@@ -146,9 +146,9 @@ def test_decoding_the_rest_only_when_asked_gives_the_answers_of_decoding_everyth
     files, net = library
     full = [prepare_file(f, net.card.audio, 9) for f in files]
     rule = _mixed_rule(net, full)
-    want = list(run_model(full, net, "soft", 3, rule))
-    stream = CountingStream(files, net.card.audio, 9, jobs, early_exit=rule)
-    got = list(run_model(stream, net, "soft", 3, rule, stream))
+    want = list(run_model(full, net, batch_segments=3, early_exit=rule))
+    stream = CountingStream(files, net.card.audio, segments=9, jobs=jobs, early_exit=rule)
+    got = list(run_model(stream, net, batch_segments=3, early_exit=rule, decoder=stream))
     assert [(r.path, r.genre, r.segments, r.error) for r in got] == [(r.path, r.genre, r.segments, r.error) for r in want]
     for a, b in zip(got, want):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
@@ -156,7 +156,7 @@ def test_decoding_the_rest_only_when_asked_gives_the_answers_of_decoding_everyth
     more = [r.path for r in want if r.ok and r.segments > 2]
     assert sorted(stream.asked) == sorted(more) and 0 < len(more) < len([r for r in want if r.ok])
     # without a decoder the model stage decodes the rest itself, with the same answers
-    inline = list(run_model([prepare_file(f, net.card.audio, 9, rule) for f in files], net, "soft", 3, rule))
+    inline = list(run_model([prepare_file(f, net.card.audio, 9, rule) for f in files], net, batch_segments=3, early_exit=rule))
     assert [(r.genre, r.segments) for r in inline] == [(r.genre, r.segments) for r in want]
 
 
@@ -178,8 +178,8 @@ def test_a_rest_that_turned_silent_or_unreadable_starts_the_track_over(tmp_path,
     broken.write_bytes(b"RIFF no longer audio")
     rest = prepare_rest(firsts[0], net.card.audio)
     assert rest.rows is None and rest.offsets != firsts[0].offsets  # another plan: the whole track again
-    got = list(run_model(firsts, net, "soft", 4, never))
-    want = run_model([prepare_file(str(quiet), net.card.audio, 9)], net, "soft", 4, never)
+    got = list(run_model(firsts, net, batch_segments=4, early_exit=never))
+    want = run_model([prepare_file(str(quiet), net.card.audio, 9)], net, batch_segments=4, early_exit=never)
     (w,) = list(want)
     assert got[0].genre == w.genre and got[0].segments == w.segments
     assert got[0].probabilities == pytest.approx(w.probabilities, abs=1e-6)

@@ -15,8 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from genretag.cli import app
-from genretag.pipeline import cache as cache_mod
-from genretag.pipeline import inference
+from genretag.pipeline import classifier as classifier_mod
 from genretag.pipeline.inference import TrackResult
 from genretag.report import ReportSettings, ReviewRow, render
 from genretag.report.page import script_json
@@ -53,8 +52,7 @@ def fake_model(monkeypatch):
             else:
                 yield fake_result(p, **answers.get(Path(p).name, {"jazz": 0.6, "blues": 0.3}))
 
-    monkeypatch.setattr(cache_mod, "classify", fake_classify)  # tag's way in
-    monkeypatch.setattr(inference, "classify", fake_classify)  # classify's
+    monkeypatch.setattr(classifier_mod, "classify", fake_classify)  # the way in of tag and classify
     return answers
 
 
@@ -235,7 +233,7 @@ def test_an_unwritable_report_fails_before_any_classification(tmp_path, monkeypa
     lib.mkdir()
     af.make_file(lib / "a.flac")
     called = []
-    monkeypatch.setattr(cache_mod, "classify", lambda *a, **k: called.append(1) or iter(()))
+    monkeypatch.setattr(classifier_mod, "classify", lambda *a, **k: called.append(1) or iter(()))
     for bad in (tmp_path / "no" / "such" / "r.html", tmp_path):
         res = run("tag", lib, "--report", bad, "--model", tiny)
         assert res.exit_code == 2, res.output

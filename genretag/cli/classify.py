@@ -29,7 +29,7 @@ from genretag.cli.common import (
     classify_options,
     classify_stream,
     load,
-    open_cluster,
+    open_executor,
 )
 from genretag.cli.outputs import refuse_unsafe_output
 
@@ -64,7 +64,7 @@ def classify_cmd(
     elif state.stdout_closed:
         fail("stdout is closed, so the results would be lost: give -o FILE", 2)
     net = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
-    cluster = open_cluster(opts, net, fingerprints=False)  # likewise a scheduler that does not answer
+    executor = open_executor(opts, net, fingerprints=False)  # likewise a scheduler that does not answer
     try:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as e:
@@ -79,7 +79,7 @@ def classify_cmd(
     try:
         writer = ResultWriter(stream, fmt.value, top_k, threshold)  # the CSV header is written here
         try:
-            for r in classify_stream(paths, opts, net, skipped, cluster):
+            for r in classify_stream(paths, opts, executor, skipped):
                 total += 1
                 failed += 0 if r.ok else 1
                 writer.write(r)

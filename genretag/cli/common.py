@@ -1,19 +1,25 @@
-"""Options shared by `classify` and `tag`, and the classification loop with its progress bar."""
+"""Options shared by `classify` and `tag`, the executor they name, and the classification loop with its
+progress bar."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from genretag.cli.app import err_console, info, state
 from genretag.pipeline.threads import MAX_JOBS
+
+if TYPE_CHECKING:
+    from genretag.pipeline.executor import Executor
+    from genretag.pipeline.inference import TrackResult
 
 
 class Vote(str, Enum):
@@ -83,14 +89,21 @@ def classify_options(recursive: bool, vote: Vote, segments: int | None, model: s
                            precision.value, scheduler, scheduler_file)
 
 
-def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool = True):
-    """A `ClusterExecutor` on the scheduler the options name (None without one), connected before any
-    output is written: an unreachable scheduler is a one-line error (exit 1) and nothing is written.
+def open_executor(opts: ClassifyOptions, model, *, open_cache=None, fingerprints: bool = True) -> Executor:
+    """The executor the options name: a `ClusterExecutor` on the scheduler of --scheduler or
+    --scheduler-file, else a local `Classifier`. The scheduler is connected before any output is
+    written: an unreachable one is a one-line error (exit 1) and nothing is written.
 
-    `open_cache` (a callable returning a `ResultCache` or None) is called only once the scheduler
-    answered, so a failed connection does not create the result cache either."""
+    `open_cache` (a callable returning a `ResultCache` or None, such as `open_result_cache`) is
+    called only once the scheduler answered, so a failed connection does not create the result
+    cache either; the executor closes it. `fingerprints` puts each file's audio fingerprint on its
+    result (the tagger needs it; a cache turns it on)."""
     if opts.scheduler is None and opts.scheduler_file is None:
-        return None
+        from genretag.pipeline.classifier import Classifier
+        from genretag.pipeline.inference import default_jobs
+
+        return Classifier(model, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(),
+                          cache=open_cache() if open_cache is not None else None, fingerprints=fingerprints)
     try:
         from genretag.pipeline.cluster import ClusterExecutor, connect
     except ImportError as e:
@@ -101,7 +114,7 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
         raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
     client = connect(opts.scheduler, opts.scheduler_file)
     try:
-        ex = ClusterExecutor(client, net, vote=opts.vote, segments=opts.segments, fingerprints=fingerprints,
+        ex = ClusterExecutor(client, model, vote=opts.vote, segments=opts.segments, fingerprints=fingerprints,
                              cache=open_cache() if open_cache is not None else None, device=opts.device,
                              close_client=True)
     except BaseException:
@@ -111,6 +124,18 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
     info(f"cluster: {ex.client.scheduler.address}, {threads} worker threads"
          + ("" if threads else f" (none yet: the run waits up to {ex.no_worker_timeout:g} s for one to join)"))
     return ex
+
+
+def open_result_cache():
+    """The user's result cache, or None (with a warning) when it cannot be opened: a broken cache
+    must not stop a run."""
+    from genretag.pipeline.result_cache import ResultCache
+
+    try:
+        return ResultCache()
+    except Exception as e:  # a broken cache must not stop the run
+        logging.getLogger("genretag.cli").warning("result cache unavailable (%s); classifying everything", e)
+        return None
 
 
 def load(opts: ClassifyOptions):
@@ -135,31 +160,17 @@ def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = N
     return iter_audio_files(paths, recursive=recursive, on_error=on_error)
 
 
-def classify_stream(paths: list[str], opts: ClassifyOptions, net=None,
-                    skipped: list[str] | None = None, cluster=None) -> Iterator:
-    """Yield TrackResults for everything under `paths`, with a progress bar on a terminal.
-
-    Folders that could not be read are appended to `skipped`. With `cluster` (see `open_cluster`)
-    the work runs there, and the cluster's client is closed at the end."""
-    from genretag.pipeline.inference import classify, default_jobs
-
-    net = net or load(opts)
-    jobs = opts.jobs or default_jobs()
-    inputs = iter_inputs(paths, opts.recursive, skipped)
-    if cluster is not None:
-        yield from with_progress(on_cluster(cluster, inputs))
-        return
-    yield from with_progress(classify(inputs, net, vote=opts.vote, segments=opts.segments, jobs=jobs))
-
-
-def on_cluster(cluster, inputs) -> Iterator:
-    """`cluster.classify(inputs)`, then the cluster's client closed (also on Ctrl-C or an early stop)."""
-    results = cluster.classify(inputs)
+def classify_stream(paths: list[str], opts: ClassifyOptions, executor: Executor,
+                    skipped: list[str] | None = None) -> Iterator[TrackResult]:
+    """`executor`'s results for everything under `paths`, with a progress bar on a terminal, then the
+    executor closed (also on Ctrl-C or an early stop). Folders that could not be read are appended to
+    `skipped`."""
+    results = executor.classify(iter_inputs(paths, opts.recursive, skipped))
     try:
-        yield from results
+        yield from with_progress(results)
     finally:
-        results.close()  # cancels what is still running before the client goes
-        cluster.close()
+        results.close()  # cancels what is still running (and stores what is done) before the executor goes
+        executor.close()
 
 
 def with_progress(results: Iterator) -> Iterator:

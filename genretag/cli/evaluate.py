@@ -80,8 +80,8 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
                       subset: str | None, segments: int | None, jobs: int | None, no_cache: bool,
                       json_out: Path | None, plot: Path | None) -> None:
     """Classify labelled files as `genretag tag` would (same confidence, same result cache) and report."""
-    from genretag.cli.common import with_progress
-    from genretag.pipeline.cache import Classifier
+    from genretag.cli.common import open_result_cache, with_progress
+    from genretag.pipeline.classifier import Classifier
     from genretag.pipeline.inference import default_jobs
     from genretag.training import evaluate as ev
 
@@ -93,7 +93,7 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
     kinds = {k: sum(it.kind == k for it in items) for k in ("label", "outside", "no label")}
     info(f"evaluating {net.card.name} on {len(items)} files of {source} ({kinds['label']} with one of its genres, "
          f"{kinds['outside']} outside them" + (f", {kinds['no label']} without a genre" if against_tags else "") + ")")
-    cache = None if no_cache else _open_cache()
+    cache = None if no_cache else open_result_cache()
     clf = Classifier(net, vote="soft", segments=segments, jobs=jobs or default_jobs(), cache=cache)
     results = []
     try:
@@ -102,20 +102,13 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
                 err_console().print(f"genretag: error: {r.path}: {r.error}", markup=False)
             results.append(r)
     finally:
-        if cache is not None:
-            cache.close()
+        clf.close()  # and its result cache
     rep = {"layout": layout, "source": source, "subset": subset or "", "models": [net.card.name],
            **ev.labelled_report(items, results, labels=net.labels, threshold=threshold, source=threshold_source)}
     print_labelled(rep)
     write_outputs(rep, json_out, plot, f"{net.card.name} on {source}" + (f" ({subset})" if subset else ""))
     if rep["n_errors"] or unreadable:
         raise typer.Exit(1)
-
-
-def _open_cache():
-    from genretag.cli.tag import _open_cache as open_cache
-
-    return open_cache()
 
 
 def write_outputs(rep: dict, json_out: Path | None, plot: Path | None, title: str) -> None:

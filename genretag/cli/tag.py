@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -29,8 +28,8 @@ from genretag.cli.common import (
     genre_names_option,
     iter_inputs,
     load,
-    on_cluster,
-    open_cluster,
+    open_executor,
+    open_result_cache,
 )
 from genretag.cli.outputs import refuse_unsafe_output
 from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan
@@ -183,8 +182,6 @@ def tag_cmd(
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
     """
-    from genretag.pipeline.cache import CacheStats, classify_cached
-    from genretag.pipeline.inference import default_jobs
     from genretag.tags.tagger import Tagger
 
     if only is not None and paths:
@@ -225,13 +222,8 @@ def tag_cmd(
     net = load(opts)
     if min_confidence is None and net.min_confidence is not None:
         tagger.min_confidence = net.min_confidence
-    open_cache = None if no_cache else _open_cache
-    # the scheduler answers before the cache or any file is written: an unreachable one changes nothing
-    cluster = open_cluster(opts, net, open_cache)
-    if cluster is None:
-        cache, stats = open_cache() if open_cache is not None else None, CacheStats()
-    else:
-        cache, stats = cluster.cache, cluster.stats
+    # a scheduler answers before the cache or any file is written: an unreachable one changes nothing
+    executor = open_executor(opts, net, open_cache=None if no_cache else open_result_cache)
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
@@ -241,9 +233,7 @@ def tag_cmd(
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
 
-    results = on_cluster(cluster, inputs()) if cluster is not None else classify_cached(
-        inputs(), net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(), cache=cache,
-        stats=stats)
+    results = executor.classify(inputs())
     report = _Report(write, fmt)
     review = [] if report_path is not None else None
     try:
@@ -258,8 +248,8 @@ def tag_cmd(
                 review.append(row_from_plan(plan, r, names))
     finally:
         report.close()
-        if cache is not None:
-            cache.close()
+        results.close()  # stopped early (Ctrl-C): cancels the work in flight, stores what is done
+        executor.close()  # and its result cache
     if report.rows:
         out_console().print(report.table())
     if review is not None:
@@ -270,7 +260,7 @@ def tag_cmd(
     verb = "written" if write else "would be written"
     folders = f", {len(unreadable)} unreadable folder{'s' * (len(unreadable) != 1)}" if unreadable else ""
     info(f"{report.total} file{'s' * (report.total != 1)}: {report.written} {verb}, {report.skipped} skipped, {report.failed} failed{folders} "
-         f"({stats.classified} classified, {stats.cached} from cache)"
+         f"({executor.stats.classified} classified, {executor.stats.cached} from cache)"
          + ("" if write else "; dry run, nothing changed (use --write)"))
     if report.failed or unreadable:
         raise typer.Exit(1)
@@ -294,16 +284,6 @@ def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float,
                               segment_seconds=a.segment_seconds, max_segments=opts.segments or a.max_segments)
     write_report(rows, path, settings)
     info(f"review page: {shown(str(path))} ({len(rows)} file{'s' * (len(rows) != 1)})")
-
-
-def _open_cache():
-    from genretag.pipeline.cache import ResultCache
-
-    try:
-        return ResultCache()
-    except Exception as e:  # a broken cache must not stop tagging
-        logging.getLogger("genretag.cli").warning("result cache unavailable (%s); classifying everything", e)
-        return None
 
 
 @app.command("undo")

@@ -50,8 +50,9 @@ import distributed
 from distributed import KilledWorker, WorkerPlugin, as_completed
 
 from genretag.errors import GenretagError, ModelError, one_line
-from genretag.pipeline.cache import CacheStats, ResultCache, model_id
+from genretag.pipeline.executor import CacheStats
 from genretag.pipeline.inference import TrackResult, error_result
+from genretag.pipeline.result_cache import ResultCache
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +284,8 @@ def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Se
         fps = fingerprint_chunk(paths) if with_fingerprints else [None] * len(paths)
     prepared = (prepare_file(p, net.card.audio, settings.segments) for p in paths)
     early = DEFAULT_EARLY_EXIT if settings.segments is None else None
-    results = list(run_model(prepared, net, settings.vote,
-                             settings.batch_segments or default_batch_segments(net), early))
+    results = list(run_model(prepared, net, vote=settings.vote,
+                             batch_segments=settings.batch_segments or default_batch_segments(net), early_exit=early))
     for r, fp in zip(results, fps):
         r.fingerprint = fp
     return results
@@ -313,8 +314,8 @@ class ClusterExecutor:
     results, as `Classifier` does locally; `fingerprints` (default on) puts
     each file's audio fingerprint on its result, which `genretag.tags.Tagger`
     needs. `window` bounds the chunks in flight (default: twice the cluster's
-    worker threads, looked up again as workers come and go). `close_client`
-    makes `close()` close the client too (`ClusterExecutor.connect` sets it).
+    worker threads, looked up again as workers come and go). `close()` closes
+    the cache, and the client too with `close_client` (`ClusterExecutor.connect` sets it).
     A cluster with no worker at all for `no_worker_timeout` seconds (default: the scheduler
     timeout, `scheduler_timeout()`) while files wait ends the stream with a ClusterError.
     Paths are made absolute here before they are sent (a worker's working folder is its own);
@@ -334,8 +335,7 @@ class ClusterExecutor:
         self.chunk = max(1, int(chunk))
         self.window = window
         self.stats = CacheStats()
-        self.model_id = model_id(model)
-        self.n_segments = int(segments or 0)
+        self._cached = cache.for_model(model, vote=vote, segments=segments) if cache is not None else None
         self.plugin = ModelPlugin(model.path, device, model.precision)
         self.settings = _Settings(self.plugin.name, vote, segments, batch_segments)
         self._registered = False
@@ -357,7 +357,9 @@ class ClusterExecutor:
         return cls(connect(address, scheduler_file, timeout), model, close_client=True, **kwargs)
 
     def close(self) -> None:
-        """Close the client if this executor opened it (`ClusterExecutor.connect`)."""
+        """Close the result cache, and the client if this executor opened it (`ClusterExecutor.connect`)."""
+        if self.cache is not None:
+            self.cache.close()
         if self._owns_client:
             self.client.close()
 
@@ -379,128 +381,146 @@ class ClusterExecutor:
         return n
 
     def _in_flight_limit(self) -> int:
+        """The most chunks in flight at once."""
         return self.window or max(2, 2 * self.worker_threads())
-
-    # ------------------------------------------------------------------------- the stream
 
     def classify(self, paths: Iterable[str]) -> Iterator[TrackResult]:
         """One result per path, in input order; stopping early (or Ctrl-C) cancels the work in flight."""
         self.register()
-        it = iter(paths)
-        exhausted = False
-        next_index = 0  # the next chunk to read
-        next_out = 0  # the next chunk to yield
-        chunks: dict[int, _Chunk] = {}
-        running: dict[distributed.Future, tuple[_Chunk, str, list[int]]] = {}
-        ac = as_completed(loop=self.client.loop)
+        yield from _Stream(self, paths).results()
 
-        ahead: deque[str] = deque()  # paths read, not yet in a chunk
-        source_done = False
 
-        def read_chunk() -> _Chunk | None:
-            """The next chunk: `self.chunk` files, smaller towards the end of the input, so that the
-            last files spread over every worker thread instead of queueing behind one full chunk."""
-            nonlocal exhausted, source_done, next_index
-            threads = self.worker_threads()
-            while not source_done and len(ahead) < 2 * threads * self.chunk:
-                p = next(it, None)
-                if p is None:
-                    source_done = True
-                else:
-                    ahead.append(os.fspath(p))
-            size = self.chunk if not source_done else min(self.chunk, max(1, -(-len(ahead) // (2 * threads))))
-            paths = [ahead.popleft() for _ in range(min(size, len(ahead)))]
-            exhausted = source_done and not ahead
-            if not paths:
-                return None
-            c = _Chunk(next_index, paths, [os.path.abspath(p) for p in paths], [None] * len(paths))
-            next_index += 1
-            chunks[c.index] = c
-            return c
+class _Stream:
+    """One `ClusterExecutor.classify` run: the paths read into chunks, their tasks in flight, the
+    chunks' results given out in input order.
 
-        def submit(c: _Chunk, phase: str, positions: list[int]) -> None:
-            ps = [c.sent[i] for i in positions]
-            if phase == "fingerprint":
-                fut = self.client.submit(fingerprint_chunk, ps, pure=False)
-            else:
-                fps = None if c.fps is None else [c.fps[i] for i in positions]
-                fut = self.client.submit(classify_chunk, ps, fps, self.settings, self.fingerprints, pure=False)
-            running[fut] = (c, phase, positions)
-            ac.add(fut)
+    With a cache a chunk goes in two phases, each a task: its fingerprints
+    (`fingerprint_chunk`), then the files the cache cannot answer
+    (`classify_chunk`); without one, straight to the second.
+    """
 
-        def start(c: _Chunk) -> None:
-            if self.cache is not None:
-                submit(c, "fingerprint", list(range(len(c.paths))))
-            else:
-                submit(c, "classify", list(range(len(c.paths))))
+    def __init__(self, ex: ClusterExecutor, paths: Iterable[str]) -> None:
+        self.ex = ex
+        self.it = iter(paths)
+        self.ahead: deque[str] = deque()  # paths read, not yet in a chunk
+        self.source_done = False  # the input is read to its end
+        self.exhausted = False  # ... and every path is in a chunk
+        self.next_index = 0  # the next chunk to read
+        self.next_out = 0  # the next chunk to yield
+        self.chunks: dict[int, _Chunk] = {}
+        self.running: dict[distributed.Future, tuple[_Chunk, str, list[int]]] = {}
+        self.ac = as_completed(loop=ex.client.loop)
 
-        def finished(fut: distributed.Future) -> None:
-            c, phase, positions = running.pop(fut)
-            try:
-                value = fut.result()
-            except KilledWorker as e:  # the chunk killed worker after worker: one file at a time, then give up
-                if len(positions) > 1:
-                    for i in positions:
-                        submit(c, phase, [i])
-                    return
-                value = [None] if phase == "fingerprint" else [error_result(
-                    c.paths[positions[0]], f"cannot decode: the decoder crashed ({type(e).__name__})")]
-            except GenretagError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a task never raises for a file; this is the cluster
-                raise ClusterError(f"a cluster task failed: {one_line(e)}") from None
-            if phase == "fingerprint":
-                self._answer_from_cache(c, positions, value)
-                if c.todo:
-                    todo, c.todo = c.todo, []
-                    submit(c, "classify", todo)
-                return
-            fresh = []
-            for i, r in zip(positions, value):
-                r.path = c.paths[i]
-                c.results[i] = r
-                self.stats.classified += 1
-                if r.fingerprint and self.cache is not None:
-                    fresh.append((r.fingerprint, self.model_id, self.vote, self.n_segments, r))
-            if fresh:
-                self.cache.put_many(fresh)
-
+    def results(self) -> Iterator[TrackResult]:
         try:
             while True:
-                # keep the window full; read at most a few windows ahead of the output (a straggler
-                # holds back the output, and then the reading too)
-                limit = self._in_flight_limit()
-                while (not exhausted and len({c.index for c, _, _ in running.values()}) < limit
-                       and next_index - next_out < 4 * limit):
-                    c = read_chunk()
-                    if c is None:
-                        break
-                    start(c)
-                while next_out in chunks and chunks[next_out].done:
-                    c = chunks.pop(next_out)
-                    next_out += 1
+                self._fill()
+                while self.next_out in self.chunks and self.chunks[self.next_out].done:
+                    c = self.chunks.pop(self.next_out)
+                    self.next_out += 1
                     yield from c.results
-                if running:
-                    finished(self._next_done(ac))
-                elif exhausted and not chunks:
+                if self.running:
+                    self._finished(self._next_done())
+                elif self.exhausted and not self.chunks:
                     return
-                elif chunks:  # the oldest chunk waits for nothing: never expected
+                elif self.chunks:  # the oldest chunk waits for nothing: never expected
                     raise ClusterError("internal error: a chunk has no task running")
         except GenretagError:
             raise
         except Exception as e:  # noqa: BLE001 - the scheduler lost, a comm closed: one line, not a traceback
             raise ClusterError(f"the cluster failed: {one_line(e)}") from None
         finally:
-            if running:  # stopped early, interrupted or failed: nothing more runs for this stream
-                try:
-                    self.client.cancel(list(running))
-                except Exception:  # noqa: BLE001 - the client is gone already: so is the work
-                    log.debug("cancelling the tasks in flight failed", exc_info=True)
-                running.clear()
+            self._cancel()
 
-    def _next_done(self, ac: as_completed) -> distributed.Future:
+    def _fill(self) -> None:
+        """Keep the window full; read at most a few windows ahead of the output (a straggler holds
+        back the output, and then the reading too)."""
+        limit = self.ex._in_flight_limit()
+        while (not self.exhausted and len({c.index for c, _, _ in self.running.values()}) < limit
+               and self.next_index - self.next_out < 4 * limit):
+            c = self._read_chunk()
+            if c is None:
+                break
+            self._submit(c, "fingerprint" if self.ex.cache is not None else "classify", list(range(len(c.paths))))
+
+    def _read_chunk(self) -> _Chunk | None:
+        """The next chunk: `chunk` files, smaller towards the end of the input, so that the last
+        files spread over every worker thread instead of queueing behind one full chunk."""
+        threads = self.ex.worker_threads()
+        while not self.source_done and len(self.ahead) < 2 * threads * self.ex.chunk:
+            p = next(self.it, None)
+            if p is None:
+                self.source_done = True
+            else:
+                self.ahead.append(os.fspath(p))
+        size = self.ex.chunk if not self.source_done else min(self.ex.chunk,
+                                                              max(1, -(-len(self.ahead) // (2 * threads))))
+        paths = [self.ahead.popleft() for _ in range(min(size, len(self.ahead)))]
+        self.exhausted = self.source_done and not self.ahead
+        if not paths:
+            return None
+        c = _Chunk(self.next_index, paths, [os.path.abspath(p) for p in paths], [None] * len(paths))
+        self.next_index += 1
+        self.chunks[c.index] = c
+        return c
+
+    def _submit(self, c: _Chunk, phase: str, positions: list[int]) -> None:
+        ex = self.ex
+        ps = [c.sent[i] for i in positions]
+        if phase == "fingerprint":
+            fut = ex.client.submit(fingerprint_chunk, ps, pure=False)
+        else:
+            fps = None if c.fps is None else [c.fps[i] for i in positions]
+            fut = ex.client.submit(classify_chunk, ps, fps, ex.settings, ex.fingerprints, pure=False)
+        self.running[fut] = (c, phase, positions)
+        self.ac.add(fut)
+
+    def _finished(self, fut: distributed.Future) -> None:
+        """A task's values into its chunk: the cache's answers (then the rest sent to be
+        classified), or results."""
+        c, phase, positions = self.running.pop(fut)
+        try:
+            value = fut.result()
+        except KilledWorker as e:  # the chunk killed worker after worker: one file at a time, then give up
+            if len(positions) > 1:
+                for i in positions:
+                    self._submit(c, phase, [i])
+                return
+            value = [None] if phase == "fingerprint" else [error_result(
+                c.paths[positions[0]], f"cannot decode: the decoder crashed ({type(e).__name__})")]
+        except GenretagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a task never raises for a file; this is the cluster
+            raise ClusterError(f"a cluster task failed: {one_line(e)}") from None
+        if phase == "fingerprint":
+            self._answer_from_cache(c, positions, value)
+            if c.todo:
+                todo, c.todo = c.todo, []
+                self._submit(c, "classify", todo)
+            return
+        for i, r in zip(positions, value):
+            r.path = c.paths[i]
+            c.results[i] = r
+            self.ex.stats.classified += 1
+        if self.ex._cached is not None:
+            self.ex._cached.put_many(value)
+
+    def _answer_from_cache(self, c: _Chunk, positions: list[int], fps: list[str | None]) -> None:
+        if c.fps is None:
+            c.fps = [None] * len(c.paths)
+        for i, fp in zip(positions, fps):
+            c.fps[i] = fp
+            hit = self.ex._cached.get(c.paths[i], fp) if fp else None
+            if hit is None:
+                c.todo.append(i)
+                continue
+            c.results[i] = hit
+            self.ex.stats.cached += 1
+
+    def _next_done(self) -> distributed.Future:
         """The next finished task. A cluster left without a worker (every one died and none joined)
         for longer than the scheduler timeout is a ClusterError, not a wait that never ends."""
+        ac, ex = self.ac, self.ex
         alone_since = None
         looked = time.monotonic()
         condition = getattr(ac, "thread_condition", None)
@@ -513,25 +533,20 @@ class ClusterExecutor:
             if time.monotonic() - looked < 1.0:
                 continue
             looked = time.monotonic()
-            if sum(self.client.nthreads().values()) > 0:
+            if sum(ex.client.nthreads().values()) > 0:
                 alone_since = None
             elif alone_since is None:
                 alone_since = looked
-            elif looked - alone_since > self.no_worker_timeout:
-                raise ClusterError(f"the Dask cluster has had no worker for {self.no_worker_timeout:g} s "
+            elif looked - alone_since > ex.no_worker_timeout:
+                raise ClusterError(f"the Dask cluster has had no worker for {ex.no_worker_timeout:g} s "
                                    f"({TIMEOUT_ENV}): the files not done yet have no result")
         return next(ac)
 
-    def _answer_from_cache(self, c: _Chunk, positions: list[int], fps: list[str | None]) -> None:
-        if c.fps is None:
-            c.fps = [None] * len(c.paths)
-        for i, fp in zip(positions, fps):
-            c.fps[i] = fp
-            hit = self.cache.get(fp, self.model_id, self.vote, self.n_segments) if fp else None
-            if hit is None:
-                c.todo.append(i)
-                continue
-            hit.path, hit.fingerprint = c.paths[i], fp
-            c.results[i] = hit
-            self.stats.cached += 1
-
+    def _cancel(self) -> None:
+        """Stopped early, interrupted or failed: nothing more runs for this stream."""
+        if self.running:
+            try:
+                self.ex.client.cancel(list(self.running))
+            except Exception:  # noqa: BLE001 - the client is gone already: so is the work
+                log.debug("cancelling the tasks in flight failed", exc_info=True)
+            self.running.clear()

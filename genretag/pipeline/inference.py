@@ -90,7 +90,7 @@ def error_result(path: str, error: str) -> TrackResult:
     return TrackResult(path, None, None, {}, 0, error)
 
 
-def run_model(prepared: Iterable[Prepared], net: Model, vote: str = "soft",
+def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
               batch_segments: int = 64, early_exit: EarlyExit | None = None,
               decoder: DecodeStream | None = None) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
@@ -256,7 +256,7 @@ class DecodeStream:
     other files in flight are resubmitted.
     """
 
-    def __init__(self, paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
+    def __init__(self, paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
                  prefetch: int | None = None, overlap: bool = True, early_exit: EarlyExit | None = None) -> None:
         self.paths, self.params, self.segments, self.jobs = paths, params, segments, jobs
         self.prefetch = max(prefetch or 4 * jobs, 16)
@@ -338,11 +338,12 @@ class DecodeStream:
             return _retry_alone(self.jobs, prepare_rest, first, self.params)
 
 
-def prepare_stream(paths: Iterable[str], params: AudioParams, segments: int | None, jobs: int,
+def prepare_stream(paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
                    prefetch: int | None = None, overlap: bool = True,
                    early_exit: EarlyExit | None = None) -> DecodeStream:
     """The files of `paths` decoded in input order (see `DecodeStream`)."""
-    return DecodeStream(paths, params, segments, jobs, prefetch, overlap, early_exit)
+    return DecodeStream(paths, params, segments=segments, jobs=jobs, prefetch=prefetch, overlap=overlap,
+                        early_exit=early_exit)
 
 
 #: How often a wait on the decoding pool looks for a worker that died without the pool noticing.
@@ -479,9 +480,9 @@ def classify(
             if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
-        prepared = decoder = prepare_stream(inputs, net.card.audio, segments, jobs, overlap=_streams(),
+        prepared = decoder = prepare_stream(inputs, net.card.audio, segments=segments, jobs=jobs, overlap=_streams(),
                                             early_exit=rule if vote == "soft" else None)
-    results = run_model(prepared, net, vote, batch_segments, rule, decoder)
+    results = run_model(prepared, net, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
     if net.device.type != "cpu":
         yield from results
         return

@@ -233,8 +233,8 @@ def test_a_cache_of_another_layout_is_left_alone_with_one_warning(tmp_path, tiny
 
 
 def test_a_cache_locked_by_another_writer_is_given_up_with_one_warning(tmp_path, caplog):
-    from genretag.pipeline.cache import ResultCache
     from genretag.pipeline.inference import TrackResult
+    from genretag.pipeline.result_cache import ResultCache
 
     path = tmp_path / "c.sqlite"
     cache = ResultCache(path, busy_timeout=0.3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tag_library import result
 
-from genretag.pipeline import cache as cache_mod
+from genretag.pipeline import classifier as classifier_mod
 from genretag.pipeline.inference import TrackResult
 
 
@@ -33,5 +33,5 @@ def fake_model(monkeypatch):
             else:
                 yield result(p, **answers.get(name, {"jazz": 0.6, "blues": 0.3}))
 
-    monkeypatch.setattr(cache_mod, "classify", fake_classify)
+    monkeypatch.setattr(classifier_mod, "classify", fake_classify)
     return answers

@@ -9,8 +9,8 @@ import audio_factory as af
 import pytest
 from tag_library import library, result, rows, run
 
-from genretag.pipeline import cache as cache_mod
 from genretag.pipeline.inference import TrackResult
+from genretag.pipeline.result_cache import ResultCache
 
 
 def _counts(stderr: str) -> tuple[int, int]:
@@ -44,21 +44,21 @@ def test_resumed_run_classifies_only_what_changed(tmp_path, tiny):
 
 
 def test_cache_keys(tmp_path):
-    c = cache_mod.ResultCache(tmp_path / "c.sqlite")
+    c = ResultCache(tmp_path / "c.sqlite")
     r = result("/x/a.mp3", rock=0.9)
     c.put_many([("fp1", "m@1", "soft", 3, r), ("fp2", "m@1", "soft", 3, TrackResult("b", None, None, {}, 0, "bad"))])
     got = c.get("fp1", "m@1", "soft", 3)
     assert got.genre == "rock" and got.probabilities == r.probabilities
     assert c.get("fp1", "m@2", "soft", 3) is None and c.get("fp1", "m@1", "hard", 3) is None
     assert c.get("fp1", "m@1", "soft", 5) is None and c.get("fp2", "m@1", "soft", 3) is None
-    c2 = cache_mod.ResultCache(tmp_path / "c.sqlite")  # a second run sharing the cache
+    c2 = ResultCache(tmp_path / "c.sqlite")  # a second run sharing the cache
     assert c2.get("fp1", "m@1", "soft", 3) is not None
     c.close()
     c2.close()
 
 
 def _fill_cache(path: Path, n: int = 3000) -> None:
-    c = cache_mod.ResultCache(path)
+    c = ResultCache(path)
     c.put_many([(f"fp{i:05d}", "m@1", "soft", 0, result(f"/x/{i}.mp3", rock=0.9)) for i in range(n)])
     c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
@@ -100,7 +100,7 @@ def test_cache_damaged_inside_is_rebuilt_on_first_use(tmp_path, caplog):
     page = int.from_bytes(data[16:18], "big")
     data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
     path.write_bytes(bytes(data))
-    c = cache_mod.ResultCache(path)
+    c = ResultCache(path)
     assert c.moved_aside is None  # nothing wrong is visible on open
     with caplog.at_level("WARNING", logger="genretag"):
         assert c.get("fp00001", "m@1", "soft", 0) is None

@@ -12,7 +12,7 @@ import pytest
 from tag_library import result, rows, run
 
 from genretag.audio.containers import fingerprint
-from genretag.pipeline import cache as cache_mod
+from genretag.pipeline import classifier as classifier_mod
 from genretag.tags.plan import WRITE
 
 
@@ -31,7 +31,7 @@ def test_file_replaced_after_classification_is_skipped(tmp_path, monkeypatch, ti
                 os.replace(other, moved)  # classified as metal, then replaced by another clip
             yield r
 
-    monkeypatch.setattr(cache_mod, "classify", classify_then_swap)
+    monkeypatch.setattr(classifier_mod, "classify", classify_then_swap)
     res = run("tag", lib, "--write", "-j", "1", "--format", "jsonl", "--model", tiny)
     assert res.exit_code == 0, res.output
     out = rows(res)
