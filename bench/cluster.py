@@ -119,9 +119,9 @@ def main() -> None:
     prefer_passive_openmp()  # as the CLI does, before torch starts
     import distributed
 
+    from genretag.model import load_net
     from genretag.pipeline.cluster import DEFAULT_CHUNK, ClusterExecutor
     from genretag.pipeline.inference import classify, default_jobs
-    from genretag.store.load import load_net
 
     paths = pick_clips(args.source, args.tracks) * max(1, args.repeat)
     n = len(paths)

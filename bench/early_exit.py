@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from genretag.model import load_net
     from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-    from genretag.store.load import load_net
     from genretag.training.dataset import scan, split
 
     torch.set_num_threads(2)

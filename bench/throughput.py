@@ -382,9 +382,9 @@ def _run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None, int
 
 def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     """(a): prepare_file over all files through classify's own pool, no model."""
+    from genretag.card import load_card
     from genretag.pipeline.inference import default_jobs, prepare_stream
-    from genretag.store.card import load_card
-    from genretag.store.load import find_card
+    from genretag.store.resolve import find_card
 
     params = load_card(find_card(card)).audio
     # the worker count classify itself uses; streaming (overlap=True): with no model to share
@@ -432,7 +432,7 @@ def stage_naive(files: list[str], card: str | None) -> None:
     import numpy as np
     import torch
 
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     net = load_net(card, "cpu")
     a, m = net.card.audio, net.card.mel
@@ -492,9 +492,9 @@ def resolve_model(workdir: Path) -> tuple[str | None, str]:
     if not card.exists():
         code = ("import sys, torch\n"
                 "from genretag.training.train import make_card, TrainConfig\n"
-                "from genretag.store.card import GTZAN_GENRES\n"
-                "from genretag.nets.cnn import build_net\n"
-                "from genretag.store.load import save_model\n"
+                "from genretag.card import GTZAN_GENRES\n"
+                "from genretag.nets import build_net\n"
+                "from genretag.store.weights import save_model\n"
                 "card = make_card(TrainConfig(), list(GTZAN_GENRES)); torch.manual_seed(0)\n"
                 "save_model(build_net(card), card, sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", code, str(card.parent)], check=True, cwd=str(REPO))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from audio_factory import make_file
 
+from genretag.model import Model, load_model
 from genretag.pipeline import cache as cache_mod
 from genretag.pipeline import inference
 from genretag.pipeline.cache import Classifier, ResultCache
-from genretag.store.load import Model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +92,8 @@ def test_classify_leaves_the_callers_network_alone(model, files):
 
 def test_the_loaded_model_is_the_api(tiny_model_dir):
     import genretag
-    from genretag import api
-    from genretag.store.load import LoadedNet
+    from genretag.model import Model
 
     m = genretag.load_model(tiny_model_dir)
-    assert isinstance(m, genretag.Model) and genretag.Model is api.Model is LoadedNet is Model
-    assert m.name == "tiny-test" and m.sample_rate == 16000 and m.loaded is m
+    assert isinstance(m, genretag.Model) and genretag.Model is Model
+    assert m.name == "tiny-test" and m.sample_rate == 16000

@@ -115,7 +115,7 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
 
 def load(opts: ClassifyOptions):
     """Load the model the options name (a failure is a ModelError carrying its exit code)."""
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     net = load_net(opts.model, opts.device, precision=opts.precision)
     info(f"model: {net.card.name} ({net.device.type}, {net.runtime})")

@@ -183,7 +183,7 @@ def tag_cmd(
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
     """
-    from genretag.pipeline.cache import CacheStats, classify_cached
+    from genretag.pipeline.cache import Classifier
     from genretag.pipeline.inference import default_jobs
     from genretag.tags.tagger import Tagger
 
@@ -229,7 +229,9 @@ def tag_cmd(
     # the scheduler answers before the cache or any file is written: an unreachable one changes nothing
     cluster = open_cluster(opts, net, open_cache)
     if cluster is None:
-        cache, stats = open_cache() if open_cache is not None else None, CacheStats()
+        local = Classifier(net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(),
+                           cache=open_cache() if open_cache is not None else None)
+        cache, stats = local.cache, local.stats
     else:
         cache, stats = cluster.cache, cluster.stats
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
@@ -241,9 +243,7 @@ def tag_cmd(
                 info(f"removed stray temporary file {shown(str(stray))}")
             yield p
 
-    results = on_cluster(cluster, inputs()) if cluster is not None else classify_cached(
-        inputs(), net, vote=opts.vote, segments=opts.segments, jobs=opts.jobs or default_jobs(), cache=cache,
-        stats=stats)
+    results = on_cluster(cluster, inputs()) if cluster is not None else local.classify(inputs())
     report = _Report(write, fmt)
     review = [] if report_path is not None else None
     try:

@@ -30,8 +30,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, fingerprint
-from genretag.errors import GenretagError, one_line
+from genretag.audio.containers import fingerprint
+from genretag.deprecation import deprecated, no_attribute
+from genretag.errors import FingerprintError, GenretagError, one_line
 from genretag.paths import cache_dir
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
@@ -66,11 +67,11 @@ def default_cache_path() -> Path:
     return cache_dir() / "results.sqlite"
 
 
-def model_id(net) -> str:
+def model_id(model) -> str:
     """Card name + weights sha256 (+ a digest of the calibration, for a calibrated card): a retrained
     or recalibrated model under the same name is a new model."""
-    card = net.card
-    sha = card.weights_sha256 or ",".join(getattr(m.card, "weights_sha256", "") for m in net.members)
+    card = model.card
+    sha = card.weights_sha256 or ",".join(getattr(m.card, "weights_sha256", "") for m in model.members)
     calibration = card.extra.get("calibration")
     if calibration:
         arch = json.dumps([card.architecture, calibration], sort_keys=True).encode()
@@ -362,11 +363,18 @@ class Classifier:
             self.cache.put_many(rows)
 
 
-def classify_cached(paths: Iterable[str], net, vote: str = "soft", segments: int | None = None,
-                    jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
-                    ) -> Iterator[TrackResult]:
-    """`Classifier(net, ...).classify(paths)`, counting into `stats` (the function form of 0.1)."""
-    clf = Classifier(net, vote=vote, segments=segments, jobs=jobs, cache=cache)
+def _classify_cached(paths: Iterable[str], model, vote: str = "soft", segments: int | None = None,
+                     jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
+                     ) -> Iterator[TrackResult]:
+    """genretag 0.1's `classify_cached`: `Classifier(model, ...).classify(paths)`, counting into `stats`."""
+    clf = Classifier(model, vote=vote, segments=segments, jobs=jobs, cache=cache)
     if stats is not None:
         clf.stats = stats
     return clf.classify(paths)
+
+
+def __getattr__(name: str):
+    if name == "classify_cached":
+        deprecated(f"{__name__}.classify_cached", "genretag.pipeline.cache.Classifier(model, ...).classify(paths)")
+        return _classify_cached
+    raise no_attribute(__name__, name)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from genretag.audio import decode as audio
+from genretag.card import AudioParams
 from genretag.errors import one_line
 from genretag.pipeline.segments import SilentError, cut_segments, pick_audible
-from genretag.store.card import AudioParams
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
-from genretag.errors import one_line
+from genretag.audio.containers import file_fingerprint, fingerprint
+from genretag.errors import FingerprintError, one_line
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import GENRE_FIELDS, read_tags, set_genres, stored_form

@@ -33,12 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genretag.card import ModelCard, load_card, save_card
+from genretag.card.metrics import CardMetrics, SubsetMetrics
+from genretag.model import Model, load_net, resolve_device
 from genretag.nets import musicnn as M
 from genretag.paths import cache_dir
 from genretag.pipeline.segments import cut_at
-from genretag.store.card import ModelCard, load_card, save_card
-from genretag.store.load import LoadedNet, find_card, load_net, resolve_device, save_model
-from genretag.store.metrics import CardMetrics, SubsetMetrics
+from genretag.store.resolve import find_card
+from genretag.store.weights import save_model
 from genretag.training import evaluate as ev
 from genretag.training.common import (
     CropSampler,
@@ -527,7 +529,7 @@ def transfer_card(cfg: TransferConfig, base: ModelCard, labels: list[str], pooli
     return card
 
 
-def measure(ln: LoadedNet, data: Data, subsets=("valid", "test", "valid_excerpts", "test_excerpts")) -> CardMetrics:
+def measure(ln: Model, data: Data, subsets=("valid", "test", "valid_excerpts", "test_excerpts")) -> CardMetrics:
     """Metrics of a saved (reloaded) model, cut and voted exactly as `genretag evaluate` does.
 
     Excerpts are measured apart from the tracks ("test_excerpts": one sub-track each)."""
@@ -1068,7 +1070,7 @@ def run_ensemble(cfg: TransferConfig, members: list[str], note: Callable[[str], 
     a = full.card.audio
     per_member: dict[str, list[list[np.ndarray]]] = {}
     segs = [ev.track_segments(data.cache, idx[t.id], a.segment_samples, a.max_segments) for t in data.parts["valid"]]
-    from genretag.store.load import _adapt
+    from genretag.model import _adapt
 
     for m, mp in zip(full.members, full.card.members):
         note(f"  valid predictions of {m.card.name}")
