@@ -83,7 +83,7 @@ def classify_options(recursive: bool, vote: Vote, segments: int | None, model: s
                            precision.value, scheduler, scheduler_file)
 
 
-def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool = True):
+def open_cluster(opts: ClassifyOptions, model, open_cache=None, fingerprints: bool = True):
     """A `ClusterExecutor` on the scheduler the options name (None without one), connected before any
     output is written: an unreachable scheduler is a one-line error (exit 1) and nothing is written.
 
@@ -101,7 +101,7 @@ def open_cluster(opts: ClassifyOptions, net, open_cache=None, fingerprints: bool
         raise GenretagError("--scheduler needs Dask: pip install 'genretag[dask]'", 2) from None
     client = connect(opts.scheduler, opts.scheduler_file)
     try:
-        ex = ClusterExecutor(client, net, vote=opts.vote, segments=opts.segments, fingerprints=fingerprints,
+        ex = ClusterExecutor(client, model, vote=opts.vote, segments=opts.segments, fingerprints=fingerprints,
                              cache=open_cache() if open_cache is not None else None, device=opts.device,
                              close_client=True)
     except BaseException:
@@ -117,9 +117,9 @@ def load(opts: ClassifyOptions):
     """Load the model the options name (a failure is a ModelError carrying its exit code)."""
     from genretag.model import load_net
 
-    net = load_net(opts.model, opts.device, precision=opts.precision)
-    info(f"model: {net.card.name} ({net.device.type}, {net.runtime})")
-    return net
+    model = load_net(opts.model, opts.device, precision=opts.precision)
+    info(f"model: {model.card.name} ({model.device.type}, {model.runtime})")
+    return model
 
 
 def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = None) -> Iterator[str]:
@@ -135,7 +135,7 @@ def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = N
     return iter_audio_files(paths, recursive=recursive, on_error=on_error)
 
 
-def classify_stream(paths: list[str], opts: ClassifyOptions, net=None,
+def classify_stream(paths: list[str], opts: ClassifyOptions, model=None,
                     skipped: list[str] | None = None, cluster=None) -> Iterator:
     """Yield TrackResults for everything under `paths`, with a progress bar on a terminal.
 
@@ -143,13 +143,13 @@ def classify_stream(paths: list[str], opts: ClassifyOptions, net=None,
     the work runs there, and the cluster's client is closed at the end."""
     from genretag.pipeline.inference import classify, default_jobs
 
-    net = net or load(opts)
+    model = model or load(opts)
     jobs = opts.jobs or default_jobs()
     inputs = iter_inputs(paths, opts.recursive, skipped)
     if cluster is not None:
         yield from with_progress(on_cluster(cluster, inputs))
         return
-    yield from with_progress(classify(inputs, net, vote=opts.vote, segments=opts.segments, jobs=jobs))
+    yield from with_progress(classify(inputs, model, vote=opts.vote, segments=opts.segments, jobs=jobs))
 
 
 def on_cluster(cluster, inputs) -> Iterator:
