@@ -414,7 +414,6 @@ def default_batch_segments(model: Predictor) -> int:
     return 8 if lead.card.architecture.get("name", "resnet").startswith("musicnn") else 16
 
 
-
 def _tune_for_inference(model: Predictor) -> None:
     """genretag 0.1's `tune_for_inference(model)`: `model.tune()`."""
     model.tune()
