@@ -107,7 +107,7 @@ class GenretagPlugin(BeetsPlugin):
     def _load(self, s: Settings):
         """The model the settings name, loaded once per (model, device)."""
         if self._model is None or self._model_key != (s.model, s.device):
-            from genretag.store.load import load_model
+            from genretag.model import load_model
 
             try:
                 self._model = load_model(s.model, s.device)

@@ -54,7 +54,7 @@ def file_sets(data: Path) -> dict[str, list[tuple[str, str | None]]]:
 
 
 def run(model_name: str | None, precision: str, paths: list[str], jobs: int) -> tuple[list, float, str]:
-    from genretag.store.load import load_model
+    from genretag.model import load_model
 
     model = load_model(model_name, device="cpu", precision=precision)
     runtime = model.runtime

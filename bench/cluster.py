@@ -119,19 +119,19 @@ def main() -> None:
     prefer_passive_openmp()  # as the CLI does, before torch starts
     import distributed
 
+    from genretag.model import load_net
     from genretag.pipeline.cluster import DEFAULT_CHUNK, ClusterExecutor
     from genretag.pipeline.inference import classify, default_jobs
-    from genretag.store.load import load_net
 
     paths = pick_clips(args.source, args.tracks) * max(1, args.repeat)
     n = len(paths)
-    net = load_net(args.model, "cpu")
+    model = load_net(args.model, "cpu")
     chunk = args.chunk or DEFAULT_CHUNK
-    report = {"tracks": n, "distinct_clips": len(set(paths)), "source": str(args.source), "model": net.card.name,
+    report = {"tracks": n, "distinct_clips": len(set(paths)), "source": str(args.source), "model": model.card.name,
               "chunk": chunk, "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "distributed": distributed.__version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "runs": {}}
-    print(f"{n} tracks ({len(set(paths))} clips) from {args.source}, model {net.card.name}, chunk {chunk}; "
+    print(f"{n} tracks ({len(set(paths))} clips) from {args.source}, model {model.card.name}, chunk {chunk}; "
           f"load {load()}")
 
     genres: dict[str, list] = {}
@@ -149,13 +149,13 @@ def main() -> None:
     # cold: the first run (local: the decoding pool starts; cluster: workers import torch and load the model);
     # warm: the same again, as every later run on a long-lived pool or cluster
     for phase in ("cold", "warm"):
-        record(f"local_{phase}", lambda: classify(paths, net, jobs=default_jobs()), jobs=default_jobs())
+        record(f"local_{phase}", lambda: classify(paths, model, jobs=default_jobs()), jobs=default_jobs())
     for workers in (1, 2):
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                       dashboard_address=None, silence_logs=40) as lc, \
                 distributed.Client(lc, set_as_default=False) as client:
             client.wait_for_workers(workers)
-            ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
+            ex = ClusterExecutor(client, model, chunk=chunk, fingerprints=False)
             for phase in ("cold", "warm"):
                 record(f"{workers}_worker{'s' if workers > 1 else ''}_{phase}", lambda: ex.classify(paths))
 
@@ -163,7 +163,7 @@ def main() -> None:
         with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                       dashboard_address=None, silence_logs=40) as lc, \
                 distributed.Client(lc, set_as_default=False) as client:
-            ex = ClusterExecutor(client, net, chunk=chunk, fingerprints=False)
+            ex = ClusterExecutor(client, model, chunk=chunk, fingerprints=False)
             list(ex.classify(paths[:2]))  # the model is loaded (and the heap set) before the timed runs
             sample = paths[:200]
             for name, setup in (("1_worker_genretag_heap", None), ("1_worker_dask_heap", dask_heap)):
@@ -191,7 +191,7 @@ def main() -> None:
         print(f"{phase}: 2 workers / local {r[f'2_workers_vs_local_{phase}']:.2f}x (target >= 0.8), "
               f"2 workers / 1 worker {r[f'2_workers_vs_1_worker_{phase}']:.2f}x (target >= 1.6)")
     print(f"same genres as local: {report['same_genres_as_local']} of {n}")
-    out = args.json or REPO / "reports" / "cluster" / f"{net.card.name}-{n}.json"
+    out = args.json or REPO / "reports" / "cluster" / f"{model.card.name}-{n}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -42,20 +42,20 @@ from throughput import DEFAULT_SOURCE  # noqa: E402 - bench/ is on sys.path when
 MARGINS = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 
 
-def segment_probs(net, paths: list[str], workdir: Path) -> list[np.ndarray]:
+def segment_probs(model, paths: list[str], workdir: Path) -> list[np.ndarray]:
     """(sub-tracks, labels) probabilities per path in classify's own order of sub-tracks (cached)."""
     from genretag.pipeline.inference import prepare_stream
 
-    key = hashlib.sha256(json.dumps([net.card.name, net.card.weights_sha256, paths]).encode()).hexdigest()[:16]
-    f = workdir / f"segprobs-{net.card.name}-{key}.npz"
+    key = hashlib.sha256(json.dumps([model.card.name, model.card.weights_sha256, paths]).encode()).hexdigest()[:16]
+    f = workdir / f"segprobs-{model.card.name}-{key}.npz"
     if f.exists():
         z = np.load(f)
         return [z[str(i)] for i in range(len(paths))]
     out = []
-    for p in prepare_stream(paths, net.card.audio, segments=None, jobs=2):
+    for p in prepare_stream(paths, model.card.audio, segments=None, jobs=2):
         if p.waves is None:
             raise SystemExit(f"{p.path}: {p.error}")
-        out.append(np.concatenate([net.predict(p.waves[i:i + 8]) for i in range(0, len(p.waves), 8)]))
+        out.append(np.concatenate([model.predict(p.waves[i:i + 8]) for i in range(0, len(p.waves), 8)]))
     workdir.mkdir(parents=True, exist_ok=True)
     np.savez(f, **{str(i): x for i, x in enumerate(out)})
     return out
@@ -126,23 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from genretag.labels import broad_genre, label_key
+    from genretag.model import load_net
     from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-    from genretag.store.load import load_net
     from genretag.training.dataset import scan, split
 
     torch.set_num_threads(2)
     subsets = split(scan(args.data), "fault-filtered")
-    nets = {"fit": load_net(args.fit_model or args.model, "cpu"), "check": load_net(args.model, "cpu")}
+    models = {"fit": load_net(args.fit_model or args.model, "cpu"), "check": load_net(args.model, "cpu")}
     data: dict = {}
-    for role, net in nets.items():
+    for role, model in models.items():
         # GTZAN's folder names ("hiphop") against a model's labels ("hiphop", or "Hip-Hop" for broad-musicnn)
-        idx = {label_key(broad_genre(lab) or lab): i for i, lab in enumerate(net.labels)}
+        idx = {label_key(broad_genre(lab) or lab): i for i, lab in enumerate(model.labels)}
         for name in ("valid", "test"):
             tracks = subsets[name]
-            data[role, name] = (segment_probs(net, [str(t.path) for t in tracks], args.workdir),
+            data[role, name] = (segment_probs(model, [str(t.path) for t in tracks], args.workdir),
                                 np.array([idx[label_key(broad_genre(t.genre) or t.genre)] for t in tracks]))
-    if "valid_seen_in_training" in (nets["fit"].card.metrics or {}):
-        print(f"warning: {nets['fit'].card.name}'s head was trained on valid too, so valid cannot choose "
+    if "valid_seen_in_training" in (models["fit"].card.metrics or {}):
+        print(f"warning: {models['fit'].card.name}'s head was trained on valid too, so valid cannot choose "
               "the margin; give --fit-model a head trained on train only (see --help)", file=sys.stderr)
     rows = fit(*data["fit", "valid"], args.agreement)
     for r in rows:
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         r["test"] = evaluate(rule, *data["fit", "test"])
         r["check_valid"] = evaluate(rule, *data["check", "valid"])
         r["check_test"] = evaluate(rule, *data["check", "test"])
-    print(f"fit on {nets['fit'].card.name} valid ({len(data['fit', 'valid'][1])} tracks), "
-          f"checked on {nets['check'].card.name}; agreement = same genre as the full 10-sub-track vote")
+    print(f"fit on {models['fit'].card.name} valid ({len(data['fit', 'valid'][1])} tracks), "
+          f"checked on {models['check'].card.name}; agreement = same genre as the full 10-sub-track vote")
     print(f"{'checkpoints':<12} {'margin':>6} | {'fit valid: runs agree random':>29} | {'fit test: runs agree':>20} | "
           f"{'check valid: agree':>18} | {'check test: runs agree correct (full)':>37}")
     for r in rows:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         shipped[key]["random_order_agreement"] = round(random_order_agreement(DEFAULT_EARLY_EXIT,
                                                                               data[role, name][0]), 4)
     print(f"fitted: checkpoints {best['checkpoints']} margin {best['margin']}; shipped DEFAULT_EARLY_EXIT: "
-          f"{shipped['checkpoints']} margin {shipped['margin']}: on {nets['check'].card.name} valid "
+          f"{shipped['checkpoints']} margin {shipped['margin']}: on {models['check'].card.name} valid "
           f"{shipped['check_valid']['agreement']:.1%} and test {shipped['check_test']['agreement']:.1%} "
           f"the same genre as the full vote, test correct {shipped['check_test']['correct']} vs "
           f"{shipped['check_test']['correct_full']} tracks, {shipped['check_test']['mean_segments_run']} "
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "fit_model": nets["fit"].card.name, "fit_weights_sha256": nets["fit"].card.weights_sha256,
-            "model": nets["check"].card.name, "weights_sha256": nets["check"].card.weights_sha256,
+            "fit_model": models["fit"].card.name, "fit_weights_sha256": models["fit"].card.weights_sha256,
+            "model": models["check"].card.name, "weights_sha256": models["check"].card.weights_sha256,
             "agreement": args.agreement, "fitted": best, "shipped": shipped, "candidates": rows}, indent=2) + "\n")
     return 0
 

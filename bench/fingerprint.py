@@ -121,8 +121,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     from genretag.audio.containers import file_fingerprint, fingerprint
+    from genretag.card import load_card
     from genretag.pipeline.prepare import prepare_file
-    from genretag.store.card import load_card
     from genretag.store.local import find_local
 
     card = load_card(find_local(None))

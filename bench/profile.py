@@ -164,8 +164,8 @@ def profile(files: list[str], precision: str, batch: int | None) -> dict:
     import numpy as np
     import torch
 
+    from genretag.model import load_model
     from genretag.pipeline import inference
-    from genretag.store.load import load_model
 
     torch.set_num_threads(1)
     model = load_model(None, device="cpu", precision=precision)

@@ -382,9 +382,9 @@ def _run_stage(name: str, cmd: list[str], n_expected: int, env: dict | None, int
 
 def stage_decode(files: list[str], card: str | None, jobs: int | None) -> None:
     """(a): prepare_file over all files through classify's own pool, no model."""
+    from genretag.card import load_card
     from genretag.pipeline.inference import default_jobs, prepare_stream
-    from genretag.store.card import load_card
-    from genretag.store.load import find_card
+    from genretag.store.resolve import find_card
 
     params = load_card(find_card(card)).audio
     # the worker count classify itself uses; streaming (overlap=True): with no model to share
@@ -432,19 +432,19 @@ def stage_naive(files: list[str], card: str | None) -> None:
     import numpy as np
     import torch
 
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
-    net = load_net(card, "cpu")
-    a, m = net.card.audio, net.card.mel
+    model = load_net(card, "cpu")
+    a, m = model.card.audio, model.card.mel
     sr, hop = a.sample_rate, a.segment_samples
     # ResNet: librosa's log-mel (power_to_db, as LogMel makes it) fed to the network's body.
     # musicnn-transfer: librosa's mel, log10(1 + 10000 x) as musicnn's extractor does, into the
     # network written out literally (_literal_musicnn). Anything else: the whole genretag
     # network on each waveform chunk.
-    body = getattr(net.net, "body", None)
-    kind = ("resnet" if body is not None and type(getattr(net.net, "frontend", None)).__name__ == "LogMel"
-            else "musicnn" if net.card.architecture.get("name") == "musicnn-transfer" else "net")
-    literal = _literal_musicnn(net.net) if kind == "musicnn" else None
+    body = getattr(model.net, "body", None)
+    kind = ("resnet" if body is not None and type(getattr(model.net, "frontend", None)).__name__ == "LogMel"
+            else "musicnn" if model.card.architecture.get("name") == "musicnn-transfer" else "net")
+    literal = _literal_musicnn(model.net) if kind == "musicnn" else None
     print(json.dumps({"naive_forward": {"resnet": "librosa mel + power_to_db -> net.body",
                                         "musicnn": "librosa mel + log10(1 + 10000 x) -> literal musicnn graph",
                                         "net": "net(waveform chunk)"}[kind]}), file=sys.stderr)
@@ -458,7 +458,7 @@ def stage_naive(files: list[str], card: str | None) -> None:
                     ch = np.pad(ch, (0, hop - len(ch)))
                 with torch.no_grad():
                     if kind == "net":
-                        logits = net.net(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32))[None])
+                        logits = model.net(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32))[None])
                     else:
                         mel = librosa.feature.melspectrogram(
                             y=ch, sr=sr, n_fft=m.n_fft, hop_length=m.hop_length, n_mels=m.n_mels,
@@ -469,9 +469,9 @@ def stage_naive(files: list[str], card: str | None) -> None:
                         else:
                             x = np.log10(1.0 + m.scale * mel.T.astype(np.float32))
                             logits = literal(torch.from_numpy(x)[None])
-                    probs.append(torch.softmax(logits / float(net.card.temperature or 1.0), -1)[0].numpy())
+                    probs.append(torch.softmax(logits / float(model.card.temperature or 1.0), -1)[0].numpy())
             dist = np.mean(probs, axis=0)
-            print(json.dumps({"path": path, "genre": net.labels[int(np.argmax(dist))],
+            print(json.dumps({"path": path, "genre": model.labels[int(np.argmax(dist))],
                               "segments": len(chunks), "error": None}))
         except Exception as e:  # a user's loop would crash; count it instead
             print(json.dumps({"path": path, "genre": None, "error": str(e)[:200]}))
@@ -492,9 +492,9 @@ def resolve_model(workdir: Path) -> tuple[str | None, str]:
     if not card.exists():
         code = ("import sys, torch\n"
                 "from genretag.training.train import make_card, TrainConfig\n"
-                "from genretag.store.card import GTZAN_GENRES\n"
-                "from genretag.nets.cnn import build_net\n"
-                "from genretag.store.load import save_model\n"
+                "from genretag.card import GTZAN_GENRES\n"
+                "from genretag.nets import build_net\n"
+                "from genretag.store.weights import save_model\n"
                 "card = make_card(TrainConfig(), list(GTZAN_GENRES)); torch.manual_seed(0)\n"
                 "save_model(build_net(card), card, sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", code, str(card.parent)], check=True, cwd=str(REPO))

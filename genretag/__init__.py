@@ -18,9 +18,9 @@ __all__ = ["Model", "TrackResult", "__version__", "classify", "load_model"]
 
 def __getattr__(name: str):
     if name in ("Model", "load_model", "classify"):
-        from genretag.store import load
+        from genretag import model
 
-        return getattr(load, name)
+        return getattr(model, name)
     if name == "TrackResult":
         from genretag.pipeline import inference
 

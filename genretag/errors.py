@@ -9,8 +9,9 @@ catches `GenretagError` once, in `genretag.cli.app.main`; library callers can
 catch it, or one of the subclasses, the same way.
 
 Imports nothing from genretag, so every module (torch-free ones included) can
-raise these. The historical homes (`genretag.audio.decode.AudioError`,
-`genretag.store.index.HubError`, ...) re-export the same classes.
+raise these; genretag imports them from here. A module that raises one holds it
+too (`genretag.audio.decode.AudioError` is this `AudioError`); a name that a
+module only re-exported (`genretag.store.index.ModelError`) is deprecated there.
 """
 
 from __future__ import annotations

@@ -1,3 +1,15 @@
-"""Kept for scripts written against earlier releases: `genretag.pipeline.inference` is the module."""
+"""Deprecated: genretag 0.1's address of the model stage. `genretag.pipeline.inference` is the module.
 
-from genretag.pipeline.inference import TrackResult, classify, run_model  # noqa: F401
+`TrackResult`, `classify` and `run_model` still work here, with a DeprecationWarning; the module
+goes in genretag 0.4.0.
+"""
+
+from __future__ import annotations
+
+from genretag.deprecation import moved_module
+
+
+def __getattr__(name: str):
+    from genretag.pipeline import inference
+
+    return moved_module(__name__, name, (inference,) if name in ("TrackResult", "classify", "run_model") else ())

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genretag.model import load_model
 from genretag.nets.musicnn import MusicnnNet
 from genretag.pipeline.prepare import prepare_file, prepare_waveform
-from genretag.store.load import load_model
 from genretag.training import augment
 from genretag.training.dataset import fault_filtered_lists
 

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
+from genretag.card import load_card, save_card
+from genretag.card.metrics import CardMetrics, SubsetMetrics
 from genretag.nets.musicnn import MSD_TAGS
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
-from genretag.store.card import load_card, save_card
-from genretag.store.metrics import CardMetrics, SubsetMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -40,9 +40,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from genretag.card import load_card  # noqa: E402
 from genretag.nets import musicnn as M  # noqa: E402
 from genretag.pipeline.segments import cut_at  # noqa: E402
-from genretag.store.card import load_card  # noqa: E402
 from genretag.training import evaluate as ev  # noqa: E402
 from genretag.training import transfer as T  # noqa: E402
 from genretag.training.common import softmax, track_probs  # noqa: E402

@@ -251,8 +251,8 @@ def decode(path: str | os.PathLike) -> np.ndarray:
 def track_result(path: str, **probs: float):
     """A classification result of a GTZAN model with the given probabilities (the other genres share
     what is left), for tests that replace the network's answers."""
+    from genretag.card import GTZAN_GENRES
     from genretag.pipeline.inference import TrackResult
-    from genretag.store.card import GTZAN_GENRES
 
     rest = [g for g in GTZAN_GENRES if g not in probs]
     left = max(0.0, 1.0 - sum(probs.values()))

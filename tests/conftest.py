@@ -31,9 +31,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny, randomly initialised (seeded) 10-genre model; returns its card path for --model."""
     import torch
 
-    from genretag.nets.cnn import build_net
-    from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
-    from genretag.store.load import save_model
+    from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
+    from genretag.nets import build_net
+    from genretag.store.weights import save_model
 
     card = ModelCard(
         name="tiny-test",

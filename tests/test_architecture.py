@@ -22,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genretag"
 
 # --------------------------------------------------------------------------- import graph
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -40,21 +40,23 @@ def _runtime_nodes(tree: ast.AST):
             todo.append(child)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(package: Path = PACKAGE, type_only: bool = False) -> dict[str, set[str]]:
     """genretag module -> the genretag modules it imports, at any depth of the file (functions included).
 
     `from P import X` counts as an edge to P.X when that is a module, else to P.
-    Imports under `if TYPE_CHECKING:` never run and are left out. The
+    Imports under `if TYPE_CHECKING:` never run and are left out, unless
+    `type_only` asks for them too (the layer contract counts them). The
     implicit import of a module's parent packages is left out too: every
     import does it, and a package's __init__ importing its own submodules
     is not a cycle between modules.
     """
-    files = {_module_name(f): f for f in PACKAGE.rglob("*.py")}
+    files = {_module_name(f, package): f for f in package.rglob("*.py")}
+    nodes = ast.walk if type_only else _runtime_nodes
     graph: dict[str, set[str]] = {}
     for mod, f in files.items():
         is_pkg = f.name == "__init__.py"
         edges: set[str] = set()
-        for node in _runtime_nodes(ast.parse(f.read_text(), str(f))):
+        for node in nodes(ast.parse(f.read_text(), str(f))):
             if isinstance(node, ast.Import):
                 edges.update(a.name for a in node.names if a.name.split(".")[0] == "genretag")
             elif isinstance(node, ast.ImportFrom):
@@ -116,12 +118,89 @@ def test_the_cycle_finder_finds_a_function_level_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+# --------------------------------------------------------------------------- the layer contract
+
+#: genretag's layers, lowest first (docs/architecture.md draws them). A module is in the layer of the
+#: longest name here that is the module or a package holding it ("genretag" itself: the facade,
+#: its __init__ only). Every module of genretag/ must be in one.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("genretag.errors", "genretag.paths", "genretag.version", "genretag.deprecation", "genretag.labels",
+     "genretag.fs"),
+    ("genretag.audio",),
+    ("genretag.tags",),  # torch-free: only audio.containers and errors below it
+    ("genretag.card",),
+    # the stages: segments, prepare, early_exit, calibration, threads, heap, output, and the model
+    # stage (inference), which names the model only by its Predictor protocol
+    ("genretag.pipeline",),
+    ("genretag.report",),  # torch-free: tags, pipeline.segments, TrackResult
+    ("genretag.nets",),
+    ("genretag.store",),
+    ("genretag.model", "genretag"),
+    # the executors: a model over many files, and the protocol the commands hold them by
+    ("genretag.pipeline.executor", "genretag.pipeline.result_cache", "genretag.pipeline.classifier",
+     "genretag.pipeline.cluster"),
+    ("genretag.training",),
+    ("genretag.cli", "genretag.__main__"),
+    # genretag 0.1's addresses, each a deprecated alias of a module above: nothing imports them
+    ("genretag.api", "genretag.inference", "genretag.prepare",
+     "genretag.store.load", "genretag.store.card", "genretag.store.metrics",
+     "genretag.pipeline.cache"),  # and 0.2.0's address of the executors' names
+)
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """The index of the module's layer in `layers`, or None when no layer names it."""
+    best: tuple[int, int] | None = None  # (length of the matching name, layer)
+    for i, names in enumerate(layers):
+        for name in names:
+            inside = module.startswith(name + ".") and name != "genretag"
+            if (module == name or inside) and (best is None or len(name) > best[0]):
+                best = (len(name), i)
+    return None if best is None else best[1]
+
+
+def layer_violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """"a -> b" for every import of a module from a higher layer, and "a: in no layer" for a module
+    that the layers do not place."""
+    found = [f"{m}: in no layer" for m in sorted(graph) if layer_of(m, layers) is None]
+    for m in sorted(graph):
+        mine = layer_of(m, layers)
+        for e in sorted(graph[m]):
+            theirs = layer_of(e, layers)
+            if mine is not None and theirs is not None and theirs > mine:
+                found.append(f"{m} -> {e}")
+    return found
+
+
+def test_every_module_imports_only_its_own_layer_or_lower_ones():
+    """Type-only imports count: an annotation that names a higher layer is a dependency on it too."""
+    graph = import_graph(type_only=True)
+    assert layer_violations(graph) == []
+    assert "genretag.model" in graph["genretag.store.load"]  # the aliases are in the graph, on top
+    assert {"genretag.pipeline.inference", "genretag.nets", "genretag.store.weights"} <= graph["genretag.model"]
+
+
+def test_the_layer_contract_finds_an_upward_import():
+    layers = (("p.low",), ("p.mid",), ("p",), ("p.high",))
+    graph = {"p.low.a": {"p.low.b"}, "p.low.b": {"p.high.x"}, "p.mid": {"p.low.a"}, "p.high.x": {"p.mid"},
+             "p": {"p.high.x"}, "q": set()}
+    assert layer_violations(graph, layers) == ["q: in no layer", "p -> p.high.x", "p.low.b -> p.high.x"]
+    assert layer_of("p.low.a", layers) == 0 and layer_of("p.other", layers) == 2 and layer_of("r", layers) is None
+    assert layer_of("genretag.unplaced") is None  # the facade's layer holds genretag/__init__.py only
+
+
+def test_the_0_1_addresses_are_imported_by_nothing():
+    aliases = set(LAYERS[-1])
+    graph = import_graph(type_only=True)
+    assert {m: sorted(e & aliases) for m, e in graph.items() if e & aliases} == {}
+
+
 # --------------------------------------------------------------------------- the torch-free side
 
 LIGHT_PACKAGES = ("genretag.audio", "genretag.tags", "genretag.report")
-LOOKUP_MODULES = ("genretag.store.card", "genretag.store.local", "genretag.store.index", "genretag.store.resolve",
-                  "genretag.errors", "genretag.paths", "genretag.labels", "genretag.training.labelled",
-                  "genretag.pipeline.executor")
+LOOKUP_MODULES = ("genretag.card", "genretag.card.metrics", "genretag.store.weights", "genretag.store.local",
+                  "genretag.store.index", "genretag.store.resolve", "genretag.errors", "genretag.paths",
+                  "genretag.labels", "genretag.training.labelled", "genretag.pipeline.executor")
 
 _PROBE = """
 import importlib, pkgutil, sys
@@ -153,24 +232,40 @@ def test_audio_tags_store_lookup_and_version_never_import_torch():
 
 # --------------------------------------------------------------------------- the error root
 
-def test_every_module_error_is_a_genretag_error_from_its_old_home():
+def test_a_module_that_raises_an_error_holds_the_one_class():
     from genretag.audio.containers import FingerprintError
     from genretag.audio.decode import AudioError
     from genretag.store import index
-    from genretag.store.load import ModelError as LoadModelError
     from genretag.store.local import ModelError
     from genretag.tags.fields import TagError
     from genretag.training.dataset import DatasetError
 
     assert AudioError is errors.AudioError and FingerprintError is errors.FingerprintError
-    assert TagError is errors.TagError and DatasetError is errors.DatasetError
-    assert ModelError is LoadModelError is errors.ModelError
+    assert TagError is errors.TagError and DatasetError is errors.DatasetError and ModelError is errors.ModelError
     assert (index.HubError, index.OfflineError, index.ChecksumError) == (
         errors.HubError, errors.OfflineError, errors.ChecksumError)
     for cls in (AudioError, FingerprintError, TagError, DatasetError, ModelError):
         assert issubclass(cls, errors.GenretagError)
     assert issubclass(errors.OfflineError, errors.HubError) and issubclass(errors.ChecksumError, errors.HubError)
     assert issubclass(errors.HubError, errors.ModelError)
+
+
+def test_genretag_imports_its_errors_from_their_own_modules():
+    """`genretag.errors` (and `genretag.tags.errors` for the tag stack's own) is where genretag's code
+    imports an error class from, never a module that happens to hold it too."""
+    from genretag.tags import errors as tag_errors
+
+    homes = {"genretag.errors": errors, "genretag.tags.errors": tag_errors}
+    names = {n for mod in homes.values() for n, v in vars(mod).items()
+             if isinstance(v, type) and issubclass(v, Exception)}
+    elsewhere = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genretag"):
+                wrong = [a.name for a in node.names if a.name in names and node.module not in homes]
+                if wrong:
+                    elsewhere.append(f"{f.relative_to(PACKAGE)}:{node.lineno} {node.module} {wrong}")
+    assert elsewhere == []
 
 
 def test_exit_code_defaults_and_overrides():

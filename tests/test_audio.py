@@ -11,9 +11,9 @@ import torch
 from audio_factory import FORMATS, make_file, make_tone, write_audio
 
 from genretag.audio import decode as audio
+from genretag.card import AudioParams, MelParams
 from genretag.nets.features import LogMel
 from genretag.pipeline.prepare import prepare_file
-from genretag.store.card import AudioParams, MelParams
 
 
 def dominant_freq(y: np.ndarray, sr: int) -> float:

@@ -15,10 +15,10 @@ import torch
 from audio_factory import make_file
 from typer.testing import CliRunner
 
+from genretag.card import load_card
 from genretag.cli import app
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult, result_from_probs
-from genretag.store.card import load_card
 from genretag.tags.plan import SKIP_BELOW, WRITE, plan_tag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_the_bundled_card_names_the_broad_genres_and_reuses_the_default_weights(
 
 def test_the_network_and_the_fitting_script_compute_the_same_probabilities():
     """scripts/broad_model.py fits on a numpy twin of MusicnnBroad.broad_logits: they must agree."""
-    from genretag.nets.cnn import build_net
+    from genretag.nets import build_net
 
     card = load_card(BROAD)
     net = build_net(card)
@@ -66,7 +66,7 @@ def test_the_network_and_the_fitting_script_compute_the_same_probabilities():
 
 def test_evidence_genres_follow_their_tags():
     """A strong `punk` tag makes Punk the answer; with every evidence tag silent, a GTZAN genre wins."""
-    from genretag.nets.cnn import build_net
+    from genretag.nets import build_net
     from genretag.nets.musicnn import MSD_TAGS
 
     card = load_card(BROAD)

@@ -17,8 +17,8 @@ from audio_factory import FORMATS, make_file, make_tone, write_audio
 
 import genretag
 from genretag.audio.walk import iter_audio_files
-from genretag.store.card import GTZAN_GENRES
-from genretag.store.load import load_net
+from genretag.card import GTZAN_GENRES
+from genretag.model import load_net
 
 JSONL_KEYS = {"path", "genre", "confidence", "probabilities", "segments", "error", "would_tag"}
 
@@ -249,8 +249,8 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
     """prepare_stream over files (window 4); optionally SIGKILL a decoding worker mid-run."""
     import signal
 
+    from genretag.card import AudioParams
     from genretag.pipeline.inference import _executor, prepare_stream
-    from genretag.store.card import AudioParams
 
     params = AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3)
     out = []

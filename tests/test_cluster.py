@@ -23,11 +23,11 @@ distributed = pytest.importorskip("distributed")
 
 from genretag.audio.containers import fingerprint  # noqa: E402
 from genretag.cli import app  # noqa: E402
+from genretag.model import load_net  # noqa: E402
 from genretag.pipeline import cluster as cluster_mod  # noqa: E402
 from genretag.pipeline.executor import Executor  # noqa: E402
 from genretag.pipeline.inference import classify  # noqa: E402
 from genretag.pipeline.result_cache import default_cache_path  # noqa: E402
-from genretag.store.load import load_net  # noqa: E402
 from genretag.tags.journal import read_entries  # noqa: E402
 
 runner = CliRunner()

@@ -1,6 +1,6 @@
 """The device-agnostic inference path: same numbers however a batch is formed and wherever it runs.
 
-`LoadedNet.predict` moves the batch to the network's device; `classify`
+`Model.predict` moves the batch to the network's device; `classify`
 re-batches sub-tracks of consecutive files and (on CPU) stores the conv
 weights channels-last. None of that may change a prediction beyond float
 rounding. The CUDA checks run only where CUDA is available.
@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from genretag.pipeline.inference import classify, tune_for_inference
-from genretag.store.load import LoadedNet, ModelError, load_net, resolve_device
+from genretag.errors import ModelError
+from genretag.model import Model, load_net, resolve_device
+from genretag.pipeline.inference import classify
 
 ATOL = 1e-5
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 @pytest.fixture()
-def net(tiny_model_dir) -> LoadedNet:
+def net(tiny_model_dir) -> Model:
     return load_net(tiny_model_dir, device="cpu")
 
 
-def _waves(net: LoadedNet, n: int = 6, seed: int = 0) -> np.ndarray:
+def _waves(net: Model, n: int = 6, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(net.card.audio.segment_samples) / net.card.audio.sample_rate
     tones = np.stack([0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t) for i in range(n)])
@@ -60,9 +61,9 @@ def test_inference_tuning_does_not_change_predictions(tiny_model_dir):
     tuned = load_net(tiny_model_dir, device="cpu")
     weights = {k: v.clone() for k, v in plain.net.state_dict().items()}
     own_body = tuned.net.body
-    tune_for_inference(tuned)
+    tuned.tune()
     body = tuned._runner.body
-    tune_for_inference(tuned)  # idempotent
+    tuned.tune()  # idempotent
     assert tuned._runner.body is body
     # the fp32 CPU ResNet runs a frozen TorchScript graph (not a silent fallback) ...
     assert isinstance(body, torch.jit.ScriptModule)
@@ -84,7 +85,7 @@ def test_bf16_is_close_to_fp32_or_refused(tiny_model_dir):
             load_net(tiny_model_dir, device="cpu", precision="bf16")
         return
     bf16 = load_net(tiny_model_dir, device="cpu", precision="bf16")
-    tune_for_inference(bf16)
+    bf16.tune()
     assert not isinstance(bf16.net.body, torch.jit.ScriptModule)  # autocast stays eager
     x = _waves(fp32, n=6, seed=3)
     p32, p16 = fp32.predict(x), bf16.predict(x)
@@ -161,7 +162,7 @@ def test_cuda_puts_network_and_batch_on_the_gpu(tiny_model_dir):
     np.testing.assert_allclose(on_gpu, cpu.predict(x), atol=1e-4, rtol=0)
     np.testing.assert_allclose(on_gpu, np.concatenate([gpu.predict(x[i:i + 1]) for i in range(len(x))]),
                                atol=1e-4, rtol=0)
-    tune_for_inference(gpu)  # CPU-only tuning: leaves a GPU network alone
+    gpu.tune()  # CPU-only tuning: leaves a GPU network alone
     assert not getattr(gpu, "_tuned", False)
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from audio_factory import make_file
 
+from genretag.model import load_net
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.inference import DecodeStream, classify, run_model
 from genretag.pipeline.prepare import prepare_file
-from genretag.store.load import load_net
 
 
 @pytest.mark.parametrize("checkpoints", [(1,), (2,), (3,), (2, 4), (3, 5, 7)])

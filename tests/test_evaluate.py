@@ -13,10 +13,10 @@ import pytest
 from audio_factory import add_tags, make_file, write_audio
 from typer.testing import CliRunner
 
+from genretag.card import GTZAN_GENRES
 from genretag.cli import app
 from genretag.errors import DatasetError
 from genretag.labels import BROAD_GENRES, OUTSIDE, LabelMap, is_placeholder, label_key, load_map_file, parse_map
-from genretag.store.card import GTZAN_GENRES
 from genretag.training import metrics
 
 runner = CliRunner()
@@ -47,9 +47,9 @@ def broad_model_dir(tmp_path_factory) -> Path:
     """A tiny, randomly initialised model with the broad model's 16 labels (Hip-Hop, R&B, ...)."""
     import torch
 
-    from genretag.nets.cnn import build_net
-    from genretag.store.card import AudioParams, MelParams, ModelCard
-    from genretag.store.load import save_model
+    from genretag.card import AudioParams, MelParams, ModelCard
+    from genretag.nets import build_net
+    from genretag.store.weights import save_model
 
     card = ModelCard(name="tiny-broad", labels=list(BROAD_GENRES),
                      architecture={"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16],

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from genretag.store.card import load_card
+from genretag.card import load_card
 from genretag.training.dataset import DatasetError, fault_filtered_lists, scan
 from genretag.training.excerpts import load_excerpts
 
@@ -192,9 +192,9 @@ def test_zero_shot_prior_is_added_to_the_head_logits(refit_model: Path, tmp_path
 
     import torch
 
+    from genretag.card import save_card
+    from genretag.model import load_net
     from genretag.nets import musicnn as M
-    from genretag.store.card import save_card
-    from genretag.store.load import load_net
     from genretag.training.transfer import ZEROSHOT_MAPPINGS
 
     card = load_card(refit_model)
@@ -309,8 +309,8 @@ def test_transfer_trains_heads_on_top_of_the_prior_and_ships_that_prior(data, tm
     """--prior-in-training: each (mapping, weight > 0) joins the head grid, the heads (bag and refit
     included) train with the prior in their loss, and the card carries the chosen prior, which the
     loaded network adds to its head: its valid logits are the ones the selection scored."""
+    from genretag.model import load_net
     from genretag.nets import musicnn as M
-    from genretag.store.load import load_net
     from genretag.training import transfer as T
 
     whole, ex = data

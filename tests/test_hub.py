@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
 from genretag.cli import app
 from genretag.cli.app import setup_logging, state
+from genretag.errors import ModelError
 from genretag.store import index as hub
-from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
 from genretag.store.resolve import find_card
+from genretag.store.weights import sha256_file
 
 ARCH = {"name": "resnet", "variant": "tiny", "layers": [1, 1], "widths": [8, 16], "dropout": 0.0,
         "stem_stride": 2}
@@ -42,8 +44,8 @@ def model_files(tmp_path_factory) -> Path:
     """A folder with tiny models `tiny` (to bundle) and `remote` (to serve)."""
     import torch
 
-    from genretag.nets.cnn import build_net
-    from genretag.store.load import save_model
+    from genretag.nets import build_net
+    from genretag.store.weights import save_model
 
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -209,7 +211,7 @@ def test_download_installs_verified_model(served, model_files):
     assert card["weights_sha256"] == sha256_file(cache() / "remote.safetensors")
     assert [p for p, _ in served.requests] == ["/index.json", "/remote.json", "/remote.safetensors"]
 
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     net = load_net("remote", "cpu")
     assert net.card.name == "remote" and net.path == cache() / "remote.json"
@@ -379,7 +381,7 @@ def test_a_missing_bundled_default_is_a_broken_install_not_a_name(tmp_path, monk
     bundled = Path(tmp_path / "bundled")
     for f in bundled.glob("tiny.*"):
         f.unlink()  # DEFAULT still names "tiny"
-    with pytest.raises(hub.ModelError) as e:
+    with pytest.raises(ModelError) as e:
         find_card(None)
     assert e.value.exit_code == 1
     assert str(e.value) == f"the default model 'tiny' is missing from {bundled} (reinstall genretag, or pass --model)"
@@ -467,8 +469,8 @@ def test_info_values_are_not_rich_markup():
 def test_card_metrics_are_typed_and_written_back_as_read():
     """Every bundled card's metrics parse (subsets typed) and serialise to the same JSON; the headline is
     the test subset's soft accuracy, else a stated accuracy, else a tagger's first stated figure."""
-    from genretag.store.card import load_card
-    from genretag.store.metrics import CardMetrics, SubsetMetrics
+    from genretag.card import load_card
+    from genretag.card.metrics import CardMetrics, SubsetMetrics
 
     for path in sorted((Path(__file__).resolve().parents[1] / "models").glob("*.json")):
         raw = json.loads(path.read_text())["metrics"]

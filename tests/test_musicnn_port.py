@@ -14,8 +14,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from genretag.card import load_card
 from genretag.nets import musicnn as M
-from genretag.store.card import load_card, sha256_file
+from genretag.store.weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "musicnn"
@@ -180,7 +181,7 @@ def test_bundled_default_trunk_is_mostly_dead_filters_and_skipping_them_is_exact
     """The fact the default model's speed rests on: most of the MSD musicnn's front-end
     filters are exactly zero in the bundled (float16-stored) transfer weights. Its
     front-end maps, computed on the live filters only, equal the literal graph's."""
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     tr = load_net("gtzan-musicnn", "cpu", verify=False).net.trunk
     convs = [blk.conv for blk in (*tr.timbral, *tr.temporal)]
@@ -233,7 +234,7 @@ def test_other_checkpoints_match_the_original(variant: str, ref: dict[str, np.nd
 @pytest.mark.parametrize("name", ["mtt-musicnn", "msd-vgg"])
 def test_ported_taggers_load_as_genretag_models(name: str, wave: torch.Tensor, ref: dict[str, np.ndarray]) -> None:
     """The tagger cards load through genretag's own loader (waveform in, sigmoid tag probabilities out)."""
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     ln = load_net(name, "cpu")
     variant = ln.card.architecture["variant"]

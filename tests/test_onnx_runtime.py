@@ -18,8 +18,8 @@ import pytest
 import torch
 from audio_factory import FORMATS, make_tone, write_audio
 
+from genretag.model import load_net
 from genretag.nets.frozen import FromLogMel, freeze
-from genretag.store.load import load_net
 
 REPO = Path(__file__).resolve().parent.parent
 MUSICNN_CARDS = ("gtzan-musicnn", "gtzan-musicnn-fast", "gtzan-musicnn-prior", "gtzan-musicnn-zeroshot",
@@ -93,7 +93,7 @@ def test_the_export_is_cached_by_checksum_and_a_damaged_one_is_made_again(onnx_d
 
 
 def test_without_onnxruntime_pytorch_runs_with_one_warning(monkeypatch, caplog):
-    import genretag.store.load as load_mod
+    import genretag.model as load_mod
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # "import onnxruntime" raises ImportError
     monkeypatch.setattr(load_mod, "_onnx_warned", set())

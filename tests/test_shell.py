@@ -206,9 +206,9 @@ def file_index(tmp_path) -> str:
     """A model index on disk (file:// URLs: no server needed) offering `remote`."""
     import torch
 
-    from genretag.nets.cnn import build_net
-    from genretag.store.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard, sha256_file
-    from genretag.store.load import save_model
+    from genretag.card import GTZAN_GENRES, AudioParams, MelParams, ModelCard
+    from genretag.nets import build_net
+    from genretag.store.weights import save_model, sha256_file
 
     torch.manual_seed(0)
     card = ModelCard(name="remote", labels=list(GTZAN_GENRES),

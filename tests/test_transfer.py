@@ -17,10 +17,11 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
+from genretag.card import AudioParams, MelParams, ModelCard, load_card
+from genretag.model import load_net
+from genretag.nets import build_net
 from genretag.nets import musicnn as M
-from genretag.nets.cnn import build_net
-from genretag.store.card import AudioParams, MelParams, ModelCard, load_card
-from genretag.store.load import load_net, save_model
+from genretag.store.weights import save_model
 
 SR = 16000
 GENRES = ("clicks", "noise", "tones")

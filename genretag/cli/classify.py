@@ -63,8 +63,8 @@ def classify_cmd(
         refuse_unsafe_output("-o", output, paths)
     elif state.stdout_closed:
         fail("stdout is closed, so the results would be lost: give -o FILE", 2)
-    net = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
-    executor = open_executor(opts, net, fingerprints=False)  # likewise a scheduler that does not answer
+    loaded_model = load(opts)  # before any output: a model that fails to load leaves no CSV header behind
+    executor = open_executor(opts, loaded_model, fingerprints=False)  # likewise a scheduler that does not answer
     try:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     except OSError as e:
@@ -74,7 +74,7 @@ def classify_cmd(
     # each row says whether `tag` (with its default threshold for this model) would write its genre
     from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
 
-    threshold = net.min_confidence if net.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
+    threshold = loaded_model.min_confidence if loaded_model.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
     writer = None
     try:
         writer = ResultWriter(stream, fmt.value, top_k, threshold)  # the CSV header is written here

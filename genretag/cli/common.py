@@ -140,11 +140,11 @@ def open_result_cache():
 
 def load(opts: ClassifyOptions):
     """Load the model the options name (a failure is a ModelError carrying its exit code)."""
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
-    net = load_net(opts.model, opts.device, precision=opts.precision)
-    info(f"model: {net.card.name} ({net.device.type}, {net.runtime})")
-    return net
+    model = load_net(opts.model, opts.device, precision=opts.precision)
+    info(f"model: {model.card.name} ({model.device.type}, {model.runtime})")
+    return model
 
 
 def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = None) -> Iterator[str]:

@@ -76,7 +76,7 @@ def read_labelled(lmap: LabelMap, data_dir: Path | None, manifest: Path | None, 
     return "folders", str(data_dir), labelled.from_folders(data_dir, lmap)
 
 
-def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: Path | None, against_tags: bool,
+def evaluate_labelled(model, lmap: LabelMap, *, data_dir: Path | None, manifest: Path | None, against_tags: bool,
                       subset: str | None, segments: int | None, jobs: int | None, no_cache: bool,
                       json_out: Path | None, plot: Path | None) -> None:
     """Classify labelled files as `genretag tag` would (same confidence, same result cache) and report."""
@@ -89,12 +89,12 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
     layout, source, items = read_labelled(lmap, data_dir, manifest, against_tags, subset, unreadable)
     if not items:
         fail("no audio files found", 1)
-    threshold, threshold_source = ev.tag_threshold(net.card)
+    threshold, threshold_source = ev.tag_threshold(model.card)
     kinds = {k: sum(it.kind == k for it in items) for k in ("label", "outside", "no label")}
-    info(f"evaluating {net.card.name} on {len(items)} files of {source} ({kinds['label']} with one of its genres, "
+    info(f"evaluating {model.card.name} on {len(items)} files of {source} ({kinds['label']} with one of its genres, "
          f"{kinds['outside']} outside them" + (f", {kinds['no label']} without a genre" if against_tags else "") + ")")
     cache = None if no_cache else open_result_cache()
-    clf = Classifier(net, vote="soft", segments=segments, jobs=jobs or default_jobs(), cache=cache)
+    clf = Classifier(model, vote="soft", segments=segments, jobs=jobs or default_jobs(), cache=cache)
     results = []
     try:
         for r in with_progress(clf.classify(it.path for it in items)):
@@ -103,10 +103,10 @@ def evaluate_labelled(net, lmap: LabelMap, *, data_dir: Path | None, manifest: P
             results.append(r)
     finally:
         clf.close()  # and its result cache
-    rep = {"layout": layout, "source": source, "subset": subset or "", "models": [net.card.name],
-           **ev.labelled_report(items, results, labels=net.labels, threshold=threshold, source=threshold_source)}
+    rep = {"layout": layout, "source": source, "subset": subset or "", "models": [model.card.name],
+           **ev.labelled_report(items, results, labels=model.labels, threshold=threshold, source=threshold_source)}
     print_labelled(rep)
-    write_outputs(rep, json_out, plot, f"{net.card.name} on {source}" + (f" ({subset})" if subset else ""))
+    write_outputs(rep, json_out, plot, f"{model.card.name} on {source}" + (f" ({subset})" if subset else ""))
     if rep["n_errors"] or unreadable:
         raise typer.Exit(1)
 

@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from genretag.card.metrics import CardMetrics
 from genretag.cli.app import app, debug, fail, info, out_console, state
 from genretag.store import index as hub
-from genretag.store.metrics import CardMetrics
 
 models_app = typer.Typer(
     name="models",

@@ -36,8 +36,8 @@ def report_cmd(
     Exit code 0 when the page was written, 2 when the results file is not
     genretag JSON lines or the page cannot be written.
     """
+    from genretag.card import load_card
     from genretag.report import ReportSettings, check_writable, read_results, rows_from_results, write_report
-    from genretag.store.card import load_card
     from genretag.store.local import find_local
     from genretag.tags.tagger import Tagger
 

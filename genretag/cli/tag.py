@@ -219,11 +219,11 @@ def tag_cmd(
             fail(f"cannot create the journal folder {tagger.journal.path.parent}: {e.strerror}", 2)
 
     opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
-    net = load(opts)
-    if min_confidence is None and net.min_confidence is not None:
-        tagger.min_confidence = net.min_confidence
+    loaded_model = load(opts)
+    if min_confidence is None and loaded_model.min_confidence is not None:
+        tagger.min_confidence = loaded_model.min_confidence
     # a scheduler answers before the cache or any file is written: an unreachable one changes nothing
-    executor = open_executor(opts, net, open_cache=None if no_cache else open_result_cache)
+    executor = open_executor(opts, loaded_model, open_cache=None if no_cache else open_result_cache)
     unreadable: list[str] = []  # folders that could not be read: each is a failure, as in `classify`
 
     def inputs():
@@ -253,7 +253,7 @@ def tag_cmd(
     if report.rows:
         out_console().print(report.table())
     if review is not None:
-        _write_review(review, report_path, net, opts, write=write, threshold=tagger.min_confidence,
+        _write_review(review, report_path, loaded_model, opts, write=write, threshold=tagger.min_confidence,
                       policy=tagger.policy)
     if report.total == 0 and not unreadable:
         fail("no audio files found", 1)
@@ -276,11 +276,11 @@ def _not_regular(path: Path) -> str | None:
         return None
 
 
-def _write_review(rows, path: Path, net, opts, *, write: bool, threshold: float, policy: str) -> None:
+def _write_review(rows, path: Path, model, opts, *, write: bool, threshold: float, policy: str) -> None:
     from genretag.report import ReportSettings, write_report
 
-    a = net.card.audio
-    settings = ReportSettings(threshold=threshold, written=write, model=net.card.name, policy=policy,
+    a = model.card.audio
+    settings = ReportSettings(threshold=threshold, written=write, model=model.card.name, policy=policy,
                               segment_seconds=a.segment_seconds, max_segments=opts.segments or a.max_segments)
     write_report(rows, path, settings)
     info(f"review page: {shown(str(path))} ({len(rows)} file{'s' * (len(rows) != 1)})")

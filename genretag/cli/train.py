@@ -230,7 +230,7 @@ def evaluate_cmd(
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
     from genretag.labels import LabelMap
-    from genretag.store.load import load_net
+    from genretag.model import load_net
     from genretag.training import evaluate as ev
     from genretag.training.dataset import scan
     from genretag.training.dataset import split as do_split
@@ -250,10 +250,10 @@ def evaluate_cmd(
     if manifest is None and subset not in (None, "train", "valid", "test"):
         fail("--subset must be train, valid or test (or a value of a --manifest's subset column)", 2)
     names = user_map(map_items, map_file)
-    nets = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
-    if any(n.labels != nets[0].labels for n in nets):
+    models = [load_net(m, getattr(device, "value", device), precision=precision.value) for m in (model or [None])]
+    if any(n.labels != models[0].labels for n in models):
         fail("ensemble members have different labels", 2)
-    lmap = LabelMap(nets[0].labels, names, nets[0].card.name)
+    lmap = LabelMap(models[0].labels, names, models[0].card.name)
     found = None
     if manifest is None and not against_tags and layout is not Layout.folders:
         try:
@@ -268,9 +268,9 @@ def evaluate_cmd(
             fail(f"{', '.join(given)}: for a GTZAN layout only", 2)
         if subset is not None and manifest is None:
             fail("--subset: for a GTZAN layout or a --manifest only", 2)
-        if len(nets) > 1:
+        if len(models) > 1:
             fail("an ensemble of several --model: for a GTZAN layout only (an ensemble card works everywhere)", 2)
-        evaluate_labelled(nets[0], lmap, data_dir=data_dir, manifest=manifest, against_tags=against_tags,
+        evaluate_labelled(models[0], lmap, data_dir=data_dir, manifest=manifest, against_tags=against_tags,
                           subset=subset, segments=segments, jobs=jobs, no_cache=no_cache, json_out=json_out,
                           plot=plot)
         return
@@ -279,15 +279,15 @@ def evaluate_cmd(
     excerpts = relabel(load_excerpts(extra, found, split).parts[subset], lmap, str(extra)) if extra else []
     if not tracks:
         fail(f"no tracks of the {subset} subset found in {data_dir}", 1)
-    threshold = ev.tag_threshold(nets[0].card)
-    info(f"evaluating {', '.join(n.card.name for n in nets)} on {split}/{subset}: {len(tracks)} tracks")
-    pred = ev.predict_tracks(nets, tracks, max_segments=segments)
+    threshold = ev.tag_threshold(models[0].card)
+    info(f"evaluating {', '.join(n.card.name for n in models)} on {split}/{subset}: {len(tracks)} tracks")
+    pred = ev.predict_tracks(models, tracks, max_segments=segments)
     rep = ev.gtzan_coverage(ev.report(pred, split, subset), pred, *threshold)
-    rep["models"] = [n.card.name for n in nets]
+    rep["models"] = [n.card.name for n in models]
     rep["layout"] = "gtzan"
     if excerpts:
         info(f"and {len(excerpts)} {subset} excerpts of {extra}")
-        pred_ex = ev.predict_tracks(nets, excerpts)
+        pred_ex = ev.predict_tracks(models, excerpts)
         rep["excerpts"] = ev.gtzan_coverage(ev.report(pred_ex, split, f"{subset} excerpts"), pred_ex, *threshold)
     _print_report(rep)
     out_console().print(threshold_line(rep), markup=False)

@@ -1,4 +1,4 @@
-"""Network architectures, rebuilt from a model card's `architecture` dict.
+"""The ResNet and 1-D CNN architectures, built from a model card by `genretag.nets.build_net`.
 
 Every network takes mono waveforms (batch, samples) at the card's sample rate
 and returns logits (batch, labels): the front-end is part of the network, so
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from genretag.card import ModelCard
 from genretag.nets.features import LogMel
-from genretag.store.card import ModelCard
 
 _STOCK = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
@@ -112,28 +112,23 @@ class GenreNet(nn.Module):
         return self.body(x)
 
 
-def build_net(card: ModelCard) -> GenreNet:
-    """Rebuild the network a card describes (weights are loaded separately)."""
+def build_resnet(card: ModelCard) -> GenreNet:
+    """The "resnet" a card describes: log-mel front-end, then a stock (`variant`) or narrow (`widths`) ResNet."""
     arch: dict[str, Any] = card.architecture
-    n = len(card.labels)
-    name = arch.get("name", "resnet")
-    if name == "resnet":
-        variant = arch.get("variant", "resnet18")
-        layers = arch.get("layers") or _STOCK.get(variant)
-        if layers is None:
-            raise ValueError(f"unknown resnet variant {variant!r}")
-        widths = arch.get("widths") or [64, 128, 256, 512]
-        body = ResNetBody(list(layers), list(widths), n, float(arch.get("dropout", 0.3)),
-                          int(arch.get("stem_stride", 1)))
-        return GenreNet(LogMel(card.mel, card.audio.sample_rate), body)
-    if name == "cnn1d":
-        body = WaveCNN1D(n, arch.get("widths"), float(arch.get("dropout", 0.3)))
-        return GenreNet(None, body)
-    if name in ("musicnn", "vgg", "musicnn-transfer", "musicnn-zeroshot", "musicnn-broad"):
-        from genretag.nets import musicnn  # optional port of the MSD networks
+    variant = arch.get("variant", "resnet18")
+    layers = arch.get("layers") or _STOCK.get(variant)
+    if layers is None:
+        raise ValueError(f"unknown resnet variant {variant!r}")
+    widths = arch.get("widths") or [64, 128, 256, 512]
+    body = ResNetBody(list(layers), list(widths), len(card.labels), float(arch.get("dropout", 0.3)),
+                      int(arch.get("stem_stride", 1)))
+    return GenreNet(LogMel(card.mel, card.audio.sample_rate), body)
 
-        return musicnn.build_net(card)
-    raise ValueError(f"unknown architecture {name!r}")
+
+def build_cnn1d(card: ModelCard) -> GenreNet:
+    """The "cnn1d" a card describes: the raw-waveform CNN, no front-end."""
+    arch: dict[str, Any] = card.architecture
+    return GenreNet(None, WaveCNN1D(len(card.labels), arch.get("widths"), float(arch.get("dropout", 0.3))))
 
 
 def count_parameters(net: nn.Module) -> int:

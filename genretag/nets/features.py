@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genretag.store.card import MelParams
+from genretag.card import MelParams
 
 
 class LogMel(nn.Module):

@@ -464,7 +464,7 @@ def load_musicnn(path: str | Path, variant: str | None = None, device: str | tor
 
 
 # ---------------------------------------------------------------------------
-# genretag architectures: waveform in, logits out (genretag.nets.cnn.build_net)
+# genretag architectures: waveform in, logits out (genretag.nets.build_net)
 # ---------------------------------------------------------------------------
 
 # Pooled embeddings a transfer head can use: each map is pooled over time by mean

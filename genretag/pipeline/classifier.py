@@ -177,11 +177,12 @@ class Classifier:
             self._cached.put_many(results)
 
 
-def classify_cached(paths: Iterable[str], net, vote: str = "soft", segments: int | None = None,
-                    jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
-                    ) -> Iterator[TrackResult]:
-    """`Classifier(net, ...).classify(paths)`, counting into `stats` (the function form of 0.1)."""
-    clf = Classifier(net, vote=vote, segments=segments, jobs=jobs, cache=cache)
+def _classify_cached(paths: Iterable[str], model, vote: str = "soft", segments: int | None = None,
+                     jobs: int = 1, cache: ResultCache | None = None, stats: CacheStats | None = None,
+                     ) -> Iterator[TrackResult]:
+    """`Classifier(model, ...).classify(paths)`, counting into `stats`: genretag 0.1's function form,
+    served as `genretag.pipeline.cache.classify_cached` with a DeprecationWarning."""
+    clf = Classifier(model, vote=vote, segments=segments, jobs=jobs, cache=cache)
     if stats is not None:
         clf.stats = stats
     return clf.classify(paths)

@@ -219,17 +219,17 @@ class ModelPlugin(WorkerPlugin):
         # mmap threshold: every batch's multi-megabyte buffers were then page-faulted afresh, half of a
         # worker's CPU time (docs/cluster.md). Keep freed memory in the heap, as the CLI does.
         keep_freed_memory()
-        from genretag.store.load import load_net
+        from genretag.model import load_net
 
         folder = Path(tempfile.mkdtemp(prefix="genretag-model-", dir=self._local))
         self._dir = folder
         for name, data in self.files.items():
             (folder / name).write_bytes(data)
         # verify=True checks every weights file (members included) against its card's sha256
-        net = load_net(folder / self.main, self.device, verify=True, precision=self.precision)
-        net.tune()
-        log.debug("loaded %s on this worker", net.card.name)
-        return net
+        model = load_net(folder / self.main, self.device, verify=True, precision=self.precision)
+        model.tune()
+        log.debug("loaded %s on this worker", model.card.name)
+        return model
 
 
 def model_loads(dask_worker) -> dict[str, int]:
@@ -257,7 +257,8 @@ def _worker_model(plugin_name: str):
 
 def fingerprint_chunk(paths: list[str]) -> list[str | None]:
     """The audio fingerprint of each file (None for one that cannot be read), on a worker."""
-    from genretag.audio.containers import FingerprintError, fingerprint
+    from genretag.audio.containers import fingerprint
+    from genretag.errors import FingerprintError
 
     out: list[str | None] = []
     for p in paths:
@@ -279,13 +280,13 @@ def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Se
     from genretag.pipeline.inference import default_batch_segments, run_model
     from genretag.pipeline.prepare import prepare_file
 
-    net = _worker_model(settings.plugin)
+    model = _worker_model(settings.plugin)
     if fps is None:
         fps = fingerprint_chunk(paths) if with_fingerprints else [None] * len(paths)
-    prepared = (prepare_file(p, net.card.audio, settings.segments) for p in paths)
+    prepared = (prepare_file(p, model.card.audio, settings.segments) for p in paths)
     early = DEFAULT_EARLY_EXIT if settings.segments is None else None
-    results = list(run_model(prepared, net, vote=settings.vote,
-                             batch_segments=settings.batch_segments or default_batch_segments(net), early_exit=early))
+    results = list(run_model(prepared, model, vote=settings.vote,
+                             batch_segments=settings.batch_segments or default_batch_segments(model), early_exit=early))
     for r, fp in zip(results, fps):
         r.fingerprint = fp
     return results

@@ -11,23 +11,45 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from genretag.card import AudioParams, ModelCard
+from genretag.deprecation import deprecated, no_attribute
 from genretag.paths import numba_cache_dir
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_rest, prepare_waveform
 from genretag.pipeline.segments import vote as combine
 from genretag.pipeline.threads import network_threads, torch_threads
-from genretag.store.card import AudioParams
 
-if TYPE_CHECKING:  # genretag.store.load builds on this module, not the other way round
-    from genretag.store.load import Model
+if TYPE_CHECKING:
+    import torch
+
+
+class Predictor(Protocol):
+    """What the model stage needs of a model: `genretag.model.Model` is the one genretag loads.
+
+    The model builds on this module (`Model.classify` is `classify`), so the stage names the
+    interface it calls rather than the class, and the two import in one direction only.
+    """
+
+    @property
+    def card(self) -> ModelCard: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def members(self) -> Sequence[Predictor]: ...
+    @property
+    def labels(self) -> list[str]: ...
+    @property
+    def calibration(self) -> Calibration | None: ...
+    def predict(self, waves: np.ndarray) -> np.ndarray: ...
+    def tune(self) -> None: ...
 
 
 @dataclass
@@ -90,7 +112,7 @@ def error_result(path: str, error: str) -> TrackResult:
     return TrackResult(path, None, None, {}, 0, error)
 
 
-def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
+def run_model(prepared: Iterable[Prepared], model: Predictor, *, vote: str = "soft",
               batch_segments: int = 64, early_exit: EarlyExit | None = None,
               decoder: DecodeStream | None = None) -> Iterator[TrackResult]:
     """Run the sub-tracks of consecutive files through the network in batches of exactly
@@ -112,7 +134,7 @@ def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
         if t.first is not None and any(i in t.missing for _, i in new):  # not decoded yet
             t.deferred = new
             asked.append((t, decoder.rest(t.first) if decoder is not None
-                          else _done(prepare_rest(t.first, net.card.audio))))
+                          else _done(prepare_rest(t.first, model.card.audio))))
         else:
             todo.extend(new)
 
@@ -130,7 +152,7 @@ def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
     def compute(final: bool) -> None:
         while len(todo) >= batch_segments or (final and todo):
             items = [todo.popleft() for _ in range(min(batch_segments, len(todo)))]
-            probs = net.predict(np.stack([t.waves[i] for t, i in items]))
+            probs = model.predict(np.stack([t.waves[i] for t, i in items]))
             for (t, i), row in zip(items, probs):
                 t.probs[i] = row
                 t.pending -= 1
@@ -143,10 +165,10 @@ def run_model(prepared: Iterable[Prepared], net: Model, *, vote: str = "soft",
             if t.waves is None:
                 yield error_result(t.path, t.error or "cannot decode")
             else:
-                yield result_from_probs(t.path, net.labels, t.probs[t.ran], vote, net.calibration)
+                yield result_from_probs(t.path, model.labels, t.probs[t.ran], vote, model.calibration)
 
     for p in prepared:
-        t = _Track(p, len(net.labels), rule)
+        t = _Track(p, len(model.labels), rule)
         waiting.append(t)
         queue(t)
         # files behind one whose rest is still decoding wait in memory: a bounded number of them
@@ -445,7 +467,7 @@ def default_jobs() -> int:
 
 def classify(
     inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
-    model: Model,
+    model: Predictor,
     vote: str = "soft",
     segments: int | None = None,
     jobs: int = 1,
@@ -466,31 +488,30 @@ def classify(
     with ``early_exit=None``, every sub-track runs. On the CPU the network runs on
     `genretag.pipeline.threads.network_threads()` threads for the duration.
     """
-    net = model
-    tune_for_inference(net)
+    model.tune()
     rule = early_exit if segments is None else None
     decoder: DecodeStream | None = None
     if batch_segments is None:
-        batch_segments = default_batch_segments(net)
+        batch_segments = default_batch_segments(model)
     if isinstance(inputs, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(inputs, Iterable):
         inputs = [inputs]  # one path, one waveform, or one thing that is neither (its result says so)
     if isinstance(inputs, (list, tuple)) and any(isinstance(x, np.ndarray) for x in inputs):
         prepared: Iterable[Prepared] = (
-            prepare_waveform(f"<waveform {i}>", x, net.card.audio, segments)
-            if isinstance(x, np.ndarray) else prepare_file(x, net.card.audio, segments)
+            prepare_waveform(f"<waveform {i}>", x, model.card.audio, segments)
+            if isinstance(x, np.ndarray) else prepare_file(x, model.card.audio, segments)
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
-        prepared = decoder = prepare_stream(inputs, net.card.audio, segments=segments, jobs=jobs, overlap=_streams(),
-                                            early_exit=rule if vote == "soft" else None)
-    results = run_model(prepared, net, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
-    if net.device.type != "cpu":
+        prepared = decoder = prepare_stream(inputs, model.card.audio, segments=segments, jobs=jobs,
+                                            overlap=_streams(), early_exit=rule if vote == "soft" else None)
+    results = run_model(prepared, model, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
+    if model.device.type != "cpu":
         yield from results
         return
     with torch_threads(network_threads()):
         yield from results
 
 
-def default_batch_segments(net: Model) -> int:
+def default_batch_segments(model: Predictor) -> int:
     """Sub-tracks per forward pass.
 
     On CPU, small batches are faster per sub-track as long as a layer's
@@ -498,12 +519,19 @@ def default_batch_segments(net: Model) -> int:
     live front-end filters convolved, ``musicnn._ConvBN2d.freq_max``); the timings
     are in docs/performance.md. A GPU wants large batches.
     """
-    if net.device.type != "cpu":
+    if model.device.type != "cpu":
         return 64
-    lead = net.members[0] if net.members else net  # an ensemble batches as its first member
+    lead = model.members[0] if model.members else model  # an ensemble batches as its first member
     return 8 if lead.card.architecture.get("name", "resnet").startswith("musicnn") else 16
 
 
-def tune_for_inference(net: Model) -> None:
-    """Let the model build its inference-optimised copy once (`Model.tune`); its own network is untouched."""
-    net.tune()
+def _tune_for_inference(model: Predictor) -> None:
+    """genretag 0.1's `tune_for_inference(model)`: `model.tune()`."""
+    model.tune()
+
+
+def __getattr__(name: str):
+    if name == "tune_for_inference":
+        deprecated(f"{__name__}.tune_for_inference", "genretag.Model.tune()")
+        return _tune_for_inference
+    raise no_attribute(__name__, name)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from genretag.audio import decode as audio
+from genretag.card import AudioParams
 from genretag.errors import one_line
 from genretag.pipeline.early_exit import EarlyExit
 from genretag.pipeline.segments import MIN_SECONDS, SilentError, audible, cut_segments, pick_audible, plan_segments
-from genretag.store.card import AudioParams
 
 log = logging.getLogger(__name__)
 

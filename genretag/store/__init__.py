@@ -1,1 +1,1 @@
-"""The model store: cards, local lookup, the model index and downloads, loading."""
+"""The model store: a model's files found (here, or in the model index and downloaded) and verified."""

@@ -42,10 +42,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from genretag.errors import ChecksumError, HubError, ModelError, OfflineError  # noqa: F401  (re-exported)
+from genretag.card import ModelCard
+from genretag.deprecation import deprecated, no_attribute
+from genretag.errors import ChecksumError, HubError, OfflineError
 from genretag.fs import atomic_write, locked
 from genretag.paths import bundled_models_dir, models_cache_dir
-from genretag.store.card import ModelCard, sha256_file
+from genretag.store.weights import sha256_file
 from genretag.version import __version__
 
 INDEX_ENV = "GENRETAG_MODEL_INDEX"
@@ -569,3 +571,12 @@ def verify_installed(card_path: Path) -> bool:
         return bool(card.get("weights_sha256")) and sha256_file(w) == card["weights_sha256"]
     except (OSError, ValueError):
         return False
+
+
+def __getattr__(name: str):
+    if name == "ModelError":  # imported here by genretag 0.1's users, never used here
+        deprecated(f"{__name__}.ModelError", "genretag.errors.ModelError")
+        from genretag.errors import ModelError
+
+        return ModelError
+    raise no_attribute(__name__, name)

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genretag.audio.containers import container_of, open_regular
+from genretag.deprecation import deprecated, no_attribute
 from genretag.errors import one_line
 from genretag.tags import id3, mp4, vorbis
-from genretag.tags.errors import ChangedSinceClassified, DamagedTagError, TagError
+from genretag.tags.errors import DamagedTagError, TagError
 
-__all__ = ["ChangedSinceClassified", "DamagedTagError", "GENRE_FIELDS", "GenreTags", "TagError", "read_genres",
-           "read_tags", "readable_values", "set_genres", "stored_form"]
+__all__ = ["GENRE_FIELDS", "GenreTags", "read_genres", "read_tags", "readable_values", "set_genres", "stored_form"]
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +217,12 @@ def set_genres(path: str | os.PathLike, values: list[str], *, separator: str | N
         log.debug("writing the tags of %r failed", path, exc_info=True)
         raise TagError(f"cannot write tags: {one_line(e)}") from None
     return before
+
+
+def __getattr__(name: str):
+    if name == "ChangedSinceClassified":  # exported here by genretag 0.1, never used here
+        deprecated(f"{__name__}.ChangedSinceClassified", "genretag.tags.errors.ChangedSinceClassified")
+        from genretag.tags.errors import ChangedSinceClassified
+
+        return ChangedSinceClassified
+    raise no_attribute(__name__, name)

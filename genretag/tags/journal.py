@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, file_fingerprint, open_regular
+from genretag.audio.containers import file_fingerprint, open_regular
+from genretag.errors import FingerprintError
 from genretag.fs import lock_fd, path_bytes, printable_path
 from genretag.paths import data_dir
-from genretag.tags.fields import TagError, read_tags
+from genretag.tags.errors import TagError
+from genretag.tags.fields import read_tags
 from genretag.tags.safe_write import WriteOutcome, cleanup_stray_temps, write_genres_safely
 
 

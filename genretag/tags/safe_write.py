@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, file_fingerprint, fingerprint
-from genretag.errors import one_line
+from genretag.audio.containers import file_fingerprint, fingerprint
+from genretag.errors import FingerprintError, one_line
 from genretag.fs import fsync_dir, fsync_path, lock_fd
 from genretag.tags import mp4
 from genretag.tags.errors import ChangedSinceClassified, TagError

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genretag.audio.containers import FingerprintError, fingerprint
+from genretag.audio.containers import fingerprint
+from genretag.errors import FingerprintError
 from genretag.tags.errors import ChangedSinceClassified, TagError
 from genretag.tags.fields import read_tags, readable_values
 from genretag.tags.journal import JournalWriter

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from genretag.audio import decode as audio
+from genretag.card import GTZAN_GENRES
 from genretag.errors import DatasetError
 from genretag.paths import cache_dir, numba_cache_dir
-from genretag.store.card import GTZAN_GENRES
 
 _NAME = re.compile(r"^(?P<genre>[a-z0-9_-]+)\.(?P<num>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 SUBSETS = ("train", "valid", "test")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genretag.model import Model
 from genretag.pipeline.segments import SilentError, cut_segments, hard_vote, pick_audible, plan_segments, soft_vote
-from genretag.store.load import LoadedNet
 from genretag.training import metrics
 from genretag.training.common import per_track
 from genretag.training.dataset import Track, WaveCache, wave_cache
@@ -47,22 +47,22 @@ def track_segments(cache: WaveCache, i: int, seg_samples: int, max_segments: int
         return read(plan_segments(len(y) / sr, seg_samples / sr, max_segments))
 
 
-def predict_tracks(nets: list[LoadedNet], tracks: list[Track], *, cache: WaveCache | None = None,
+def predict_tracks(models: list[Model], tracks: list[Track], *, cache: WaveCache | None = None,
                    max_segments: int | None = None, batch: int = 64, progress=None,
                    logits: bool = False) -> Predictions:
     """Run every model over every track's sub-tracks; average the models' probabilities."""
-    labels = nets[0].labels
-    if any(n.labels != labels for n in nets):
+    labels = models[0].labels
+    if any(m.labels != labels for m in models):
         raise ValueError("models in an ensemble must share labels")
     per_model: list[list[np.ndarray]] = []
-    for net in nets:
-        a = net.card.audio
+    for model in models:
+        a = model.card.audio
         c = cache if cache is not None and cache.sample_rate == a.sample_rate else wave_cache(tracks, a.sample_rate)
         idx = c.index_of()
         segs = [track_segments(c, idx[t.id], a.segment_samples, max_segments or a.max_segments) for t in tracks]
-        per_model.append(per_track(net.predict, segs, batch))
+        per_model.append(per_track(model.predict, segs, batch))
         if progress:
-            progress(net)
+            progress(model)
     seg_probs = [np.mean([m[i] for m in per_model], axis=0) for i in range(len(tracks))]
     return Predictions(tracks, labels, seg_probs)
 

@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genretag.training.dataset import SUBSETS, DatasetError, Track, fault_filtered_lists
+from genretag.errors import DatasetError
+from genretag.training.dataset import SUBSETS, Track, fault_filtered_lists
 
 MANIFEST = "manifest.csv"
 PADDING = "zero-padded at the end to one sub-track (as classify pads a short file)"

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genretag.nets.cnn import build_net, count_parameters
-from genretag.store.card import AudioParams, MelParams, ModelCard
-from genretag.store.load import resolve_device, save_model
-from genretag.store.metrics import SubsetMetrics
+from genretag.card import AudioParams, MelParams, ModelCard
+from genretag.card.metrics import SubsetMetrics
+from genretag.model import resolve_device
+from genretag.nets import build_net, count_parameters
+from genretag.store.weights import save_model
 from genretag.training import common
 from genretag.training import evaluate as ev
 from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, wave_cache

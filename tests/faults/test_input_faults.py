@@ -75,8 +75,8 @@ def test_sub_tracks_avoid_a_long_silent_intro_and_outro(tmp_path):
     import numpy as np
     import soundfile as sf
 
+    from genretag.card import AudioParams
     from genretag.pipeline.prepare import prepare_file
-    from genretag.store.card import AudioParams
 
     sr = 16000
     x = np.concatenate([np.zeros(sr * 30, np.float32), varied_tone(sr, 20.0), np.zeros(sr * 40, np.float32)])

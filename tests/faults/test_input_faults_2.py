@@ -173,7 +173,7 @@ def test_names_the_terminal_cannot_show_are_escaped_in_classify_tag_and_undo(tmp
 # ----------------------------------------------------------------------------- the API (defect 13)
 
 def test_the_api_takes_int_and_stereo_waveforms_and_bytes_paths_and_reports_bad_inputs(tmp_path, tiny_model_dir):
-    from genretag.store.load import load_net
+    from genretag.model import load_net
 
     model = load_net(tiny_model_dir, "cpu")
     x = varied_tone(model.sample_rate, 4.0) * 0.9

@@ -13,8 +13,8 @@ from audio_factory import make_file
 from hostile import assert_clean_stderr, run_cli
 
 from genretag.errors import GenretagError, ModelError
+from genretag.model import load_net
 from genretag.store.index import load_index
-from genretag.store.load import load_net
 
 
 class Boom:

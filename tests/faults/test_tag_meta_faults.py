@@ -52,7 +52,7 @@ def no_traceback(stderr: bytes) -> str:
 
 
 def result(path, genre: str = "metal", p: float = 0.9, fp: str | None = None) -> TrackResult:
-    from genretag.store.card import GTZAN_GENRES
+    from genretag.card import GTZAN_GENRES
 
     probs = {g: (1 - p) / (len(GTZAN_GENRES) - 1) for g in GTZAN_GENRES}
     probs[genre] = p
@@ -349,7 +349,7 @@ def test_journal_that_is_a_fifo_is_refused_at_once(tmp_path, tiny_model_dir):
 # --- defect 17: a genre name holding NUL ----------------------------------------------------------------
 
 def test_genre_name_with_nul_is_refused_by_the_dry_run_as_by_the_write(tmp_path, tiny_model_dir):
-    from genretag.store.card import GTZAN_GENRES
+    from genretag.card import GTZAN_GENRES
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -491,7 +491,7 @@ def _beets_items(root: Path) -> dict[str, tuple[list[str], Path]]:
 
 
 def test_beets_plugin_refuses_an_empty_genre_name(tmp_path):
-    from genretag.store.card import GTZAN_GENRES
+    from genretag.card import GTZAN_GENRES
 
     src, _, run = _beets(tmp_path, names={g: "" for g in GTZAN_GENRES})
     af.make_file(src / "a.flac", seconds=2, title="a", genre="Folk")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from genretag.store.card import ModelCard, save_card
-from genretag.store.load import Model, load_net, save_model
-from genretag.store.metrics import CardMetrics, SubsetMetrics
+from genretag.card import ModelCard, save_card
+from genretag.card.metrics import CardMetrics, SubsetMetrics
+from genretag.model import Model, load_net
+from genretag.store.weights import save_model
 from genretag.training import evaluate as ev
 from genretag.training.common import calibrate_temperature
 from genretag.training.transfer.config import POOLING_CHOICES, TransferConfig

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genretag.card import ModelCard
 from genretag.nets import musicnn as M
 from genretag.pipeline.segments import cut_at
-from genretag.store.card import ModelCard
 from genretag.training import evaluate as ev
 from genretag.training.dataset import Track, WaveCache, labels_of, scan, split, wave_cache
 from genretag.training.excerpts import Excerpts, load_excerpts

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from genretag.card import ModelCard
+from genretag.model import load_net
 from genretag.nets import musicnn as M
 from genretag.paths import cache_dir
-from genretag.store.card import ModelCard
-from genretag.store.load import load_net
 from genretag.training.dataset import tracks_key
 from genretag.training.transfer.config import TransferConfig
 from genretag.training.transfer.data import Data, library_data, subset_segments

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genretag.store.card import ModelCard, load_card, save_card
-from genretag.store.load import load_net
+from genretag.card import ModelCard, load_card, save_card
+from genretag.model import load_net
 from genretag.store.resolve import find_card
 from genretag.training import evaluate as ev
 from genretag.training.common import better
@@ -24,7 +24,7 @@ from genretag.training.transfer.scores import row_score
 def adapt_waves(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
     """An ensemble's sub-tracks (cut with ``src``'s audio parameters) resampled and cropped or padded
     to what the member ``dst`` was trained on: what the ensemble feeds each member."""
-    from genretag.store.load import _adapt
+    from genretag.model import _adapt
 
     return _adapt(waves, src, dst)
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genretag.card import ModelCard, load_card
+from genretag.model import load_net, resolve_device
 from genretag.nets import musicnn as M
-from genretag.store.card import ModelCard, load_card
-from genretag.store.load import load_net, resolve_device
 from genretag.training.common import CropSampler, augment_waves, better, mixup, net_logits, track_score
 from genretag.training.transfer.cards import finish_model, transfer_card
 from genretag.training.transfer.config import POOLING_CHOICES, TransferConfig

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from genretag.card import ModelCard
+from genretag.model import resolve_device
 from genretag.nets import musicnn as M
-from genretag.store.card import ModelCard
-from genretag.store.load import resolve_device
 from genretag.training.common import better
 from genretag.training.transfer.cards import finish_model, transfer_card
 from genretag.training.transfer.config import POOLING_CHOICES, TransferConfig

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from genretag.card import ModelCard
 from genretag.nets import musicnn as M
-from genretag.store.card import ModelCard
 from genretag.training.common import better
 from genretag.training.transfer.config import TransferConfig
 from genretag.training.transfer.data import Data

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from genretag.card import ModelCard, save_card
+from genretag.model import load_net, resolve_device
 from genretag.nets import musicnn as M
-from genretag.store.card import ModelCard, save_card
-from genretag.store.load import load_net, resolve_device
 from genretag.store.resolve import find_card
 from genretag.training.common import better, calibrate_temperature
 from genretag.training.transfer.cards import measure
