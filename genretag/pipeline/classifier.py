@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from genretag.audio.containers import FingerprintError, fingerprint
+from genretag.audio.containers import fingerprint
+from genretag.errors import FingerprintError
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.executor import CacheStats
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
