@@ -397,3 +397,24 @@ def test_gtzan_layout_keeps_its_report_and_gains_the_curve(gtzan_layout, tiny_mo
     r = evaluate(str(gtzan_layout), "--layout", "folders", "--split", "random", "--model", str(tiny_model_dir))
     assert r.exit_code == 2
     one_line_error(r, "--split: for a GTZAN layout only")
+
+
+@pytest.mark.parametrize("intercept, written", [(-20.0, 0), (20.0, 6)])
+def test_gtzan_layout_holds_a_calibrated_models_confidence_against_its_threshold(
+        gtzan_layout, broad_model_dir, tmp_path, intercept, written):
+    """What `tag` would write: the calibrated confidence (here far below or far above the card's
+    threshold whatever the probabilities), not the softmax probability, against the threshold."""
+    import shutil
+
+    model_dir = tmp_path / "calibrated"
+    shutil.copytree(Path(broad_model_dir).parent, model_dir)
+    (card_path,) = model_dir.glob("*.json")
+    card = json.loads(card_path.read_text())
+    card["extra"]["calibration"] = {"kind": "logistic", "weights": [1.0, 0.0], "intercept": intercept}
+    card_path.write_text(json.dumps(card))
+    out = tmp_path / "g.json"
+    r = evaluate(str(gtzan_layout), "--model", str(card_path), "--json", str(out))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["threshold"] == {"value": 0.12, "source": "model card"}
+    assert rep["at_threshold"]["written"] == written

@@ -282,13 +282,16 @@ def evaluate_cmd(
     threshold = ev.tag_threshold(models[0].card)
     info(f"evaluating {', '.join(n.card.name for n in models)} on {split}/{subset}: {len(tracks)} tracks")
     pred = ev.predict_tracks(models, tracks, max_segments=segments)
-    rep = ev.gtzan_coverage(ev.report(pred, split, subset), pred, *threshold)
+    # several --model average their probabilities: one model's calibration does not apply to the mean
+    calibration = models[0].calibration if len(models) == 1 else None
+    rep = ev.gtzan_coverage(ev.report(pred, split, subset), pred, *threshold, calibration=calibration)
     rep["models"] = [n.card.name for n in models]
     rep["layout"] = "gtzan"
     if excerpts:
         info(f"and {len(excerpts)} {subset} excerpts of {extra}")
         pred_ex = ev.predict_tracks(models, excerpts)
-        rep["excerpts"] = ev.gtzan_coverage(ev.report(pred_ex, split, f"{subset} excerpts"), pred_ex, *threshold)
+        rep["excerpts"] = ev.gtzan_coverage(ev.report(pred_ex, split, f"{subset} excerpts"), pred_ex, *threshold,
+                                            calibration=calibration)
     _print_report(rep)
     out_console().print(threshold_line(rep), markup=False)
     if excerpts:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genretag.model import Model
+from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.segments import SilentError, cut_segments, hard_vote, pick_audible, plan_segments, soft_vote
 from genretag.training import metrics
 from genretag.training.common import per_track
@@ -120,10 +121,15 @@ def add_coverage(rep: dict, conf: np.ndarray, *, right: np.ndarray, in_labels: n
     return rep
 
 
-def gtzan_coverage(rep: dict, pred: Predictions, threshold: float, source: str) -> dict:
-    """`add_coverage` for a dataset split: the soft vote's top probability is the confidence."""
+def gtzan_coverage(rep: dict, pred: Predictions, threshold: float, source: str,
+                   calibration: Calibration | None = None) -> dict:
+    """`add_coverage` for a dataset split. The confidence is what `tag` holds against the threshold:
+    the soft vote's top probability, or for a calibrated model (`calibration`) that probability's
+    calibrated confidence."""
     soft = np.array([soft_vote(p) for p in pred.seg_probs]) if pred.seg_probs else np.zeros((0, len(pred.labels)))
     conf = soft.max(axis=1) if len(soft) else np.zeros(0)
+    if calibration is not None:
+        conf = np.array([calibration(pred.labels[i], p) for i, p in zip(soft.argmax(axis=1), conf)])
     right = soft.argmax(axis=1) == pred.y_true() if len(soft) else np.zeros(0, dtype=bool)
     rep["accuracy"].setdefault("top1", rep["accuracy"]["soft"])
     return add_coverage(rep, conf, right=right, in_labels=np.ones(len(conf), dtype=bool), threshold=threshold,
