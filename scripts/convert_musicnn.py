@@ -59,9 +59,9 @@ IGNORED = ("Adam", "beta1_power", "beta2_power", "global_step")
 
 
 def load_card_module():
-    """genretag/store/card.py loaded by path: the package __init__ may import torch, which
+    """genretag/card/__init__.py loaded by path: the package __init__ may import torch, which
     the TF venv does not have."""
-    spec = importlib.util.spec_from_file_location("genretag_card", REPO / "genretag" / "store" / "card.py")
+    spec = importlib.util.spec_from_file_location("genretag_card", REPO / "genretag" / "card" / "__init__.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["genretag_card"] = mod  # dataclasses look the module up
     spec.loader.exec_module(mod)
