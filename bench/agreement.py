@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = next((d / "shared" / "data" for d in (REPO.parent, REPO.parent.parent)
-                     if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data")
+from common import DEFAULT_DATA, write_report  # bench/ is on sys.path when run as a script
 
 
 def file_sets(data: Path) -> dict[str, list[tuple[str, str | None]]]:
@@ -126,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all sets: same genre on {all_same}/{all_items} ({100 * report['same_genre_share']:.2f} %), "
           f"largest probability difference {report['max_probability_difference']:.6f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

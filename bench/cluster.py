@@ -29,16 +29,13 @@ CPU seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = next((d / "shared" / "data" / "gtzan" for d in (REPO.parent, REPO.parent.parent)
-                       if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data" / "gtzan")
+from common import DEFAULT_SOURCE, REPO, write_report  # bench/ is on sys.path when run as a script
 
 
 def pick_clips(source: Path, n: int) -> list[str]:
@@ -192,9 +189,7 @@ def main() -> None:
               f"2 workers / 1 worker {r[f'2_workers_vs_1_worker_{phase}']:.2f}x (target >= 1.6)")
     print(f"same genres as local: {report['same_genres_as_local']} of {n}")
     out = args.json or REPO / "reports" / "cluster" / f"{model.card.name}-{n}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(out, report)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_SOURCE  # bench/ is on sys.path when run as a script
 
-REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT_SETS = [(1,), (2,), (3,), (4,), (5,), (2, 4), (2, 5), (3, 5), (3, 6), (2, 4, 6), (3, 5, 7)]
-from throughput import DEFAULT_SOURCE  # noqa: E402 - bench/ is on sys.path when run as a script
 
 MARGINS = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 

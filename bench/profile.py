@@ -27,19 +27,17 @@ track at the mean number of sub-tracks the early exit runs (from the same `class
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import sys
 import time
 from pathlib import Path
 
+from common import DEFAULT_SOURCE, write_report  # bench/ is on sys.path when run as a script
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI (before torch is imported)
 os.environ.setdefault("GENRETAG_THREADS", "1")  # one thread: stage figures are CPU time
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = next((d / "shared" / "data" / "gtzan" for d in (REPO.parent, REPO.parent.parent)
-                       if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data" / "gtzan")
 AUDIO_EXT = {".mp3", ".flac", ".ogg", ".m4a", ".wav", ".opus", ".aiff"}
 
 
@@ -225,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'total':<16} {total:8.2f}", flush=True)
     report["load_end"] = os.getloadavg()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

@@ -37,10 +37,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-REPO = Path(__file__).resolve().parent.parent
-# ../shared/data/gtzan next to the checkout (or next to the folder of worktrees holding it)
-DEFAULT_SOURCE = next((d / "shared" / "data" / "gtzan" for d in (REPO.parent, REPO.parent.parent)
-                       if (d / "shared" / "data" / "gtzan").is_dir()), REPO.parent / "shared" / "data" / "gtzan")
+from common import DEFAULT_SOURCE, REPO, write_report  # bench/ is on sys.path when run as a script
+
 LIB_FORMAT_VERSION = 2  # bump when the library recipe changes (invalidates cached libraries)
 
 # Share of 30 s clips per format. mp3 clips are hard links to the source files
@@ -558,6 +556,8 @@ def _variant(spec: str) -> tuple[str, dict, list[str]]:
             env[k] = v
         else:
             opts.append(item)
+    if "PYTHONPATH" in env:  # `python -m genretag` runs from the repository root, which would come first
+        env.setdefault("PYTHONSAFEPATH", "1")
     return label or "default", env, opts
 
 
@@ -761,9 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report["machine_load_end"] = machine_load()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 
