@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from audio_factory import make_file
+from audio_factory import make_file, track_result
 
+from genretag.audio.containers import fingerprint
 from genretag.model import Model, load_model
 from genretag.pipeline import classifier as classifier_mod
 from genretag.pipeline import inference
 from genretag.pipeline.classifier import Classifier
-from genretag.pipeline.result_cache import ResultCache
+from genretag.pipeline.early_exit import EarlyExit
+from genretag.pipeline.result_cache import ResultCache, model_id
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +129,11 @@ def test_closing_stores_what_is_left_and_closes_the_cache(model, files, tmp_path
 
 
 def test_the_cache_key_besides_the_fingerprint_is_held_once(model, files, tmp_path):
-    from audio_factory import track_result
-
-    from genretag.pipeline.result_cache import model_id
-
     cache = ResultCache(tmp_path / "results.sqlite")
-    early, ten = cache.for_model(model, vote="soft", segments=None), cache.for_model(model, vote="soft", segments=10)
-    assert (early.model_id, early.vote, early.segments, ten.segments) == (model_id(model), "soft", 0, 10)
+    early = cache.for_model(model, vote="soft", segments=None, early_exit=EarlyExit((2, 4, 6), 0.35))
+    ten = cache.for_model(model, vote="soft", segments=10, early_exit=None)
+    assert (early.model_id, early.vote, early.segments) == (model_id(model), "soft/early-exit 2,4,6@0.35", 0)
+    assert (ten.vote, ten.segments) == ("soft", 10)
     stored = track_result("/x/a.mp3", rock=0.9)
     stored.fingerprint = "fp-a"
     early.put_many([stored, track_result("/x/b.mp3", jazz=0.8)])  # b has no fingerprint: not stored
@@ -141,7 +141,42 @@ def test_the_cache_key_besides_the_fingerprint_is_held_once(model, files, tmp_pa
     hit = early.get("/y/renamed.mp3", "fp-a")
     assert (hit.path, hit.fingerprint, hit.genre) == ("/y/renamed.mp3", "fp-a", "rock")
     assert ten.get("/y/renamed.mp3", "fp-a") is None  # another setting: another key
-    assert cache.get("fp-a", model_id(model), "soft", 0).genre == "rock"
+    assert cache.get("fp-a", model_id(model), "soft/early-exit 2,4,6@0.35", 0).genre == "rock"
+
+
+def test_a_result_of_another_early_exit_rule_is_not_served(model, files, tmp_path, monkeypatch):
+    """The rule a result was voted by is part of its key: a run under another rule classifies again."""
+    from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
+
+    def run(**kw):
+        clf = Classifier(model, cache=ResultCache(tmp_path / "results.sqlite"), jobs=1, **kw)
+        with clf:
+            out = list(clf.classify(files))
+        return out, (clf.stats.cached, clf.stats.classified)
+
+    assert DEFAULT_EARLY_EXIT != EarlyExit((3,), 0.5)
+    first, stats = run()
+    assert stats == (0, 5)
+    assert run()[1] == (5, 0)  # the same rule: every file from the cache
+    monkeypatch.setattr(classifier_mod, "DEFAULT_EARLY_EXIT", EarlyExit((3,), 0.5))
+    other, stats = run()
+    assert stats == (0, 5)  # stored under another rule: a miss each, classified by the rule now in force
+    for a, b in zip(other, first, strict=True):
+        _same(a, b)  # one sub-track per file here: both rules give the full vote
+    assert run()[1] == (5, 0)  # and stored under its own key, beside the first rule's
+    monkeypatch.undo()
+    assert run()[1] == (5, 0)  # the first rule's results are still there
+    assert len(ResultCache(tmp_path / "results.sqlite")) == 10
+
+    # a cache an earlier version filled keyed the early-exit vote as ("soft", 0): not looked up
+    cache = ResultCache(tmp_path / "old.sqlite")
+    planted = track_result(files[0], rock=0.9)
+    cache.put_many([(fingerprint(files[0]), model_id(model), "soft", 0, planted)])
+    clf = Classifier(model, cache=cache, jobs=1)
+    with clf:
+        (got,) = clf.classify(files[:1])
+    assert (clf.stats.cached, clf.stats.classified) == (0, 1)
+    _same(got, first[0])  # the model's answer, not the planted one
 
 
 def test_an_executor_satisfies_the_protocol_and_the_old_address_still_imports(model):

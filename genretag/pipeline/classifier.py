@@ -59,8 +59,10 @@ class Classifier:
         self.batch_segments = batch_segments
         self.fingerprints = fingerprints or cache is not None
         self.stats = CacheStats()
-        self.early_exit = DEFAULT_EARLY_EXIT if segments is None else None
-        self._cached = cache.for_model(model, vote=vote, segments=segments) if cache is not None else None
+        # the soft vote without a sub-track count stops early; the rule is part of the cache key
+        self.early_exit = DEFAULT_EARLY_EXIT if segments is None and vote == "soft" else None
+        self._cached = (cache.for_model(model, vote=vote, segments=segments, early_exit=self.early_exit)
+                        if cache is not None else None)
         self._unstored: list[TrackResult] = []
 
     def __enter__(self) -> Classifier:
@@ -144,7 +146,7 @@ class Classifier:
                     yield queued.popleft()
 
         fresh = classify(misses(), self.model, vote=self.vote, segments=self.segments, jobs=self.jobs,
-                         batch_segments=self.batch_segments)
+                         batch_segments=self.batch_segments, early_exit=self.early_exit)
         try:
             while pending or read_one():
                 _, fp, hit = pending[0]

@@ -50,6 +50,7 @@ import distributed
 from distributed import KilledWorker, WorkerPlugin, as_completed
 
 from genretag.errors import GenretagError, ModelError, one_line
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.executor import CacheStats
 from genretag.pipeline.inference import TrackResult, error_result
 from genretag.pipeline.result_cache import ResultCache
@@ -245,6 +246,7 @@ class _Settings:
     vote: str
     segments: int | None
     batch_segments: int | None
+    early_exit: EarlyExit | None  # the rule the workers run, as the client keys its cache
 
 
 def _worker_model(plugin_name: str):
@@ -276,7 +278,6 @@ def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Se
     A file that cannot be decoded is an error result, as locally; the task
     itself fails only when the model cannot be loaded.
     """
-    from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
     from genretag.pipeline.inference import default_batch_segments, run_model
     from genretag.pipeline.prepare import prepare_file
 
@@ -284,9 +285,9 @@ def classify_chunk(paths: list[str], fps: list[str | None] | None, settings: _Se
     if fps is None:
         fps = fingerprint_chunk(paths) if with_fingerprints else [None] * len(paths)
     prepared = (prepare_file(p, model.card.audio, settings.segments) for p in paths)
-    early = DEFAULT_EARLY_EXIT if settings.segments is None else None
     results = list(run_model(prepared, model, vote=settings.vote,
-                             batch_segments=settings.batch_segments or default_batch_segments(model), early_exit=early))
+                             batch_segments=settings.batch_segments or default_batch_segments(model),
+                             early_exit=settings.early_exit))
     for r, fp in zip(results, fps):
         r.fingerprint = fp
     return results
@@ -336,9 +337,11 @@ class ClusterExecutor:
         self.chunk = max(1, int(chunk))
         self.window = window
         self.stats = CacheStats()
-        self._cached = cache.for_model(model, vote=vote, segments=segments) if cache is not None else None
+        early_exit = DEFAULT_EARLY_EXIT if segments is None and vote == "soft" else None  # as Classifier's
+        self._cached = (cache.for_model(model, vote=vote, segments=segments, early_exit=early_exit)
+                        if cache is not None else None)
         self.plugin = ModelPlugin(model.path, device, model.precision)
-        self.settings = _Settings(self.plugin.name, vote, segments, batch_segments)
+        self.settings = _Settings(self.plugin.name, vote, segments, batch_segments, early_exit)
         self._registered = False
         self._owns_client = close_client
         self._threads = (0.0, 1)  # (when looked up, total worker threads)

@@ -3,7 +3,8 @@
 Keyed by (audio-payload fingerprint, model id, vote, segments; 0 for the
 default early-exit vote), so renaming
 or re-tagging a file keeps its entry, while a different model or setting
-does not reuse it. An executor holds the part of the key its run fixes
+does not reuse it. An early-exit vote's `vote` names its rule as well
+(`vote_key`): another rule can stop at another genre. An executor holds the part of the key its run fixes
 once, in `ResultCache.for_model`, and looks results up by fingerprint. SQLite in WAL mode with a busy timeout, so two runs can
 share one cache; entries are committed per chunk, so an interrupted run
 keeps what it finished and the next one resumes where it stopped.
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from genretag.errors import GenretagError, one_line
 from genretag.paths import cache_dir
+from genretag.pipeline.early_exit import EarlyExit
 from genretag.pipeline.inference import TrackResult
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,16 @@ def model_id(net) -> str:
         arch = json.dumps([card.architecture, calibration], sort_keys=True).encode()
         sha += "+" + hashlib.sha256(arch).hexdigest()[:12]
     return f"{card.name}@{sha}"
+
+
+def vote_key(vote: str, early_exit: EarlyExit | None) -> str:
+    """The `vote` column: the vote, with the early-exit rule it stops by (``soft/early-exit 2,4,6@0.39``).
+
+    The rule lives in the vote's text rather than in columns of its own, so a cache of the same
+    layout stays usable: its results of another rule are simply not looked up."""
+    if early_exit is None:
+        return vote
+    return f"{vote}/early-exit {','.join(map(str, early_exit.checkpoints))}@{early_exit.margin!r}"
 
 
 class ResultCache:
@@ -185,10 +197,11 @@ class ResultCache:
             except sqlite3.DatabaseError as e2:
                 self._give_up(e2)
 
-    def for_model(self, model, *, vote: str, segments: int | None) -> ModelCache:
-        """This cache as a run of `model` with `vote` and `segments` sees it: the key besides the
-        fingerprint, held once (`segments` None, the default early-exit vote, is stored as 0)."""
-        return ModelCache(self, model_id(model), vote, int(segments or 0))
+    def for_model(self, model, *, vote: str, segments: int | None, early_exit: EarlyExit | None) -> ModelCache:
+        """This cache as a run of `model` with `vote`, `segments` and the `early_exit` rule it runs (None:
+        every sub-track) sees it: the key besides the fingerprint, held once (`segments` None, the
+        early-exit vote, is stored as 0; the rule goes into the vote, `vote_key`)."""
+        return ModelCache(self, model_id(model), vote_key(vote, early_exit), int(segments or 0))
 
     def _insert(self, rows: list[tuple]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -222,7 +235,7 @@ class ModelCache:
 
     cache: ResultCache
     model_id: str
-    vote: str
+    vote: str  # with the early-exit rule, when there is one (`vote_key`)
     segments: int  # 0 for the default, early-exit vote (not the same as --segments N)
 
     def get(self, path: str, fp: str) -> TrackResult | None:
