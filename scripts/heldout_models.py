@@ -13,7 +13,7 @@ the same configuration trained on train only:
 
     python scripts/heldout_models.py --out runs/heldout
     python bench/early_exit.py --fit-model runs/heldout/broad-musicnn-heldout.json \\
-        --model models/broad-musicnn.json
+        --fit-model runs/heldout/gtzan-musicnn-heldout.json --model models/broad-musicnn.json
 
 Both cards and the safetensors file land in ``--out``; an existing held-out gtzan card there is
 reused (``--retrain`` trains it again).

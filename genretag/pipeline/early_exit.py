@@ -77,8 +77,9 @@ class EarlyExit:
 #: that give the full 10-sub-track vote's genre on at least 99 % of each twin's GTZAN valid + Emotify
 #: valid recordings, in their order and over random orders, the one that runs the fewest sub-tracks
 #: (4.09 and 3.92 per recording). The check on the bundled models chooses nothing: the full vote's
-#: genre on 86 of 87 GTZAN test tracks with either model and on every Emotify test recording,
-#: 4.40 sub-tracks per GTZAN test track with `broad-musicnn` (3.82 with `gtzan-musicnn`).
-#: docs/performance.md ("Early-exit voting") has the tables and commands; refit when a bundled
-#: model changes.
+#: genre on 86 of 87 GTZAN test tracks with either model (one right answer fewer) and on every
+#: Emotify test recording, 4.40 sub-tracks per GTZAN test track with `broad-musicnn` (3.82 with
+#: `gtzan-musicnn`). docs/performance.md ("Early-exit voting") has the tables and commands; refit
+#: when a bundled model changes. `broad-musicnn`'s calibration and threshold are fitted on the vote
+#: this rule gives (``scripts/broad_model.py``): a new rule refits them too.
 DEFAULT_EARLY_EXIT = EarlyExit(checkpoints=(3, 5, 7), margin=0.26)
