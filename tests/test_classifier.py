@@ -154,11 +154,12 @@ def test_a_result_of_another_early_exit_rule_is_not_served(model, files, tmp_pat
             out = list(clf.classify(files))
         return out, (clf.stats.cached, clf.stats.classified)
 
-    assert DEFAULT_EARLY_EXIT != EarlyExit((3,), 0.5)
+    other_rule = EarlyExit((3, 5, 7), 0.26)
+    assert DEFAULT_EARLY_EXIT != other_rule
     first, stats = run()
     assert stats == (0, 5)
     assert run()[1] == (5, 0)  # the same rule: every file from the cache
-    monkeypatch.setattr(classifier_mod, "DEFAULT_EARLY_EXIT", EarlyExit((3,), 0.5))
+    monkeypatch.setattr(classifier_mod, "DEFAULT_EARLY_EXIT", other_rule)
     other, stats = run()
     assert stats == (0, 5)  # stored under another rule: a miss each, classified by the rule now in force
     for a, b in zip(other, first, strict=True):
