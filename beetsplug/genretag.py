@@ -114,7 +114,7 @@ class GenretagPlugin(BeetsPlugin):
             except GenretagError as e:
                 raise ui.UserError(f"genretag: {e}") from None
             self._model_key = (s.model, s.device)
-            self._log.debug("model: {} ({})", self._model.card.name, self._model.device.type)
+            self._log.debug("model: {} ({})", self._model.card.name, self._model.device_type)
         return self._model
 
     def classify(self, items: Sequence, s: Settings) -> Iterator[tuple[object, object]]:

@@ -66,6 +66,11 @@ def compare(items, ref, new) -> dict:
     worst = None
     segs_same = 0
     correct = {"reference": 0, "candidate": 0}
+    from genretag.labels import broad_genre, label_key
+
+    def key(genre):  # GTZAN's folder names ("hiphop") against a model's labels ("Hip-Hop" in broad-musicnn)
+        return None if genre is None else label_key(broad_genre(genre) or genre)
+
     labelled = 0
     for (path, label), a, b in zip(items, ref, new):
         same += a.genre == b.genre
@@ -75,8 +80,8 @@ def compare(items, ref, new) -> dict:
             diff_max, worst = d, path
         if label is not None:
             labelled += 1
-            correct["reference"] += a.genre == label
-            correct["candidate"] += b.genre == label
+            correct["reference"] += key(a.genre) == key(label)
+            correct["candidate"] += key(b.genre) == key(label)
     out = {"items": n, "same_genre": int(same), "same_genre_share": round(same / max(1, n), 4),
            "same_segments_share": round(segs_same / max(1, n), 4),
            "max_probability_difference": round(diff_max, 6), "worst_item": worst}

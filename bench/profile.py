@@ -139,18 +139,21 @@ def network_stages(model, prepared: list, batch: int, clock: Clock) -> int:
     import torch
 
     from genretag.nets.musicnn import MusicnnNet
-    from genretag.nets.onnx_runtime import OnnxNet
+    from genretag.runtime import OnnxNet
 
     waves = np.concatenate([p.waves for p in prepared])
     runner = model._runner
+    if isinstance(runner, OnnxNet):  # the numpy log-mel, then the session: no torch
+        for i in range(0, len(waves), batch):
+            mel = clock("mel", runner.features, waves[i:i + batch])
+            clock("trunk + heads", runner.session.run, None, {runner.input_name: mel})
+        return len(waves)
     net = model.net
     with torch.inference_mode():
         for i in range(0, len(waves), batch):
             x = torch.from_numpy(waves[i:i + batch])
             mel = clock("mel", net.features, x)
-            if isinstance(runner, OnnxNet):
-                clock("trunk + heads", runner.session.run, None, {runner.input_name: mel.numpy()})
-            elif hasattr(net, "trunk") and hasattr(net, "logits_from"):
+            if hasattr(net, "trunk") and hasattr(net, "logits_from"):
                 out = clock("trunk", MusicnnNet.forward, net.trunk, mel, return_embeddings=True)
                 clock("heads", net.logits_from, *out)
             else:
@@ -161,11 +164,13 @@ def network_stages(model, prepared: list, batch: int, clock: Clock) -> int:
 def profile(files: list[str], precision: str, batch: int | None) -> dict:
     import numpy as np
     import torch
+    from threadpoolctl import threadpool_limits
 
     from genretag.model import load_model
     from genretag.pipeline import inference
 
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS too (the numpy log-mel's mel product), as classify runs it
     model = load_model(None, device="cpu", precision=precision)
     runtime = model.runtime  # builds the runner (and the export, the first time) outside the clock
     batch = batch or inference.default_batch_segments(model)

@@ -4,6 +4,11 @@
 only, sha256-checked) and rebuilds its network (`genretag.nets`) on a device; `Model.classify` is the
 pipeline's model stage (`genretag.pipeline.inference`), which names a model only through its
 `Predictor` protocol, so this module builds on the pipeline and never the other way round.
+
+On the CPU with ``precision="auto"`` a musicnn model whose ONNX export is already in the user
+cache loads without torch (`genretag.runtime.open_export`): its PyTorch network is built only if
+something asks for `Model.net`. This module therefore imports torch only inside the functions
+that need it.
 """
 
 from __future__ import annotations
@@ -12,30 +17,35 @@ import copy
 import functools
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from genretag.card import ModelCard, load_card
 from genretag.deprecation import deprecated
 from genretag.errors import ModelError, one_line
-from genretag.nets import GenreNet, build_net
-from genretag.nets.onnx_runtime import OnnxNet, OnnxUnavailable
-from genretag.nets.onnx_runtime import build as build_onnx
 from genretag.pipeline import inference
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
+from genretag.runtime import OnnxNet, OnnxUnavailable, open_export
 from genretag.store.resolve import find_card
 from genretag.store.weights import check_sha256, read_weights, weights_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from genretag.nets import GenreNet
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; 'cuda' without CUDA is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -46,7 +56,28 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ModelError(f"unknown device {device!r} (auto, cpu or cuda)", 2) from None
 
 
-@dataclass
+def cpu_for_sure(device: str) -> bool:
+    """Whether `device` means the CPU on this machine, decided without importing torch.
+
+    "auto" means CUDA when torch sees a GPU, so it counts as the CPU only where no GPU driver is
+    visible (`CUDA_VISIBLE_DEVICES` empty, or no NVIDIA or ROCm device files on Linux, or macOS);
+    when in doubt torch is asked (`resolve_device`)."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    if "torch" in sys.modules:  # already paid for: ask it
+        return not sys.modules["torch"].cuda.is_available()
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0",
+                                                   "/dev/kfd"))
+    return False
+
+
 class Model:
     """A loaded model: its card (labels, audio and mel parameters, metrics) and network, on a device.
 
@@ -54,17 +85,47 @@ class Model:
     files or waveforms with it, and the pipeline, evaluation and training take it.
     ``net`` is the network exactly as loaded; the first classification on a CPU
     builds a separate inference-optimised copy of it (see `tune`), so the
-    caller's module is never rewritten.
+    caller's module is never rewritten. A model that runs from its cached ONNX
+    export (see the module) builds ``net`` the first time it is asked for.
     """
 
-    card: ModelCard
-    net: GenreNet
-    device: torch.device
-    path: Path | None = None
-    members: list[Model] = field(default_factory=list)
-    precision: str = "fp32"
-    _runner: torch.nn.Module | OnnxNet | None = field(default=None, repr=False, compare=False)
-    _tuned: bool = field(default=False, repr=False, compare=False)
+    def __init__(self, card: ModelCard, net: GenreNet | None, device: torch.device | None,
+                 path: Path | None = None, members: list[Model] | None = None, precision: str = "fp32",
+                 *, runner: OnnxNet | None = None, verify: bool = True) -> None:
+        self.card, self.path, self.precision = card, path, precision
+        self.members = list(members or [])
+        self._net, self._device, self._verify = net, device, verify
+        self._runner: torch.nn.Module | OnnxNet | None = runner
+        self._tuned = runner is not None
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, device={self.device_type!r}, precision={self.precision!r})"
+
+    @property
+    def net(self) -> GenreNet:
+        """The PyTorch network, with the card's verified weights (built now if the model was
+        loaded from its ONNX export)."""
+        if self._net is None and self.members:  # an ensemble: its first member's
+            return self.members[0].net
+        if self._net is None:
+            if self.path is None:
+                raise ModelError(f"{self.name}: no card file to build the network from")
+            self._net = _build_net(self.card, self.path, self.device, verify=self._verify)
+        return self._net
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device the network is on (importing torch, for a model loaded without it)."""
+        if self._device is None:
+            import torch
+
+            self._device = torch.device("cpu")
+        return self._device
+
+    @property
+    def device_type(self) -> str:
+        """"cpu" or "cuda": where the network runs, without importing torch."""
+        return "cpu" if self._device is None else self._device.type
 
     @property
     def name(self) -> str:
@@ -101,23 +162,27 @@ class Model:
         """Classify paths or mono waveforms at `self.sample_rate`; one result per input, in order."""
         return list(inference.classify(inputs, self, vote=vote, segments=segments, jobs=jobs))
 
-    @torch.inference_mode()
     def predict(self, waves: torch.Tensor | np.ndarray) -> np.ndarray:
         """Sub-track waveforms (batch, samples) -> calibrated probabilities (batch, labels)."""
         if self.members:
             return np.mean([m.predict(_adapt(waves, self.card, m.card)) for m in self.members], axis=0)
         if self.precision == "auto" and not self._tuned:
             self.tune()
-        x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
-        net = self._runner if self._runner is not None else self.net
-        if isinstance(net, OnnxNet):  # --precision auto: the network after the log-mel in ONNX Runtime
-            logits = net(x) / float(self.card.temperature or 1.0)
+        if isinstance(self._runner, OnnxNet):  # --precision auto: the network in ONNX Runtime, no torch
+            if not isinstance(waves, np.ndarray):
+                waves = waves.cpu().numpy()
+            logits = self._runner(waves) / np.float32(self.card.temperature or 1.0)
+            return _calibrated_numpy(logits, self.card)
+        import torch
+
+        with torch.inference_mode():
+            x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
+            net = self._runner if self._runner is not None else self.net
+            # bf16: convolutions and matmuls in bfloat16 (the mel front-ends opt out and stay
+            # float32); the temperature and softmax below run in float32 either way.
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = net(x).float() / float(self.card.temperature or 1.0)
             return _calibrated(logits, self.card)
-        # bf16: convolutions and matmuls in bfloat16 (the mel front-ends opt out and stay
-        # float32); the temperature and softmax below run in float32 either way.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = net(x).float() / float(self.card.temperature or 1.0)
-        return _calibrated(logits, self.card)
 
     def predict_segments(self, waves: torch.Tensor | np.ndarray) -> np.ndarray:
         """Deprecated: genretag 0.1's name of `predict`."""
@@ -150,7 +215,7 @@ class Model:
         `self.net`, the card and the weights are untouched. Figures: docs/performance.md.
         """
         for m in (self, *self.members):
-            if m.device.type != "cpu" or m._runner is not None or m._tuned:
+            if m.device_type != "cpu" or m._runner is not None or m._tuned:
                 continue
             m._tuned = True
             if m.precision == "auto":
@@ -159,6 +224,8 @@ class Model:
                     continue
             if m.card.architecture.get("name", "resnet") != "resnet":
                 continue
+            import torch
+
             runner = copy.deepcopy(m.net).to(memory_format=torch.channels_last)
             if m.precision != "bf16":
                 runner.body = _frozen_body(runner, m.card.audio.segment_samples)
@@ -167,9 +234,20 @@ class Model:
 
 def _calibrated(logits: torch.Tensor, card: ModelCard) -> np.ndarray:
     """Temperature-scaled logits -> probabilities: sigmoid for a multi-label tagger, else softmax."""
+    import torch
+
     if card.extra.get("multilabel"):
         return torch.sigmoid(logits).cpu().numpy()
     return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+def _calibrated_numpy(logits: np.ndarray, card: ModelCard) -> np.ndarray:
+    """`_calibrated` on a numpy array, in float32 (the same to float rounding)."""
+    x = np.asarray(logits, dtype=np.float32)
+    if card.extra.get("multilabel"):
+        return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # the sigmoid, no overflow
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 _onnx_warned: set[str] = set()
@@ -179,12 +257,13 @@ def _onnx_runner(m: Model) -> OnnxNet | None:
     """ONNX Runtime for a musicnn network (None for any other, which PyTorch runs in fp32); where it
     cannot be used, one warning line per reason and process, and None."""
     from genretag.nets.frozen import freezable
+    from genretag.nets.onnx_runtime import build
     from genretag.pipeline.threads import network_threads
 
     if not freezable(m.net):
         return None
     try:
-        return build_onnx(m.net, m.card.architecture, m.card.audio.segment_samples, network_threads())
+        return build(m.net, m.card, network_threads())
     except OnnxUnavailable as e:
         reason = str(e)
         if reason not in _onnx_warned:
@@ -197,6 +276,8 @@ def _onnx_runner(m: Model) -> OnnxNet | None:
 def _frozen_body(net: GenreNet, n_samples: int) -> torch.nn.Module:
     """The net's body as a frozen, inference-optimised TorchScript module (or as it was)."""
     import warnings
+
+    import torch
 
     body = net.body
     try:
@@ -212,7 +293,7 @@ def _frozen_body(net: GenreNet, n_samples: int) -> torch.nn.Module:
 
 def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
     """Resample/crop an ensemble's sub-tracks to what one member was trained on."""
-    x = waves.cpu().numpy() if isinstance(waves, torch.Tensor) else np.asarray(waves, dtype=np.float32)
+    x = np.asarray(waves, dtype=np.float32) if isinstance(waves, np.ndarray) else waves.cpu().numpy()
     if src.audio.sample_rate != dst.audio.sample_rate:
         import soxr
 
@@ -233,8 +314,11 @@ def check_precision(precision: str, dev: torch.device) -> None:
     elsewhere emulated and slower, so refused)."""
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r} (auto, fp32 or bf16)", 2)
-    if precision == "bf16" and not (torch.cuda.is_bf16_supported() if dev.type == "cuda"
-                                    else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if precision != "bf16":
+        return
+    import torch
+
+    if not (torch.cuda.is_bf16_supported() if dev.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         raise ModelError(f"--precision bf16 needs bfloat16 hardware ({dev.type} has none here: a CUDA "
                          "GPU from Ampere on, or a CPU with AVX512-BF16/AMX); use fp32", 2)
 
@@ -248,9 +332,17 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
     else in PyTorch fp32. ``"fp32"`` is PyTorch fp32 everywhere, the reference. ``"bf16"`` runs the
     network in bfloat16: faster on a CPU with AMX or on CUDA; probabilities move by up to a few
     hundredths, the genre almost never (docs/performance.md).
+
+    With ``"auto"`` on the CPU, a model whose checked ONNX export is in the user cache is loaded
+    from it without importing torch (its weights file still sha256-checked); `Model.net` builds
+    the PyTorch network when asked for.
     """
-    dev = resolve_device(device)
-    check_precision(precision, dev)
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r} (auto, fp32 or bf16)", 2)
+    light = precision == "auto" and cpu_for_sure(device)
+    dev = None if light else resolve_device(device)
+    if dev is not None:
+        check_precision(precision, dev)
     card_path = find_card(name_or_path)
     try:
         card = load_card(card_path)
@@ -266,7 +358,24 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
                    for m in card.members]
         if any(m.labels != card.labels for m in members):
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
-        return Model(card, members[0].net, dev, card_path, members, precision)
+        return Model(card, None, dev, card_path, members, precision, verify=verify)
+    if light:
+        from genretag.pipeline.threads import network_threads
+
+        runner = open_export(card, network_threads())
+        if runner is not None:
+            if verify and card.weights_sha256:
+                check_sha256(weights_path(card_path, card), card.weights_sha256)
+            return Model(card, None, None, card_path, precision=precision, runner=runner, verify=verify)
+        dev = resolve_device(device)
+    return Model(card, _build_net(card, card_path, dev, verify=verify), dev, card_path, precision=precision,
+                 verify=verify)
+
+
+def _build_net(card: ModelCard, card_path: Path, dev: torch.device, *, verify: bool) -> GenreNet:
+    """The card's PyTorch network with its weights (sha256-checked when `verify`), in eval mode on `dev`."""
+    from genretag.nets import build_net
+
     wpath = weights_path(card_path, card)
     if verify and card.weights_sha256:
         check_sha256(wpath, card.weights_sha256)
@@ -280,8 +389,7 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelError(f"{wpath.name}: weights do not fit the card's architecture ({one_line(e)})") from None
-    net.eval().to(dev)
-    return Model(card, net, dev, card_path, precision=precision)
+    return net.eval().to(dev)
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
@@ -300,4 +408,3 @@ def classify(inputs: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLik
     if not isinstance(model, Model):
         model = load_net(model, device)
     return inference.classify(inputs, model, vote=vote, segments=segments, jobs=jobs, batch_segments=batch_segments)
-

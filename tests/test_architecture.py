@@ -133,6 +133,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # stage (inference), which names the model only by its Predictor protocol
     ("genretag.pipeline",),
     ("genretag.report",),  # torch-free: tags, pipeline.segments, TrackResult
+    ("genretag.runtime",),  # torch-free: the numpy log-mel and the ONNX export, run without torch
     ("genretag.nets",),
     ("genretag.store",),
     ("genretag.model", "genretag"),
@@ -197,7 +198,7 @@ def test_the_0_1_addresses_are_imported_by_nothing():
 
 # --------------------------------------------------------------------------- the torch-free side
 
-LIGHT_PACKAGES = ("genretag.audio", "genretag.tags", "genretag.report")
+LIGHT_PACKAGES = ("genretag.audio", "genretag.tags", "genretag.report", "genretag.runtime")
 LOOKUP_MODULES = ("genretag.card", "genretag.card.metrics", "genretag.store.weights", "genretag.store.local",
                   "genretag.store.index", "genretag.store.resolve", "genretag.errors", "genretag.paths",
                   "genretag.labels", "genretag.training.labelled", "genretag.pipeline.executor")

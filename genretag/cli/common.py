@@ -143,7 +143,7 @@ def load(opts: ClassifyOptions):
     from genretag.model import load_net
 
     model = load_net(opts.model, opts.device, precision=opts.precision)
-    info(f"model: {model.card.name} ({model.device.type}, {model.runtime})")
+    info(f"model: {model.card.name} ({model.device_type}, {model.runtime})")
     return model
 
 

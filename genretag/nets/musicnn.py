@@ -31,15 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the front end's constants and filterbank live with its numpy twin (no torch there)
+from genretag.runtime.frontend import (  # noqa: F401 - re-exported: part of this module's interface
+    FLOAT16_MAX,
+    HOP_LENGTH,
+    LOG_SCALE,
+    N_FFT,
+    N_MELS,
+    SAMPLE_RATE,
+    _hz_to_mel_slaney,
+    _mel_to_hz_slaney,
+    mel_filterbank,
+)
+
 # ---------------------------------------------------------------------------
 # constants (musicnn/configuration.py and the checkpoints' config.json)
 # ---------------------------------------------------------------------------
 
-SAMPLE_RATE = 16000
-N_FFT = 512
-HOP_LENGTH = 256
-N_MELS = 96
-LOG_SCALE = 10000.0  # log10(1 + LOG_SCALE * mel)
 PATCH_FRAMES = 187  # librosa.time_to_frames(3, sr=16000, n_fft=512, hop_length=256) + 1
 # Fewest samples that give PATCH_FRAMES frames with center=True (1 + n // 256 frames):
 # 186 * 256 = 47616 samples = 2.976 s. Any length in [47616, 47871] gives 187 frames.
@@ -48,7 +56,6 @@ SEGMENT_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH
 # consecutive patches start 187 frames = 47872 samples apart.
 PATCH_HOP_SAMPLES = PATCH_FRAMES * HOP_LENGTH
 BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization default
-FLOAT16_MAX = 65504.0
 
 MSD_TAGS: tuple[str, ...] = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
@@ -80,46 +87,6 @@ VGG_EMBEDDING_DIMS: dict[str, int] = {f"pool{i}": 128 for i in range(1, 6)}
 # ---------------------------------------------------------------------------
 # front-end
 # ---------------------------------------------------------------------------
-
-
-def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f, dtype=np.float64)
-    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, np.log(6.4) / 27.0
-    mel = f / f_sp
-    log_region = f >= min_log_hz
-    mel = np.where(log_region, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mel)
-    return mel
-
-
-def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, np.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-@functools.lru_cache(maxsize=8)
-def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """Slaney-style, slaney-normalised mel filterbank, (n_mels, 1 + n_fft // 2) float32.
-
-    Re-implements ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (htk=False,
-    norm="slaney") step by step, including its float32 storage between the triangle
-    and the normalisation, so the result is bit-identical and librosa is not needed.
-    """
-    fmax = sr / 2.0 if fmax is None else fmax
-    fftfreqs = np.linspace(0, sr / 2.0, 1 + n_fft // 2)
-    mel_f = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = np.subtract.outer(mel_f, fftfreqs)
-    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
-    for i in range(n_mels):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels])
-    weights *= enorm[:, np.newaxis]
-    weights.setflags(write=False)
-    return weights
 
 
 def musicnn_frontend(waveform_16k: Tensor, *, pad_mode: str = "reflect",

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -25,10 +25,7 @@ from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_rest, prepare_waveform
 from genretag.pipeline.segments import vote as combine
-from genretag.pipeline.threads import network_threads, torch_threads
-
-if TYPE_CHECKING:
-    import torch
+from genretag.pipeline.threads import blas_threads, network_threads, torch_threads
 
 
 class Predictor(Protocol):
@@ -41,7 +38,7 @@ class Predictor(Protocol):
     @property
     def card(self) -> ModelCard: ...
     @property
-    def device(self) -> torch.device: ...
+    def device_type(self) -> str: ...
     @property
     def members(self) -> Sequence[Predictor]: ...
     @property
@@ -504,10 +501,10 @@ def classify(
         prepared = decoder = prepare_stream(inputs, model.card.audio, segments=segments, jobs=jobs,
                                             overlap=_streams(), early_exit=rule if vote == "soft" else None)
     results = run_model(prepared, model, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
-    if model.device.type != "cpu":
+    if model.device_type != "cpu":
         yield from results
         return
-    with torch_threads(network_threads()):
+    with torch_threads(network_threads()), blas_threads(1):
         yield from results
 
 
@@ -519,7 +516,7 @@ def default_batch_segments(model: Predictor) -> int:
     live front-end filters convolved, ``musicnn._ConvBN2d.freq_max``); the timings
     are in docs/performance.md. A GPU wants large batches.
     """
-    if model.device.type != "cpu":
+    if model.device_type != "cpu":
         return 64
     lead = model.members[0] if model.members else model  # an ensemble batches as its first member
     return 8 if lead.card.architecture.get("name", "resnet").startswith("musicnn") else 16
