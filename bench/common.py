@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: where the repository and the shared data are, and writing a report."""
+"""What the benchmark scripts share: where the repository and the shared data are, a `--variant`'s
+spec, and writing a report."""
 
 from __future__ import annotations
 
@@ -17,3 +18,21 @@ def write_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def variant(spec: str) -> tuple[str, dict, list[str]]:
+    """A `--variant` spec, 'label:NAME=VALUE --opt value' -> (label, environment, classify options).
+
+    A variant that sets PYTHONPATH (another checkout) also gets PYTHONSAFEPATH=1: `python -m genretag`
+    runs from the repository root, which would otherwise come first on the path."""
+    label, _, rest = spec.partition(":")
+    env, opts = {}, []
+    for item in rest.split():
+        if "=" in item and not item.startswith("-"):
+            k, v = item.split("=", 1)
+            env[k] = v
+        else:
+            opts.append(item)
+    if "PYTHONPATH" in env:
+        env.setdefault("PYTHONSAFEPATH", "1")
+    return label or "default", env, opts

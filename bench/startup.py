@@ -20,26 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_SOURCE, REPO, write_report  # bench/ is on sys.path when run as a script
-
-
-def _variant(spec: str) -> tuple[str, dict, list[str]]:
-    label, _, rest = spec.partition(":")
-    env, args = {}, []
-    for word in rest.split():
-        name, eq, value = word.partition("=")
-        if eq and name.isidentifier() and name.isupper():
-            env[name] = value
-        else:
-            args.append(word)
-    return label, env, args
+from common import DEFAULT_SOURCE, REPO, variant, write_report  # bench/ is on sys.path when run as a script
 
 
 def run_once(file: str, env: dict, args: list[str]) -> dict:
     """One classify run as a child process: its wall time, CPU time, peak RSS and torch import."""
     full_env = {**os.environ, **env}
-    if "PYTHONPATH" in env:
-        full_env["PYTHONSAFEPATH"] = "1"  # the variant's checkout, not this one, first on the path
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "genretag", "classify", file, "--format",
                              "jsonl", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -68,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     file = args.file or next(iter(sorted(DEFAULT_SOURCE.rglob("*.mp3"))), None)
     if file is None:
         raise SystemExit(f"no --file given and no .mp3 under {DEFAULT_SOURCE}")
-    variants = [_variant(v) for v in (args.variant or ["default:", "fp32:--precision fp32"])]
+    variants = [variant(v) for v in (args.variant or ["default:", "fp32:--precision fp32"])]
     for _, env, extra in variants:  # the first use exports the model: not counted
         run_once(str(file), env, extra)
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}

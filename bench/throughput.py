@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from common import DEFAULT_SOURCE, REPO, write_report  # bench/ is on sys.path when run as a script
+from common import DEFAULT_SOURCE, REPO, variant, write_report  # bench/ is on sys.path when run as a script
 
 LIB_FORMAT_VERSION = 2  # bump when the library recipe changes (invalidates cached libraries)
 
@@ -546,21 +546,6 @@ def mean_segments(lines: list[str]) -> float | None:
     return round(sum(segs) / len(segs), 3) if segs else None
 
 
-def _variant(spec: str) -> tuple[str, dict, list[str]]:
-    """'label:NAME=VALUE --opt value' -> (label, env, classify options)."""
-    label, _, rest = spec.partition(":")
-    env, opts = {}, []
-    for item in rest.split():
-        if "=" in item and not item.startswith("-"):
-            k, v = item.split("=", 1)
-            env[k] = v
-        else:
-            opts.append(item)
-    if "PYTHONPATH" in env:  # `python -m genretag` runs from the repository root, which would come first
-        env.setdefault("PYTHONSAFEPATH", "1")
-    return label or "default", env, opts
-
-
 def compare_variants(lib: Path, card: str | None, args) -> dict:
     """(a), then (b) under every --variant, `--repeat` rounds, all under the same --load.
 
@@ -569,7 +554,7 @@ def compare_variants(lib: Path, card: str | None, args) -> dict:
     files = library_files(lib)
     listf = args.workdir.resolve() / "variants.txt"
     listf.write_text("\n".join(files) + "\n")
-    variants = [_variant(v) for v in args.variant]
+    variants = [variant(v) for v in args.variant]
     rounds = []
     for i in range(args.repeat):
         a = run_stage("decode", _self_cmd("decode", listf, card, args.jobs), len(files), load=args.load)
