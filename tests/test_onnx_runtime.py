@@ -97,7 +97,8 @@ def test_without_onnxruntime_pytorch_runs_with_one_warning(monkeypatch, caplog):
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # "import onnxruntime" raises ImportError
     monkeypatch.setattr(load_mod, "_onnx_warned", set())
-    with caplog.at_level(logging.WARNING):
+    # the logger's own level: an earlier in-process CLI run with -q leaves `genretag` at ERROR
+    with caplog.at_level(logging.WARNING, logger="genretag.model"):
         a = load_net(None, device="cpu")
         b = load_net(None, device="cpu")
         assert a.runtime == b.runtime == "pytorch fp32"
