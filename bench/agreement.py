@@ -50,27 +50,25 @@ def file_sets(data: Path) -> dict[str, list[tuple[str, str | None]]]:
     return sets
 
 
-def run(model_name: str | None, precision: str, paths: list[str], jobs: int) -> tuple[list, float, str]:
+def run(model_name: str | None, precision: str, paths: list[str], jobs: int) -> tuple[list, float, str, list[str]]:
+    """(results, seconds, runtime, the model's labels) of classifying `paths` at `precision`."""
     from genretag.model import load_model
 
     model = load_model(model_name, device="cpu", precision=precision)
     runtime = model.runtime
     t = time.perf_counter()
     results = model.classify(paths, jobs=jobs)
-    return results, time.perf_counter() - t, runtime
+    return results, time.perf_counter() - t, runtime, model.labels
 
 
-def compare(items, ref, new) -> dict:
+def compare(items, ref, new, lmap) -> dict:
+    """Agreement of two runs over `items` ((path, label or None)); `lmap` (a `genretag.labels.LabelMap`)
+    places a label ("hiphop") among the model's genres ("Hip-Hop") for the accuracy."""
     same = diff_max = 0.0
     n = len(items)
     worst = None
     segs_same = 0
     correct = {"reference": 0, "candidate": 0}
-    from genretag.labels import broad_genre, label_key
-
-    def key(genre):  # GTZAN's folder names ("hiphop") against a model's labels ("Hip-Hop" in broad-musicnn)
-        return None if genre is None else label_key(broad_genre(genre) or genre)
-
     labelled = 0
     for (path, label), a, b in zip(items, ref, new):
         same += a.genre == b.genre
@@ -80,8 +78,9 @@ def compare(items, ref, new) -> dict:
             diff_max, worst = d, path
         if label is not None:
             labelled += 1
-            correct["reference"] += key(a.genre) == key(label)
-            correct["candidate"] += key(b.genre) == key(label)
+            truth = lmap.resolve(label)
+            correct["reference"] += a.genre == truth
+            correct["candidate"] += b.genre == truth
     out = {"items": n, "same_genre": int(same), "same_genre_share": round(same / max(1, n), 4),
            "same_segments_share": round(segs_same / max(1, n), 4),
            "max_probability_difference": round(diff_max, 6), "worst_item": worst}
@@ -100,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="decoding worker processes")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
     args = ap.parse_args(argv)
+    from genretag.labels import LabelMap
 
     sets = file_sets(args.data.resolve())
     if not sets:
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     "candidate": args.candidate, "load_start": os.getloadavg(), "sets": {}}
     for name, items in sets.items():
         paths = [p for p, _ in items]
-        ref, t_ref, rt_ref = run(args.model, args.reference, paths, args.jobs)
-        new, t_new, rt_new = run(args.model, args.candidate, paths, args.jobs)
-        row = compare(items, ref, new)
+        ref, t_ref, rt_ref, labels = run(args.model, args.reference, paths, args.jobs)
+        new, t_new, rt_new, _ = run(args.model, args.candidate, paths, args.jobs)
+        row = compare(items, ref, new, LabelMap(labels))
         row.update({"reference_runtime": rt_ref, "candidate_runtime": rt_new,
                     "wall_s": {"reference": round(t_ref, 1), "candidate": round(t_new, 1)}})
         report["sets"][name] = row

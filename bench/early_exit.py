@@ -155,16 +155,16 @@ def emotify_paths(folder: Path, subset: str) -> list[str]:
 
 def load_lists(model, gtzan: dict, emotify: Path, workdir: Path) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     """(sub-track probabilities, label index or -1) of every list in LISTS, for `model`."""
-    from genretag.labels import broad_genre, label_key
+    from genretag.labels import LabelMap
 
-    # GTZAN's folder names ("hiphop") against a model's labels ("hiphop", or "Hip-Hop" for broad-musicnn)
-    idx = {label_key(broad_genre(lab) or lab): i for i, lab in enumerate(model.labels)}
+    # GTZAN's folder names ("hiphop") placed among a model's labels ("hiphop", or "Hip-Hop" for broad-musicnn)
+    lmap, idx = LabelMap(model.labels), {lab: i for i, lab in enumerate(model.labels)}
     out = {}
     for key, (source, subset) in LISTS.items():
         if source == "gtzan":
             tracks = gtzan[subset]
             paths = [str(t.path) for t in tracks]
-            y = np.array([idx[label_key(broad_genre(t.genre) or t.genre)] for t in tracks])
+            y = np.array([idx[lmap.resolve(t.genre)] for t in tracks])
         else:
             paths = emotify_paths(emotify, subset)
             y = np.full(len(paths), -1)

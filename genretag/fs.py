@@ -1,4 +1,4 @@
-"""Small file-system helpers every writer shares: locks, fsync, an atomic replace, and file names in text.
+"""Small file-system helpers every writer shares: locks, fsync, an atomic replace, a file's sha256, and file names in text.
 
 The tag write, its journal and the model download each lock a file, flush it to the disk or put a new
 version in place with a rename; results, journal lines and the review page each show file names that
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,12 @@ def _is_utf8(path: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -30,7 +30,9 @@ from genretag.errors import ModelError, one_line
 from genretag.pipeline import inference
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
+from genretag.pipeline.threads import network_threads
 from genretag.runtime import OnnxNet, OnnxUnavailable, open_export
+from genretag.runtime.probabilities import card_probabilities
 from genretag.store.resolve import find_card
 from genretag.store.weights import check_sha256, read_weights, weights_path
 
@@ -171,8 +173,7 @@ class Model:
         if isinstance(self._runner, OnnxNet):  # --precision auto: the network in ONNX Runtime, no torch
             if not isinstance(waves, np.ndarray):
                 waves = waves.cpu().numpy()
-            logits = self._runner(waves) / np.float32(self.card.temperature or 1.0)
-            return _calibrated_numpy(logits, self.card)
+            return card_probabilities(self._runner(waves) / np.float32(self.card.temperature or 1.0), self.card)
         import torch
 
         with torch.inference_mode():
@@ -182,7 +183,7 @@ class Model:
             # float32); the temperature and softmax below run in float32 either way.
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 logits = net(x).float() / float(self.card.temperature or 1.0)
-            return _calibrated(logits, self.card)
+            return card_probabilities(logits.cpu().numpy(), self.card)
 
     def predict_segments(self, waves: torch.Tensor | np.ndarray) -> np.ndarray:
         """Deprecated: genretag 0.1's name of `predict`."""
@@ -232,24 +233,6 @@ class Model:
             m._runner = runner
 
 
-def _calibrated(logits: torch.Tensor, card: ModelCard) -> np.ndarray:
-    """Temperature-scaled logits -> probabilities: sigmoid for a multi-label tagger, else softmax."""
-    import torch
-
-    if card.extra.get("multilabel"):
-        return torch.sigmoid(logits).cpu().numpy()
-    return torch.softmax(logits, dim=-1).cpu().numpy()
-
-
-def _calibrated_numpy(logits: np.ndarray, card: ModelCard) -> np.ndarray:
-    """`_calibrated` on a numpy array, in float32 (the same to float rounding)."""
-    x = np.asarray(logits, dtype=np.float32)
-    if card.extra.get("multilabel"):
-        return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # the sigmoid, no overflow
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 _onnx_warned: set[str] = set()
 
 
@@ -258,7 +241,6 @@ def _onnx_runner(m: Model) -> OnnxNet | None:
     cannot be used, one warning line per reason and process, and None."""
     from genretag.nets.frozen import freezable
     from genretag.nets.onnx_runtime import build
-    from genretag.pipeline.threads import network_threads
 
     if not freezable(m.net):
         return None
@@ -308,10 +290,11 @@ def _adapt(waves, src: ModelCard, dst: ModelCard) -> np.ndarray:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def check_precision(precision: str, dev: torch.device) -> None:
+def check_precision(precision: str, dev: torch.device | None) -> None:
     """auto (the default: fp32, in ONNX Runtime where that is faster), fp32 (PyTorch, the reference)
     or bf16 (faster where the hardware has bfloat16 units: CUDA, or CPUs with AVX512-BF16/AMX;
-    elsewhere emulated and slower, so refused)."""
+    elsewhere emulated and slower, so refused). `dev` matters for bf16 only (None: not resolved yet,
+    for a model that may load without torch)."""
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r} (auto, fp32 or bf16)", 2)
     if precision != "bf16":
@@ -337,12 +320,9 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
     from it without importing torch (its weights file still sha256-checked); `Model.net` builds
     the PyTorch network when asked for.
     """
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r} (auto, fp32 or bf16)", 2)
     light = precision == "auto" and cpu_for_sure(device)
     dev = None if light else resolve_device(device)
-    if dev is not None:
-        check_precision(precision, dev)
+    check_precision(precision, dev)
     card_path = find_card(name_or_path)
     try:
         card = load_card(card_path)
@@ -360,8 +340,6 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
         return Model(card, None, dev, card_path, members, precision, verify=verify)
     if light:
-        from genretag.pipeline.threads import network_threads
-
         runner = open_export(card, network_threads())
         if runner is not None:
             if verify and card.weights_sha256:

@@ -22,7 +22,6 @@ reused (``--retrain`` trains it again).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import subprocess
@@ -48,12 +47,13 @@ def transfer_command(data: Path, out: Path) -> list[str]:
             "--out", str(out), "--name", GTZAN_NAME]
 
 
-def broad_heldout_card(broad: dict, heldout: dict, weights: Path) -> dict:
-    """`broad` (the bundled broad-musicnn card) on the held-out head: `heldout`'s card, `weights` its file."""
+def broad_heldout_card(broad: dict, heldout: dict) -> dict:
+    """`broad` (the bundled broad-musicnn card) on the held-out head: `heldout`'s card, whose weights
+    file (and its checksum) the broad card names."""
     card = json.loads(json.dumps(broad))
     card["name"] = BROAD_NAME
-    card["weights"] = weights.name
-    card["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card["weights"] = heldout["weights"]
+    card["weights_sha256"] = heldout["weights_sha256"]
     card["architecture"]["gtzan_temperature"] = heldout["temperature"]
     return card
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, cwd=REPO, check=True)
     heldout = json.loads(gtzan_card.read_text())
     broad = json.loads((REPO / "models" / "broad-musicnn.json").read_text())
-    card = broad_heldout_card(broad, heldout, args.out / heldout["weights"])
+    card = broad_heldout_card(broad, heldout)
     out = args.out / f"{BROAD_NAME}.json"
     out.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} (gtzan_temperature {card['architecture']['gtzan_temperature']:.4f})")

@@ -29,6 +29,7 @@ from torch import nn
 
 from genretag.card import ModelCard
 from genretag.errors import one_line
+from genretag.fs import sha256_file
 from genretag.nets.frozen import FromLogMel, freezable, freeze
 from genretag.paths import onnx_cache_dir
 from genretag.runtime.frontend import musicnn_logmel
@@ -43,7 +44,6 @@ from genretag.runtime.onnx import (
     probe_difference,
     probe_waves,
     session,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)

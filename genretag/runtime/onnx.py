@@ -24,9 +24,10 @@ import numpy as np
 
 from genretag.card import ModelCard
 from genretag.errors import one_line
-from genretag.fs import atomic_write
+from genretag.fs import atomic_write, sha256_file
 from genretag.paths import onnx_cache_dir
 from genretag.runtime.frontend import musicnn_logmel
+from genretag.runtime.probabilities import sigmoid, softmax
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,6 @@ def probe_difference(got: np.ndarray, want: np.ndarray) -> float:
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
         return float("inf")
-
-    def softmax(x: np.ndarray) -> np.ndarray:
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-
-    def sigmoid(x: np.ndarray) -> np.ndarray:
-        return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
-
     diff = max(float(np.abs(softmax(got) - softmax(want)).max()),
                float(np.abs(sigmoid(got) - sigmoid(want)).max()))
     return diff if np.isfinite(diff) else float("inf")
@@ -142,14 +135,6 @@ class ExportRecord:
                        [[float(v) for v in row] for row in raw["probe_logits"]])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_export(card: ModelCard, threads: int) -> OnnxNet | None:

@@ -45,9 +45,8 @@ from typing import Any
 from genretag.card import ModelCard
 from genretag.deprecation import deprecated, no_attribute
 from genretag.errors import ChecksumError, HubError, OfflineError
-from genretag.fs import atomic_write, locked
+from genretag.fs import atomic_write, locked, sha256_file
 from genretag.paths import bundled_models_dir, models_cache_dir
-from genretag.store.weights import sha256_file
 from genretag.version import __version__
 
 INDEX_ENV = "GENRETAG_MODEL_INDEX"

@@ -8,11 +8,11 @@ downloads with `sha256_file` and stays torch-free.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genretag import fs
 from genretag.card import ModelCard, save_card
 from genretag.errors import ModelError, one_line
 
@@ -21,12 +21,8 @@ if TYPE_CHECKING:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file, read in chunks (`genretag.fs.sha256_file`, under the name importers use)."""
+    return fs.sha256_file(path, chunk)
 
 
 def weights_path(card_path: Path, card: ModelCard) -> Path:

@@ -15,6 +15,7 @@ import torch
 
 from genretag.errors import ConfigError
 from genretag.pipeline.segments import cut_at
+from genretag.runtime.probabilities import softmax
 from genretag.training import metrics
 from genretag.training.dataset import Track, WaveCache
 from genretag.training.limits import out_of_range
@@ -53,13 +54,6 @@ def _adapter(cls: type):
     import pydantic
 
     return pydantic.TypeAdapter(pydantic.with_config(pydantic.ConfigDict(strict=True, extra="forbid"))(cls))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Probabilities from logits along the last axis."""
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def track_probs(seg_logits: list[np.ndarray], temperature: float = 1.0) -> np.ndarray:
