@@ -2,7 +2,7 @@
 """Do two runtimes/precisions of a model give the same answers? (default: auto against fp32)
 
 Classifies the same files with the model loaded at each precision, as `genretag classify` does
-(soft vote, early exit, the card's sub-tracks), and reports per set of files: how many get the
+(soft vote, early exit, the card's sub-tracks, the same executor and worker processes), and reports per set of files: how many get the
 same genre, the largest difference in any probability, the sub-tracks run, and the accuracy of
 each where the files have GTZAN labels. Sets (under --data, the folder holding the data sets):
 
@@ -51,13 +51,17 @@ def file_sets(data: Path) -> dict[str, list[tuple[str, str | None]]]:
 
 
 def run(model_name: str | None, precision: str, paths: list[str], jobs: int) -> tuple[list, float, str, list[str]]:
-    """(results, seconds, runtime, the model's labels) of classifying `paths` at `precision`."""
+    """(results, seconds, runtime, the model's labels) of classifying `paths` at `precision`, through
+    the executor `genretag classify` uses (so the network runs where it runs there: in the decoding
+    workers for a model ONNX Runtime runs, else in this process; the runtime names which)."""
     from genretag.model import load_model
+    from genretag.pipeline.classifier import Classifier
 
     model = load_model(model_name, device="cpu", precision=precision)
-    runtime = model.runtime
     t = time.perf_counter()
-    results = model.classify(paths, jobs=jobs)
+    with Classifier(model, jobs=jobs, fingerprints=False) as clf:
+        runtime = model.runtime + (", in the workers" if clf.worker_model is not None else "")
+        results = list(clf.classify(paths))
     return results, time.perf_counter() - t, runtime, model.labels
 
 

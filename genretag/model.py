@@ -125,6 +125,11 @@ class Model:
         return self._device
 
     @property
+    def verify(self) -> bool:
+        """Whether the weights file is sha256-checked whenever it is read."""
+        return self._verify
+
+    @property
     def device_type(self) -> str:
         """"cpu" or "cuda": where the network runs, without importing torch."""
         return "cpu" if self._device is None else self._device.type
@@ -340,14 +345,24 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
         return Model(card, None, dev, card_path, members, precision, verify=verify)
     if light:
-        runner = open_export(card, network_threads())
-        if runner is not None:
-            if verify and card.weights_sha256:
-                check_sha256(weights_path(card_path, card), card.weights_sha256)
-            return Model(card, None, None, card_path, precision=precision, runner=runner, verify=verify)
+        model = from_export(card, card_path, network_threads(), verify=verify)
+        if model is not None:
+            return model
         dev = resolve_device(device)
     return Model(card, _build_net(card, card_path, dev, verify=verify), dev, card_path, precision=precision,
                  verify=verify)
+
+
+def from_export(card: ModelCard, card_path: Path, threads: int, *, verify: bool = True) -> Model | None:
+    """The card's model run by ONNX Runtime on the CPU from its checked export in the user cache,
+    on `threads` threads, without importing torch (its weights file still sha256-checked when
+    `verify`); None when there is no usable export (`genretag.runtime.open_export`)."""
+    runner = open_export(card, threads)
+    if runner is None:
+        return None
+    if verify and card.weights_sha256:
+        check_sha256(weights_path(card_path, card), card.weights_sha256)
+    return Model(card, None, None, card_path, precision="auto", runner=runner, verify=verify)
 
 
 def _build_net(card: ModelCard, card_path: Path, dev: torch.device, *, verify: bool) -> GenreNet:

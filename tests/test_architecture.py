@@ -138,8 +138,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("genretag.store",),
     ("genretag.model", "genretag"),
     # the executors: a model over many files, and the protocol the commands hold them by
-    ("genretag.pipeline.executor", "genretag.pipeline.result_cache", "genretag.pipeline.classifier",
-     "genretag.pipeline.cluster"),
+    ("genretag.pipeline.executor", "genretag.pipeline.result_cache", "genretag.pipeline.worker_network",
+     "genretag.pipeline.classifier", "genretag.pipeline.cluster"),
     ("genretag.training",),
     ("genretag.cli", "genretag.__main__"),
     # genretag 0.1's addresses, each a deprecated alias of a module above: nothing imports them

@@ -250,7 +250,7 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
     import signal
 
     from genretag.card import AudioParams
-    from genretag.pipeline.inference import _executor, prepare_stream
+    from genretag.pipeline.inference import prepare_stream, worker_pool
 
     params = AudioParams(sample_rate=16000, segment_seconds=1.0, max_segments=3)
     out = []
@@ -258,7 +258,7 @@ def _decode_all(files, jobs: int, overlap: bool, kill_after: int | None = None) 
                                          overlap=overlap)):
         out.append(p)
         if i == kill_after:
-            os.kill(next(iter(_executor(jobs)._processes.values())).pid, signal.SIGKILL)
+            os.kill(next(iter(worker_pool(jobs)._processes.values())).pid, signal.SIGKILL)
     return out
 
 
@@ -282,15 +282,14 @@ def test_decoding_in_rounds_or_streaming_gives_the_same_results_in_order(tmp_pat
                 np.testing.assert_array_equal(a.waves, b.waves)
 
 
-def test_schedule_streams_unless_rounds_are_asked_for(monkeypatch) -> None:
-    from genretag.pipeline.inference import _streams
+def test_schedule_is_workers_unless_stream_or_rounds_are_asked_for(monkeypatch) -> None:
+    from genretag.pipeline.inference import schedule
 
     monkeypatch.delenv("GENRETAG_SCHEDULE", raising=False)
-    assert _streams()
-    monkeypatch.setenv("GENRETAG_SCHEDULE", "rounds")
-    assert not _streams()
-    monkeypatch.setenv("GENRETAG_SCHEDULE", "stream")
-    assert _streams()
+    assert schedule() == "workers"
+    for chosen in ("rounds", "stream", "workers"):
+        monkeypatch.setenv("GENRETAG_SCHEDULE", chosen)
+        assert schedule() == chosen
 
 
 @pytest.mark.slow
@@ -303,10 +302,10 @@ def test_a_worker_killed_while_sending_its_result_does_not_hang_the_run(tmp_path
     import struct
     import threading
 
-    from genretag.pipeline.inference import _executor
+    from genretag.pipeline.inference import worker_pool
 
     files = [make_file(tmp_path / f"w{i:02d}.flac", seconds=1.0, freq=300.0 + 20 * i) for i in range(6)]
-    ex = _executor(2)
+    ex = worker_pool(2)
     assert ex.submit(os.getpid).result(timeout=60)  # the workers are up
     os.write(ex._result_queue._writer.fileno(), struct.pack("!i", 1000) + b"half a message")
     time.sleep(0.5)  # the manager thread is now reading a message that never ends

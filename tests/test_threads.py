@@ -28,16 +28,16 @@ def test_environment_overrides_with_a_positive_count(monkeypatch, caplog, value,
         assert warned == []
 
 
-def test_an_unknown_schedule_is_warned_about_and_streams(monkeypatch, caplog):
-    from genretag.pipeline.inference import _streams
+def test_an_unknown_schedule_is_warned_about_and_the_default_applies(monkeypatch, caplog):
+    from genretag.pipeline.inference import schedule
 
     monkeypatch.setenv("GENRETAG_SCHEDULE", "Rounds")
-    assert _streams() is False
+    assert schedule() == "rounds"
     monkeypatch.setenv("GENRETAG_SCHEDULE", "bogus")
     with caplog.at_level("WARNING", logger="genretag"):
-        assert _streams() is True
+        assert schedule() == "workers"
     assert [r.getMessage() for r in caplog.records] == [
-        "GENRETAG_SCHEDULE='bogus' ignored: expected 'stream' or 'rounds'"]
+        "GENRETAG_SCHEDULE='bogus' ignored: expected 'workers' or 'stream' or 'rounds'"]
 
 
 def test_load_leaves_out_busy_cores(monkeypatch):

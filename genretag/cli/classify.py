@@ -56,7 +56,8 @@ def classify_cmd(
 
     Exit code 0 when every file was classified, 1 when any failed, 2 on a usage error.
     """
-    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file,
+                            paths=paths)
     from genretag.pipeline.output import ResultWriter
 
     if output is not None:

@@ -59,7 +59,9 @@ SegmentsOpt = Annotated[int | None, typer.Option("--segments", min=1, max=MAX_SE
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name (bundled or cached) or card path (default: the bundled default).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA when present.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="auto: fp32, musicnn models on the CPU in ONNX Runtime (faster, the same answers); fp32: PyTorch fp32 (the reference); bf16: faster on CUDA and on CPUs with AMX/AVX512-BF16.")]
-JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Decoding worker processes, 1-{MAX_JOBS} (default: one per CPU core this process may use, at most 8; 1 decodes in this process).")]
+#: Fewer files than this, all named on the command line (no folder), are classified in this process.
+SMALL_RUN = 16
+JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=MAX_JOBS, help=f"Worker processes, 1-{MAX_JOBS}: each decodes files (and runs the network on them when ONNX Runtime runs it). Default: one per CPU core this process may use, at most 8; 1 for fewer than {SMALL_RUN} files named one by one. 1 runs everything in this process.")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="tcp://HOST:PORT", help="Run on the Dask cluster of this scheduler (needs genretag\\[dask]; every worker must see the files at the same paths).")]
 SchedulerFileOpt = Annotated[Path | None, typer.Option("--scheduler-file", metavar="FILE", help="Run on the Dask cluster whose scheduler wrote FILE (dask scheduler --scheduler-file).")]
 
@@ -79,14 +81,30 @@ class ClassifyOptions:
 
 def classify_options(recursive: bool, vote: Vote, segments: int | None, model: str | None,
                      device: Device | str, precision: Precision, jobs: int | None,
-                     scheduler: str | None = None, scheduler_file: Path | None = None) -> ClassifyOptions:
-    """The options `classify` and `tag` share, as plain values (typer hands over enums)."""
+                     scheduler: str | None = None, scheduler_file: Path | None = None, *,
+                     paths: list[str] | None = None) -> ClassifyOptions:
+    """The options `classify` and `tag` share, as plain values (typer hands over enums); without
+    --jobs, the worker count `default_jobs_for(paths)`."""
     if scheduler is not None and scheduler_file is not None:
         from genretag.errors import GenretagError
 
         raise GenretagError("use only one of --scheduler, --scheduler-file", 2)
-    return ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device), jobs,
-                           precision.value, scheduler, scheduler_file)
+    return ClassifyOptions(recursive, vote.value, segments, model, getattr(device, "value", device),
+                           jobs or default_jobs_for(paths or []), precision.value, scheduler, scheduler_file)
+
+
+def default_jobs_for(paths: list[str]) -> int:
+    """Worker processes for a run over `paths`: one per usable core (`default_jobs`), or 1 (none:
+    everything in this process) for fewer than `SMALL_RUN` files named one by one. Starting the
+    workers and opening the model in each costs about half a second, more than they save on a
+    handful of files (docs/performance.md)."""
+    import os
+
+    from genretag.pipeline.inference import default_jobs
+
+    if paths and len(paths) < SMALL_RUN and all(os.path.isfile(p) for p in paths):
+        return 1
+    return default_jobs()
 
 
 def open_executor(opts: ClassifyOptions, model, *, open_cache=None, fingerprints: bool = True) -> Executor:
@@ -139,12 +157,31 @@ def open_result_cache():
 
 
 def load(opts: ClassifyOptions):
-    """Load the model the options name (a failure is a ModelError carrying its exit code)."""
+    """Load the model the options name (a failure is a ModelError carrying its exit code).
+
+    When the local workers will run the network themselves (`genretag.pipeline.worker_network`),
+    they are started first and open the model while this process loads its own copy."""
     from genretag.model import load_net
 
+    if opts.scheduler is None and opts.scheduler_file is None:
+        _start_workers(opts)
     model = load_net(opts.model, opts.device, precision=opts.precision)
     info(f"model: {model.card.name} ({model.device_type}, {model.runtime})")
     return model
+
+
+def _start_workers(opts: ClassifyOptions) -> None:
+    from genretag.model import cpu_for_sure
+    from genretag.pipeline.inference import default_jobs, schedule
+
+    jobs = opts.jobs or default_jobs()
+    if jobs < 2 or opts.precision != "auto" or not cpu_for_sure(opts.device) or schedule() != "workers":
+        return
+    from genretag.pipeline.worker_network import WorkerModel, start_workers
+
+    ref = WorkerModel.recorded(opts.model)
+    if ref is not None:
+        start_workers(ref, jobs)
 
 
 def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = None) -> Iterator[str]:

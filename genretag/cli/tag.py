@@ -218,7 +218,8 @@ def tag_cmd(
         except OSError as e:
             fail(f"cannot create the journal folder {tagger.journal.path.parent}: {e.strerror}", 2)
 
-    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file)
+    opts = classify_options(recursive, vote, segments, model, device, precision, jobs, scheduler, scheduler_file,
+                            paths=paths)
     loaded_model = load(opts)
     if min_confidence is None and loaded_model.min_confidence is not None:
         tagger.min_confidence = loaded_model.min_confidence

@@ -17,9 +17,10 @@ from genretag.audio.containers import fingerprint
 from genretag.errors import FingerprintError
 from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
 from genretag.pipeline.executor import CacheStats
-from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model
+from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model, schedule
 from genretag.pipeline.prepare import Prepared, prepare_file
 from genretag.pipeline.result_cache import ResultCache
+from genretag.pipeline.worker_network import NetworkStream, WorkerModel
 
 
 class Classifier:
@@ -145,8 +146,7 @@ class Classifier:
                 if queued:
                     yield queued.popleft()
 
-        fresh = classify(misses(), self.model, vote=self.vote, segments=self.segments, jobs=self.jobs,
-                         batch_segments=self.batch_segments, early_exit=self.early_exit)
+        fresh = self._fresh(misses())
         try:
             while pending or read_one():
                 _, fp, hit = pending[0]
@@ -164,6 +164,25 @@ class Classifier:
         finally:
             fresh.close()  # stopped early: cancel the decoding in flight
             self.flush()
+
+    @property
+    def worker_model(self) -> WorkerModel | None:
+        """The model as the decoding workers open it when they run the network themselves
+        (`genretag.pipeline.worker_network`: more than one job, a model ONNX Runtime runs from its
+        export, ``GENRETAG_SCHEDULE`` unset or ``workers``, no `batch_segments`); None when the
+        network runs in this process."""
+        if self.jobs > 1 and self.batch_segments is None and schedule() == "workers":
+            return WorkerModel.of(self.model)
+        return None
+
+    def _fresh(self, paths: Iterable[str]) -> Iterator[TrackResult]:
+        """The model's results for `paths`, in order, from the workers or from this process."""
+        ref = self.worker_model
+        if ref is not None:
+            return iter(NetworkStream(paths, ref, vote=self.vote, segments=self.segments, jobs=self.jobs,
+                                      early_exit=self.early_exit))
+        return classify(paths, self.model, vote=self.vote, segments=self.segments, jobs=self.jobs,
+                        batch_segments=self.batch_segments, early_exit=self.early_exit)
 
     # ----------------------------------------------------------------- the cache
 

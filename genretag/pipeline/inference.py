@@ -10,8 +10,9 @@ library is: only a bounded number of decoded files is ever in flight.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -244,56 +245,54 @@ class _Track:
 _END = object()
 
 
-class DecodeStream:
-    """`prepare_file` over `paths`, in input order, with at most `prefetch` files in flight;
-    and, on request, the rest of a file prepared with only its first sub-tracks.
+class WorkerStream(ABC):
+    """A function over `paths` in a pool of `jobs` worker processes, results in input order,
+    with at most `prefetch` files in flight. `task` names the function; `DecodeStream` (decoding)
+    and `genretag.pipeline.worker_network.NetworkStream` (decoding, network and vote) are the two.
 
-    Iterate it for the `Prepared` files. With `early_exit`, a file's sub-tracks the rule
-    looks at first are decoded, the others only when `rest` is asked for (`run_model`
-    asks for a track whose vote is not decided by its first ones): the same pool decodes
-    them while the network goes on with other files.
+    The pool is joblib's reusable loky executor, so a second run reuses warm workers (with
+    jobs <= 1 the task runs here, file by file). The window is bounded on purpose:
+    `joblib.Parallel(..., return_as="generator")` dispatches a new task whenever a worker
+    finishes, not when the consumer takes a result, so with a consumer slower than the
+    workers it works through the whole library ahead and memory grows with the library. The
+    window defaults to 4 files per worker, at least 16, i.e. several model batches.
 
-    With jobs > 1 the files are decoded by a pool of `jobs` loky worker
-    processes (joblib's reusable executor, so a second call reuses warm
-    workers). The window is bounded on purpose: `joblib.Parallel(...,
-    return_as="generator")` dispatches a new task whenever a worker finishes,
-    not when the consumer takes a result, so with a model slower than
-    decoding it decodes the whole library ahead and memory grows with the
-    library. The window defaults to 4 files per worker, at least 16, i.e.
-    several model batches.
+    * ``overlap=True`` (the default): a new file is submitted whenever the consumer takes
+      one, so the workers never stop.
+    * ``overlap=False`` (``GENRETAG_SCHEDULE=rounds``): the workers go in rounds. A whole
+      window is done while the consumer waits, then the consumer works on it while the pool
+      waits, so the workers and the network's threads never run at the same time.
 
-    * ``overlap=True`` (the default schedule): a new file is submitted
-      whenever the consumer takes one, so decoding never stops.
-    * ``overlap=False`` (``GENRETAG_SCHEDULE=rounds``): decoding goes in
-      rounds. A whole window is decoded while the consumer waits, then the
-      consumer runs the model on it while the pool waits, so decoders and the
-      network's threads never run at the same time.
-
-    A worker that dies (a decoder segfault, the OOM killer) takes the pool
-    and the files in flight with it: the file at the head is then retried on
-    a fresh pool, and becomes an error result only if that fails too; the
-    other files in flight are resubmitted.
+    A worker that dies (a decoder segfault, the OOM killer) takes the pool and the files in
+    flight with it: the file at the head is then retried on a fresh pool, and becomes an
+    error result (`crashed`) only if that fails too; the other files in flight are resubmitted.
     """
 
-    def __init__(self, paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
-                 prefetch: int | None = None, overlap: bool = True, early_exit: EarlyExit | None = None) -> None:
-        self.paths, self.params, self.segments, self.jobs = paths, params, segments, jobs
+    def __init__(self, paths: Iterable[str], *, jobs: int, prefetch: int | None = None,
+                 overlap: bool = True) -> None:
+        self.paths, self.jobs = paths, jobs
         self.prefetch = max(prefetch or 4 * jobs, 16)
         self.overlap = overlap
-        self.early_exit = early_exit
 
-    def _prepare(self, path: str) -> Prepared:
-        return prepare_file(path, self.params, self.segments, self.early_exit)
+    @abstractmethod
+    def task(self) -> tuple[Callable, tuple]:
+        """What a worker runs on each path: the function (top level, so that it pickles) and its
+        arguments after the path. It must not raise: an exception from it counts as a dead worker."""
 
-    def __iter__(self) -> Iterator[Prepared]:
+    @abstractmethod
+    def crashed(self, path: str, e: BaseException):
+        """The result for a file whose worker died under it twice."""
+
+    def __iter__(self) -> Iterator:
+        fn, args = self.task()
         if self.jobs <= 1:
             for p in self.paths:
-                yield self._prepare(p)
+                yield fn(p, *args)
             return
-        jobs, params, segments, early_exit = self.jobs, self.params, self.segments, self.early_exit
+        jobs = self.jobs
         window: deque[tuple[str, Future]] = deque()
         it = iter(self.paths)
-        executor = _executor(jobs)
+        executor = worker_pool(jobs)
 
         def submit() -> bool:
             nonlocal executor
@@ -301,10 +300,10 @@ class DecodeStream:
             if path is _END:  # not None: None is an input (whose result says it is not a path)
                 return False
             try:
-                fut = executor.submit(prepare_file, path, params, segments, early_exit)
+                fut = executor.submit(fn, path, *args)
             except Exception:  # the pool broke since the last submission: start a fresh one
-                executor = _executor(jobs)
-                fut = executor.submit(prepare_file, path, params, segments, early_exit)
+                executor = worker_pool(jobs)
+                fut = executor.submit(fn, path, *args)
             window.append((path, fut))
             return True
 
@@ -323,11 +322,11 @@ class DecodeStream:
                 path, fut = window.popleft()
                 try:
                     result = watched(fut.result, executor)
-                except Exception:  # the pool broke: prepare_file itself never raises
-                    result = _retry_alone(jobs, prepare_file, path, params, segments, early_exit)
-                    executor = _executor(jobs)
+                except Exception:  # the pool broke: the task itself never raises
+                    result = _retry_alone(jobs, self.crashed, fn, path, *args)
+                    executor = worker_pool(jobs)
                     window = deque((p, f) if f.done() and f.exception() is None
-                                   else (p, executor.submit(prepare_file, p, params, segments, early_exit))
+                                   else (p, executor.submit(fn, p, *args))
                                    for p, f in window)
                 if self.overlap:
                     submit()  # keep the workers busy while the consumer runs the model
@@ -336,12 +335,34 @@ class DecodeStream:
             for _, fut in window:  # consumer stopped early (or interrupted)
                 fut.cancel()
 
+
+class DecodeStream(WorkerStream):
+    """`prepare_file` over `paths`, in input order (a `WorkerStream`); and, on request, the rest
+    of a file prepared with only its first sub-tracks.
+
+    Iterate it for the `Prepared` files. With `early_exit`, a file's sub-tracks the rule
+    looks at first are decoded, the others only when `rest` is asked for (`run_model`
+    asks for a track whose vote is not decided by its first ones): the same pool decodes
+    them while the network goes on with other files.
+    """
+
+    def __init__(self, paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
+                 prefetch: int | None = None, overlap: bool = True, early_exit: EarlyExit | None = None) -> None:
+        super().__init__(paths, jobs=jobs, prefetch=prefetch, overlap=overlap)
+        self.params, self.segments, self.early_exit = params, segments, early_exit
+
+    def task(self) -> tuple[Callable, tuple]:
+        return prepare_file, (self.params, self.segments, self.early_exit)
+
+    def crashed(self, path: str, e: BaseException) -> Prepared:
+        return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
+
     def rest(self, first: Prepared) -> Future:
         """Start decoding the sub-tracks `first` lacks (`prepare_rest`); `rest_result` takes them."""
         if self.jobs <= 1:
             return _done(prepare_rest(first, self.params))
         try:
-            return _executor(self.jobs).submit(prepare_rest, first, self.params)
+            return worker_pool(self.jobs).submit(prepare_rest, first, self.params)
         except Exception:  # a broken pool: rest_result decodes it again on a fresh one
             fut: Future = Future()
             fut.set_exception(RuntimeError("the decoding pool broke"))
@@ -352,9 +373,10 @@ class DecodeStream:
         if self.jobs <= 1:
             return fut.result()
         try:
-            return watched(fut.result, _executor(self.jobs))
+            return watched(fut.result, worker_pool(self.jobs))
         except Exception:  # the pool broke: prepare_rest itself never raises
-            return _retry_alone(self.jobs, prepare_rest, first, self.params)
+            return _retry_alone(self.jobs, lambda path, e: self.crashed(first.path, e), prepare_rest, first,
+                                self.params)
 
 
 def prepare_stream(paths: Iterable[str], params: AudioParams, *, segments: int | None, jobs: int,
@@ -420,7 +442,7 @@ def _unwedge(executor) -> None:
         executor._result_queue._writer.close()
 
 
-def _executor(jobs: int):
+def worker_pool(jobs: int):
     """joblib's reusable loky pool, with single-threaded math libraries in the workers."""
     from joblib.externals.loky import get_reusable_executor
 
@@ -429,30 +451,40 @@ def _executor(jobs: int):
     return get_reusable_executor(max_workers=jobs, timeout=300, env=env)
 
 
-def _retry_alone(jobs: int, fn, first, *args) -> Prepared:
-    """`fn(first, *args)` (a decoding step that never raises) on a fresh pool; an error result
-    if the decoder crashes again."""
+def _retry_alone(jobs: int, crashed, fn, first, *args):
+    """`fn(first, *args)` (a worker's step that never raises) on a fresh pool;
+    ``crashed(first, error)`` if the worker dies again."""
     try:
-        executor = _executor(jobs)
+        executor = worker_pool(jobs)
         return watched(executor.submit(fn, first, *args).result, executor)
     except Exception as e:
-        path = first.path if isinstance(first, Prepared) else first
-        return Prepared(path, None, [], 0.0, f"cannot decode: the decoder crashed ({type(e).__name__})")
+        return crashed(first, e)
 
 
-def _streams() -> bool:
-    """Decode while the network runs (``stream``, the default) or in rounds: ``$GENRETAG_SCHEDULE``.
+#: How decoding and the network share the CPU (``$GENRETAG_SCHEDULE``), the default first.
+SCHEDULES = ("workers", "stream", "rounds")
 
-    With passive OpenMP waiting, streaming keeps both the decoders and the
-    network busy and beat rounds on the CPU both quiet and beside busy
-    processes (docs/performance.md); rounds stay available for machines
-    where the network's threads and the decoders fight over few cores."""
+
+def schedule() -> str:
+    """How decoding and the network share the CPU: ``$GENRETAG_SCHEDULE``, one of `SCHEDULES`.
+
+    * ``workers`` (the default): each decoding worker also runs the network on the files it
+      decoded, for a model ONNX Runtime runs on the CPU from its recorded export
+      (`genretag.pipeline.worker_network`: the cores are never shared between two stages, and
+      no audio crosses between processes); any other model as ``stream``.
+    * ``stream``: the workers decode while this process runs the network on what they decoded.
+      With passive OpenMP waiting this kept both busy and beat ``rounds`` on the CPU both quiet
+      and beside busy processes (docs/performance.md).
+    * ``rounds``: the workers decode a window of files, then this process runs the network on
+      it while they wait, for machines where the two fight over few cores.
+    """
     from genretag.pipeline.threads import warn_ignored
 
-    schedule = os.environ.get("GENRETAG_SCHEDULE", "").strip().lower()
-    if schedule not in ("", "stream", "rounds"):
-        warn_ignored("GENRETAG_SCHEDULE", schedule, "'stream' or 'rounds'")
-    return schedule != "rounds"
+    chosen = os.environ.get("GENRETAG_SCHEDULE", "").strip().lower()
+    if chosen and chosen not in SCHEDULES:
+        warn_ignored("GENRETAG_SCHEDULE", chosen, " or ".join(repr(s) for s in SCHEDULES))
+        chosen = ""
+    return chosen or SCHEDULES[0]
 
 
 def default_jobs() -> int:
@@ -499,7 +531,7 @@ def classify(
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
         prepared = decoder = prepare_stream(inputs, model.card.audio, segments=segments, jobs=jobs,
-                                            overlap=_streams(), early_exit=rule if vote == "soft" else None)
+                                            overlap=schedule() != "rounds", early_exit=rule if vote == "soft" else None)
     results = run_model(prepared, model, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
     if model.device_type != "cpu":
         yield from results
