@@ -78,6 +78,30 @@ def test_frozen_network_equals_the_network_and_leaves_it_untouched():
     assert callable(net.features) and net.features(x).shape == (4, 187, 96)
 
 
+def test_the_frozen_trunk_gives_every_embedding_from_its_live_channels_alone():
+    """The frozen trunk never builds the dead filters' constant maps: the front-end it passes on
+    holds the live channels only, and every pooled embedding (the constants put back) and the
+    logits equal the network's."""
+    from genretag.nets.musicnn import MusicnnNet
+
+    net = load_net("broad-musicnn", device="cpu", verify=False, precision="fp32").net
+    frozen = freeze(net).trunk
+    assert isinstance(frozen, MusicnnNet) and type(frozen).__name__ == "FrozenMusicnnNet"
+    x = 0.1 * torch.randn(3, 47616, generator=torch.Generator().manual_seed(2))
+    x[1] *= 0.01  # a quiet sub-track
+    with torch.inference_mode():
+        logmel = net.features(x)
+        maps = frozen.feature_maps(logmel)
+        live = sum(int(blk.live_idx.numel()) for blk in (*frozen.timbral, *frozen.temporal))
+        assert maps["front_live"].shape == (3, live, 187) and live < 561 // 4
+        want_logits, want = MusicnnNet.forward(net.trunk, logmel, return_embeddings=True)
+        got_logits, got = MusicnnNet.forward(frozen, logmel, return_embeddings=True)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=2e-5, rtol=1e-5, msg=k)
+    torch.testing.assert_close(got_logits, want_logits, atol=2e-5, rtol=0)
+
+
 def test_the_export_is_cached_by_checksum_and_a_damaged_one_is_made_again(onnx_dir):
     first = load_net(None, device="cpu")
     assert first.runtime == "onnxruntime fp32"

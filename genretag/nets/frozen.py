@@ -4,21 +4,23 @@ The eval-mode blocks of `genretag.nets.musicnn` find a layer's live filters (wei
 zero) and fold its batch norm on every call. `freeze` returns a copy of a network in which
 every `MusicnnNet` trunk's front-end and mid-end blocks hold that work done: the live filters
 (sign-flipped where the batch norm's scale is negative, see `_ConvBN2d.freq_max`), the folded
-scale and shift, and the dead filters' constant outputs. The copy computes the same outputs to
-float rounding, and its graph has no data-dependent indexing left, so it traces and exports
-(`genretag.nets.onnx_runtime`). Any network built on the trunk freezes: the taggers, the
+scale and shift, and the dead filters' constant outputs; and every trunk passes only its live
+front-end channels on, the constants' share folded into the first mid-end layer and the pooled
+vectors (`_FrozenTrunk`). The copy computes the same outputs to float rounding, and its graph
+has no data-dependent indexing left, so it traces and exports (`genretag.nets.onnx_runtime`). Any network built on the trunk freezes: the taggers, the
 zero-shot model and the transfer models, whatever their head; the original is untouched.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genretag.nets.musicnn import MusicnnNet, _ConvBN1d, _ConvBN2d
+from genretag.nets.musicnn import MusicnnNet, _ConvBN1d, _ConvBN2d, _pad_same
 
 
 def _folded(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d
@@ -38,6 +40,8 @@ class _FrozenBlock(nn.Module):
     def _set_channels(self, idx: Tensor, dead: Tensor, conv, scale: Tensor, shift: Tensor) -> None:
         self.out_channels = conv.out_channels
         self.n_dead = int(dead.numel())
+        self.register_buffer("live_idx", idx.clone())
+        self.register_buffer("dead_idx", dead.clone())
         # A dead filter's output is its bias everywhere: after ReLU and BN, a constant.
         self.register_buffer("const", F.relu(conv.bias[dead]) * scale[dead] + shift[dead])
         self.register_buffer("order", torch.argsort(torch.cat([idx, dead])))
@@ -66,10 +70,14 @@ class FrozenConvBN2d(_FrozenBlock):
         self._set_channels(idx, dead, conv, scale, shift)
         self.stride, self.padding = conv.stride, conv.padding
 
-    def freq_max(self, x: Tensor) -> Tensor:
+    def live(self, x: Tensor) -> Tensor:
+        """The live filters' channels of `freq_max` only, (B, live, T), in `live_idx` order."""
         z = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         picked = z.amax(dim=3) * self.sign  # max z where the scale >= 0, min z where it is < 0
-        return self._full(F.relu(picked) * self.scale[:, None] + self.shift[:, None])
+        return F.relu(picked) * self.scale[:, None] + self.shift[:, None]
+
+    def freq_max(self, x: Tensor) -> Tensor:
+        return self._full(self.live(x))
 
     forward = freq_max
 
@@ -91,6 +99,98 @@ class FrozenConvBN1d(_FrozenBlock):
         y = F.relu(F.conv1d(F.pad(x, self.pad), self.weight, self.bias))
         return self._full(y * self.scale[:, None] + self.shift[:, None])
 
+    def fold_inputs(self, live: Tensor, dead: Tensor, const: Tensor) -> None:
+        """Prepare `from_live`: of this layer's input channels, `live` vary and `dead` hold the
+        constants `const` at every frame (a front-end's dead filters)."""
+        self.register_buffer("weight_live", self.weight[:, live].contiguous())
+        # what the constant channels add: a_j = sum_i const_i * w[:, i, j], one kernel per output
+        self.register_buffer("const_kernel", (self.weight[:, dead] * const[None, :, None]).sum(1, keepdim=True))
+
+    def from_live(self, x: Tensor) -> Tensor:
+        """`forward` on the full input, given only its live channels (B, live, T) (`fold_inputs`).
+
+        The constant channels contribute the same amount at every frame, except within half a
+        kernel of either end, where the zero padding replaces some of them: that is the
+        constant kernel convolved with a zero-padded row of ones, (1, out, T)."""
+        ones = F.pad(torch.ones_like(x[:1, :1]), self.pad)
+        y = F.conv1d(F.pad(x, self.pad), self.weight_live, self.bias) + F.conv1d(ones, self.const_kernel)
+        return self._full(F.relu(y) * self.scale[:, None] + self.shift[:, None])
+
+
+class _FrozenTrunk:
+    """A frozen `MusicnnNet` (`freeze` gives its copy this class first): the same outputs, from the
+    live front-end channels only.
+
+    Most front-end filters are dead, so most of the 561 front-end channels are constants. The
+    network's own forward concatenates them into a (B, 561, T) map, convolves the mid-end's first
+    layer over all of them and pools every channel over time. Here the front-end yields its live
+    channels only; the first mid-end layer adds the constants' share as a precomputed kernel
+    (`FrozenConvBN1d.from_live`), and the pooled constants are put back in the (B, 561) vectors
+    after pooling. The outputs equal the network's to float rounding.
+    """
+
+    def feature_maps(self, x: Tensor) -> dict[str, Tensor]:
+        if x.dim() != 3:
+            raise ValueError(f"expected (B, T, n_mels) log-mel, got {tuple(x.shape)}")
+        h = self.bn_input(x.unsqueeze(1))
+        hp = F.pad(h, (0, 0, 3, 3))
+        live = [blk.live(hp) for blk in self.timbral]
+        live += [blk.live(F.pad(h, (0, 0, *_pad_same(k)))) for k, blk in zip(self.temporal_kernels, self.temporal)]
+        front = torch.cat(live, dim=1)
+        c1 = self.midend[0].from_live(front)
+        c2 = self.midend[1](c1) + c1
+        c3 = self.midend[2](c2) + c2
+        return {"front_live": front, "cnn1": c1, "cnn2": c2, "cnn3": c3}
+
+    def _front(self, pooled_live: Tensor) -> Tensor:
+        """(B, live) pooled live channels -> (B, 561) with the constants, in the front-end's order."""
+        const = self.front_const[None, :].expand(pooled_live.shape[0], -1)
+        return torch.cat([pooled_live, const], dim=1).index_select(1, self.front_order)
+
+    def forward_maps(self, maps: dict[str, Tensor], return_embeddings: bool = False
+                     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        front = maps["front_live"]
+        mids = [maps[k] for k in ("cnn1", "cnn2", "cnn3")]
+        front_max, front_mean = self._front(front.amax(dim=2)), self._front(front.mean(dim=2))
+        mid_max, mid_mean = [m.amax(dim=2) for m in mids], [m.mean(dim=2) for m in mids]
+        max_pool, mean_pool = torch.cat([front_max, *mid_max], dim=1), torch.cat([front_mean, *mid_mean], dim=1)
+        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+        pen = self.bn_dense(F.relu(self.dense(self.bn_pool(flat))))
+        logits = self.out(pen)
+        if not return_embeddings:
+            return logits
+        n = sum(blk.out_channels for blk in self.timbral)
+        emb = {"timbral_mean": front_mean[:, :n], "timbral_max": front_max[:, :n],
+               "temporal_mean": front_mean[:, n:], "temporal_max": front_max[:, n:]}
+        for k, mx, mn in zip(("cnn1", "cnn2", "cnn3"), mid_max, mid_mean):
+            emb[f"{k}_mean"], emb[f"{k}_max"] = mn, mx
+        emb["mean_pool"], emb["max_pool"], emb["penultimate"] = mean_pool, max_pool, pen
+        return logits, emb
+
+
+@functools.cache
+def _frozen_class(cls: type) -> type:
+    """`cls` (a MusicnnNet, or a tagger built on it) with `_FrozenTrunk`'s forward steps first."""
+    return type(f"Frozen{cls.__name__}", (_FrozenTrunk, cls), {"__module__": __name__})
+
+
+def _freeze_trunk(m: MusicnnNet) -> None:
+    """Freeze `m`'s blocks in place and make it a `_FrozenTrunk`."""
+    m.timbral = nn.ModuleList([FrozenConvBN2d(b) for b in m.timbral])
+    m.temporal = nn.ModuleList([FrozenConvBN2d(b) for b in m.temporal])
+    m.midend = nn.ModuleList([FrozenConvBN1d(b) for b in m.midend])
+    live, dead, const, offset = [], [], [], 0
+    for blk in (*m.timbral, *m.temporal):  # the front-end's channels, block after block
+        live.append(blk.live_idx + offset)
+        dead.append(blk.dead_idx + offset)
+        const.append(blk.const)
+        offset += blk.out_channels
+    live, dead, const = torch.cat(live), torch.cat(dead), torch.cat(const)
+    m.midend[0].fold_inputs(live, dead, const)
+    m.register_buffer("front_const", const.clone())
+    m.register_buffer("front_order", torch.argsort(torch.cat([live, dead])))
+    m.__class__ = _frozen_class(type(m))
+
 
 def freezable(net: nn.Module) -> bool:
     """Whether `net` has a musicnn trunk to freeze (and a `features` front-end to split off)."""
@@ -101,11 +201,8 @@ def freezable(net: nn.Module) -> bool:
 def freeze(net: nn.Module) -> nn.Module:
     """An eval-mode copy of `net` with every musicnn trunk's blocks frozen (`net` is untouched)."""
     frozen = copy.deepcopy(net).eval()
-    for m in frozen.modules():
-        if isinstance(m, MusicnnNet):
-            m.timbral = nn.ModuleList([FrozenConvBN2d(b) for b in m.timbral])
-            m.temporal = nn.ModuleList([FrozenConvBN2d(b) for b in m.temporal])
-            m.midend = nn.ModuleList([FrozenConvBN1d(b) for b in m.midend])
+    for m in [m for m in frozen.modules() if isinstance(m, MusicnnNet)]:
+        _freeze_trunk(m)
     return frozen.requires_grad_(False)
 
 
