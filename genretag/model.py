@@ -31,7 +31,7 @@ from genretag.pipeline import inference
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
 from genretag.pipeline.threads import network_threads
-from genretag.runtime import OnnxNet, OnnxUnavailable, open_export
+from genretag.runtime import ExportRecord, OnnxNet, OnnxUnavailable, card_key, open_export
 from genretag.runtime.probabilities import card_probabilities
 from genretag.store.resolve import find_card
 from genretag.store.weights import check_sha256, read_weights, weights_path
@@ -99,6 +99,9 @@ class Model:
         self._net, self._device, self._verify = net, device, verify
         self._runner: torch.nn.Module | OnnxNet | None = runner
         self._tuned = runner is not None
+        #: Threads of the ONNX Runtime session `tune` opens from the recorded export (`from_export`
+        #: with ``defer``); None: nothing deferred.
+        self._deferred_threads: int | None = None
 
     def __repr__(self) -> str:
         return f"Model(name={self.name!r}, device={self.device_type!r}, precision={self.precision!r})"
@@ -197,9 +200,12 @@ class Model:
 
     @property
     def runtime(self) -> str:
-        """What runs the network: "onnxruntime fp32", "pytorch fp32" or "pytorch bf16" (after `tune`)."""
-        self.tune()
+        """What runs the network: "onnxruntime fp32", "pytorch fp32" or "pytorch bf16" (after `tune`;
+        for a model whose export opens on first use, what its checked record says runs it)."""
         lead = self.members[0] if self.members else self
+        if lead._deferred_threads is not None and not lead._tuned:
+            return "onnxruntime fp32"
+        self.tune()
         if isinstance(lead._runner, OnnxNet):
             return "onnxruntime fp32"
         return f"pytorch {'bf16' if self.precision == 'bf16' else 'fp32'}"
@@ -225,7 +231,9 @@ class Model:
                 continue
             m._tuned = True
             if m.precision == "auto":
-                m._runner = _onnx_runner(m)
+                if m._deferred_threads is not None:
+                    m._runner = open_export(m.card, m._deferred_threads)
+                m._runner = m._runner or _onnx_runner(m)
                 if m._runner is not None:
                     continue
             if m.card.architecture.get("name", "resnet") != "resnet":
@@ -312,7 +320,8 @@ def check_precision(precision: str, dev: torch.device | None) -> None:
 
 
 def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto", *,
-             verify: bool = True, precision: str = "auto", _within: tuple[Path, ...] = ()) -> Model:
+             verify: bool = True, precision: str = "auto", defer_export: bool = False,
+             _within: tuple[Path, ...] = ()) -> Model:
     """Load a card and its safetensors weights (sha256-verified) onto a device.
 
     ``precision="auto"`` (the default) runs a musicnn network on the CPU in ONNX Runtime in fp32
@@ -323,7 +332,8 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
 
     With ``"auto"`` on the CPU, a model whose checked ONNX export is in the user cache is loaded
     from it without importing torch (its weights file still sha256-checked); `Model.net` builds
-    the PyTorch network when asked for.
+    the PyTorch network when asked for. `defer_export` opens that export on first use instead
+    (`from_export`).
     """
     light = precision == "auto" and cpu_for_sure(device)
     dev = None if light else resolve_device(device)
@@ -345,7 +355,7 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
             raise ModelError(f"{card_path}: ensemble members disagree on labels")
         return Model(card, None, dev, card_path, members, precision, verify=verify)
     if light:
-        model = from_export(card, card_path, network_threads(), verify=verify)
+        model = from_export(card, card_path, network_threads(), verify=verify, defer=defer_export)
         if model is not None:
             return model
         dev = resolve_device(device)
@@ -353,16 +363,32 @@ def load_net(name_or_path: str | os.PathLike | None = None, device: str = "auto"
                  verify=verify)
 
 
-def from_export(card: ModelCard, card_path: Path, threads: int, *, verify: bool = True) -> Model | None:
+def from_export(card: ModelCard, card_path: Path, threads: int, *, verify: bool = True,
+                defer: bool = False) -> Model | None:
     """The card's model run by ONNX Runtime on the CPU from its checked export in the user cache,
     on `threads` threads, without importing torch (its weights file still sha256-checked when
-    `verify`); None when there is no usable export (`genretag.runtime.open_export`)."""
-    runner = open_export(card, threads)
-    if runner is None:
-        return None
+    `verify`); None when there is no usable export (`genretag.runtime.open_export`).
+
+    With `defer`, only the export's record is looked for now; the session opens, and the export
+    is checked, on first use (`Model.tune`), and should that fail, the model goes through PyTorch
+    then. For a process whose decoding workers run the network (`genretag.pipeline.worker_network`:
+    they open and check the export themselves), which then never opens a session it does not use."""
+    if defer:
+        key = card_key(card)
+        record = ExportRecord.read(key) if key is not None else None
+        if record is None or record.n_samples != card.audio.segment_samples:
+            return None
+        runner = None
+    else:
+        runner = open_export(card, threads)
+        if runner is None:
+            return None
     if verify and card.weights_sha256:
         check_sha256(weights_path(card_path, card), card.weights_sha256)
-    return Model(card, None, None, card_path, precision="auto", runner=runner, verify=verify)
+    model = Model(card, None, None, card_path, precision="auto", runner=runner, verify=verify)
+    if defer:
+        model._deferred_threads = threads
+    return model
 
 
 def _build_net(card: ModelCard, card_path: Path, dev: torch.device, *, verify: bool) -> GenreNet:

@@ -88,6 +88,31 @@ def test_an_export_that_does_not_match_its_record_is_not_used(tmp_path):
     assert ExportRecord.read(key) == record
 
 
+def test_a_deferred_export_opens_on_first_use_with_the_same_answers():
+    eager = load_net(None, device="cpu")  # exports (or finds) the graph and records it
+    deferred = load_net(None, device="cpu", defer_export=True)
+    assert deferred._runner is None and deferred._net is None
+    assert deferred.runtime == "onnxruntime fp32" and deferred._runner is None  # said without opening
+    x = _waves()
+    np.testing.assert_array_equal(deferred.predict(x), eager.predict(x))
+    assert isinstance(deferred._runner, OnnxNet) and deferred._net is None
+
+
+def test_a_deferred_export_that_no_longer_checks_goes_through_pytorch_on_first_use():
+    model = load_net("gtzan-musicnn", device="cpu")
+    key = card_key(model.card)
+    record = ExportRecord.read(key)
+    wrong = [[v + 1.0 if j == 0 else v for j, v in enumerate(row)] for row in record.probe_logits]
+    ExportRecord(record.graph, record.graph_sha256, record.n_samples, wrong).write(key)
+    deferred = load_net("gtzan-musicnn", device="cpu", defer_export=True)  # the record is there: deferred
+    assert deferred._runner is None
+    x = _waves()
+    ref = load_net("gtzan-musicnn", device="cpu", precision="fp32")
+    np.testing.assert_allclose(deferred.predict(x), ref.predict(x), atol=1e-4, rtol=0)
+    assert deferred._net is not None and deferred.runtime == "onnxruntime fp32"  # checked and recorded again
+    assert ExportRecord.read(key) == record
+
+
 def test_a_damaged_weights_file_is_an_error_even_with_an_export(tmp_path):
     src = REPO / "models"
     for name in ("gtzan-musicnn.json", "gtzan-musicnn.safetensors"):

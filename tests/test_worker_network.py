@@ -108,6 +108,8 @@ def test_a_worker_killed_mid_run_loses_no_file(model, tmp_path):
 def test_only_a_model_onnx_runtime_runs_from_its_export_goes_to_the_workers(model, tiny_model_dir):
     ref = WorkerModel.of(model)
     assert ref is not None and ref == WorkerModel.recorded(None)  # what the CLI starts the workers with
+    deferred = load_net(None, device="cpu", defer_export=True)  # as the CLI loads it then
+    assert WorkerModel.of(deferred) == ref and deferred._runner is None  # never opened here
     assert WorkerModel.of(load_net(None, device="cpu", precision="fp32")) is None  # PyTorch: one copy, here
     assert WorkerModel.of(load_net(tiny_model_dir, device="cpu")) is None  # a ResNet
     assert WorkerModel.recorded(tiny_model_dir) is None

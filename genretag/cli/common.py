@@ -163,25 +163,27 @@ def load(opts: ClassifyOptions):
     they are started first and open the model while this process loads its own copy."""
     from genretag.model import load_net
 
-    if opts.scheduler is None and opts.scheduler_file is None:
-        _start_workers(opts)
-    model = load_net(opts.model, opts.device, precision=opts.precision)
+    started = opts.scheduler is None and opts.scheduler_file is None and _start_workers(opts)
+    # with the network in the workers, this process never runs it: its session would only cost time
+    model = load_net(opts.model, opts.device, precision=opts.precision, defer_export=started)
     info(f"model: {model.card.name} ({model.device_type}, {model.runtime})")
     return model
 
 
-def _start_workers(opts: ClassifyOptions) -> None:
+def _start_workers(opts: ClassifyOptions) -> bool:
+    """Start the workers and have them open the model, when they will run the network (True)."""
     from genretag.model import cpu_for_sure
     from genretag.pipeline.inference import default_jobs, schedule
 
     jobs = opts.jobs or default_jobs()
     if jobs < 2 or opts.precision != "auto" or not cpu_for_sure(opts.device) or schedule() != "workers":
-        return
+        return False
     from genretag.pipeline.worker_network import WorkerModel, start_workers
 
     ref = WorkerModel.recorded(opts.model)
     if ref is not None:
         start_workers(ref, jobs)
+    return ref is not None
 
 
 def iter_inputs(paths: list[str], recursive: bool, skipped: list[str] | None = None) -> Iterator[str]:
