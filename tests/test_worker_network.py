@@ -58,21 +58,20 @@ class _Counting:
         return self.predict(waves)
 
 
-def _run(model, paths, monkeypatch, schedule: str, **kw) -> tuple[list, int]:
-    monkeypatch.setenv("GENRETAG_SCHEDULE", schedule)
+def _run(model, paths, schedule: str, **kw) -> tuple[list, int]:
+    """The results of `Classifier` on `paths` under `schedule`, and how often this process ran the network."""
     counting = _Counting(model)
-    monkeypatch.setattr(model, "predict", counting)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # undone on return; the test's own settings stay
+        mp.setenv("GENRETAG_SCHEDULE", schedule)
+        mp.setattr(model, "predict", counting)
         return list(Classifier(model, jobs=2, fingerprints=False, **kw).classify(paths)), counting.calls
-    finally:
-        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("vote", ["soft", "hard"])
-def test_the_workers_give_the_main_process_answers_in_input_order(model, tmp_path, monkeypatch, vote):
+def test_the_workers_give_the_main_process_answers_in_input_order(model, tmp_path, vote):
     paths = _library(tmp_path / "lib")
-    ref, ref_calls = _run(model, paths, monkeypatch, "stream", vote=vote)
-    got, calls = _run(model, paths, monkeypatch, "workers", vote=vote)
+    ref, ref_calls = _run(model, paths, "stream", vote=vote)
+    got, calls = _run(model, paths, "workers", vote=vote)
     assert ref_calls > 0 and calls == 0  # the network ran in the workers, never here
     assert [r.path for r in got] == [r.path for r in ref] == paths
     bad = {paths[3], paths[5]}  # not audio, missing
@@ -84,10 +83,10 @@ def test_the_workers_give_the_main_process_answers_in_input_order(model, tmp_pat
     assert {r.segments for r in got if r.ok} >= {1, 3}  # short files and longer ones
 
 
-def test_a_fixed_sub_track_count_runs_every_sub_track_in_the_workers(model, tmp_path, monkeypatch):
+def test_a_fixed_sub_track_count_runs_every_sub_track_in_the_workers(model, tmp_path):
     paths = [str(make_file(tmp_path / f"s{i}.flac", seconds=9.0, freq=150.0 * (i + 1))) for i in range(3)]
-    ref, _ = _run(model, paths, monkeypatch, "stream", segments=2)
-    got, calls = _run(model, paths, monkeypatch, "workers", segments=2)
+    ref, _ = _run(model, paths, "stream", segments=2)
+    got, calls = _run(model, paths, "workers", segments=2)
     assert calls == 0 and [r.segments for r in got] == [r.segments for r in ref] == [2, 2, 2]
     for a, b in zip(got, ref):
         assert a.genre == b.genre and a.probabilities == pytest.approx(b.probabilities, abs=1e-5)

@@ -99,8 +99,8 @@ class WorkerModel:
 
 
 def start_workers(ref: WorkerModel, jobs: int) -> None:
-    """Start the `jobs` workers and have them open the model now, while this process goes on (it
-    loads its own copy meanwhile): a run's first files then wait for neither. Returns at once."""
+    """Start the `jobs` workers and have them open the model now, while this process goes on reading
+    the model's card and the command line: a run's first files then wait for neither. Returns at once."""
     executor = worker_pool(jobs)
     for _ in range(jobs):
         executor.submit(_warm, ref)
