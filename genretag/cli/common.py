@@ -4,6 +4,7 @@ progress bar."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,8 +99,6 @@ def default_jobs_for(paths: list[str]) -> int:
     everything in this process) for fewer than `SMALL_RUN` files named one by one. Starting the
     workers and opening the model in each costs about half a second, more than they save on a
     handful of files (docs/performance.md)."""
-    import os
-
     from genretag.pipeline.inference import default_jobs
 
     if paths and len(paths) < SMALL_RUN and all(os.path.isfile(p) for p in paths):
@@ -160,7 +159,8 @@ def load(opts: ClassifyOptions):
     """Load the model the options name (a failure is a ModelError carrying its exit code).
 
     When the local workers will run the network themselves (`genretag.pipeline.worker_network`),
-    they are started first and open the model while this process loads its own copy."""
+    they are started first and open the model while this process reads its card; this process's
+    copy then opens the export only if it is ever asked to run (`load_net(defer_export=True)`)."""
     from genretag.model import load_net
 
     started = opts.scheduler is None and opts.scheduler_file is None and _start_workers(opts)

@@ -2,9 +2,10 @@
 
 `Classifier.classify(paths)` answers a file from the result cache
 (`genretag.pipeline.result_cache`) when its audio was classified before with
-the same model and settings, and sends every other file through one
-`genretag.pipeline.inference.classify` stream, so the decoding window never
-drains between cache hits. It satisfies `genretag.pipeline.executor.Executor`,
+the same model and settings, and sends every other file through one model
+stream (`genretag.pipeline.inference.classify`, or the decoding workers'
+`genretag.pipeline.worker_network.NetworkStream` when they run the network),
+so the decoding window never drains between cache hits. It satisfies `genretag.pipeline.executor.Executor`,
 as the Dask executor does.
 """
 
@@ -33,8 +34,10 @@ class Classifier:
     With a `cache`, a file whose audio was classified before with the same
     model and settings is answered from it, and new results are stored (in
     small transactions, so an interrupted run keeps what it finished). All the
-    files that are not in the cache go through one `classify` stream, so the
-    decoding window never drains between them. `fingerprints` (default on)
+    files that are not in the cache go through one model stream, so the
+    decoding window never drains between them; with more than one job and a
+    model ONNX Runtime runs from its export, the decoding workers run the
+    network too (`worker_model`). `fingerprints` (default on)
     puts each file's audio fingerprint on its result, which
     `genretag.tags.Tagger` needs; with a cache it is always on. `close()`
     stores what is not stored yet and closes the cache.
