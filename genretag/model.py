@@ -31,7 +31,7 @@ from genretag.pipeline import inference
 from genretag.pipeline.calibration import Calibration
 from genretag.pipeline.inference import TrackResult
 from genretag.pipeline.threads import network_threads
-from genretag.runtime import ExportRecord, OnnxNet, OnnxUnavailable, card_key, open_export
+from genretag.runtime import ExportRecord, OnnxNet, OnnxUnavailable, open_export
 from genretag.runtime.probabilities import card_probabilities
 from genretag.store.resolve import find_card
 from genretag.store.weights import check_sha256, read_weights, weights_path
@@ -374,9 +374,7 @@ def from_export(card: ModelCard, card_path: Path, threads: int, *, verify: bool 
     then. For a process whose decoding workers run the network (`genretag.pipeline.worker_network`:
     they open and check the export themselves), which then never opens a session it does not use."""
     if defer:
-        key = card_key(card)
-        record = ExportRecord.read(key) if key is not None else None
-        if record is None or record.n_samples != card.audio.segment_samples:
+        if ExportRecord.for_card(card) is None:
             return None
         runner = None
     else:

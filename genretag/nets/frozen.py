@@ -150,22 +150,11 @@ class _FrozenTrunk:
     def forward_maps(self, maps: dict[str, Tensor], return_embeddings: bool = False
                      ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         front = maps["front_live"]
-        mids = [maps[k] for k in ("cnn1", "cnn2", "cnn3")]
         front_max, front_mean = self._front(front.amax(dim=2)), self._front(front.mean(dim=2))
-        mid_max, mid_mean = [m.amax(dim=2) for m in mids], [m.mean(dim=2) for m in mids]
-        max_pool, mean_pool = torch.cat([front_max, *mid_max], dim=1), torch.cat([front_mean, *mid_mean], dim=1)
-        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
-        pen = self.bn_dense(F.relu(self.dense(self.bn_pool(flat))))
-        logits = self.out(pen)
-        if not return_embeddings:
-            return logits
         n = sum(blk.out_channels for blk in self.timbral)
-        emb = {"timbral_mean": front_mean[:, :n], "timbral_max": front_max[:, :n],
-               "temporal_mean": front_mean[:, n:], "temporal_max": front_max[:, n:]}
-        for k, mx, mn in zip(("cnn1", "cnn2", "cnn3"), mid_max, mid_mean):
-            emb[f"{k}_mean"], emb[f"{k}_max"] = mn, mx
-        emb["mean_pool"], emb["max_pool"], emb["penultimate"] = mean_pool, max_pool, pen
-        return logits, emb
+        pooled = {"timbral": (front_max[:, :n], front_mean[:, :n]), "temporal": (front_max[:, n:], front_mean[:, n:])}
+        pooled.update({k: (maps[k].amax(dim=2), maps[k].mean(dim=2)) for k in ("cnn1", "cnn2", "cnn3")})
+        return self.forward_pooled(pooled, return_embeddings)
 
 
 @functools.cache

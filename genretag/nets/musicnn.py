@@ -234,6 +234,10 @@ class _ConvBN1d(nn.Module):
         return self.bn(F.relu(_live_only(conv, lambda idx: F.conv1d(x, conv.weight[idx], conv.bias[idx]))))
 
 
+#: The frame-level maps of a musicnn trunk, in the order the back-end concatenates them ("midend").
+FRAME_MAPS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")
+
+
 class MusicnnNet(nn.Module):
     """The 'musicnn' tagger (``build_musicnn`` in musicnn/models.py).
 
@@ -331,17 +335,24 @@ class MusicnnNet(nn.Module):
     def forward_maps(self, maps: dict[str, Tensor], return_embeddings: bool = False
                      ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Back-end of :meth:`forward` on :meth:`feature_maps` output (same results)."""
-        mid = maps["midend"]
-        max_pool, mean_pool = mid.amax(dim=2), mid.mean(dim=2)
+        return self.forward_pooled({k: (maps[k].amax(dim=2), maps[k].mean(dim=2)) for k in FRAME_MAPS},
+                                   return_embeddings)
+
+    def forward_pooled(self, pooled: dict[str, tuple[Tensor, Tensor]], return_embeddings: bool = False
+                       ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Back-end of :meth:`forward` on each frame-level map pooled over time: ``{name: (max, mean)}``
+        for the names in `FRAME_MAPS`, each (B, C). A map's channels are pooled one by one, so the
+        maps' pools side by side are the pools of the concatenated ``midend`` map."""
+        max_pool = torch.cat([pooled[k][0] for k in FRAME_MAPS], dim=1)
+        mean_pool = torch.cat([pooled[k][1] for k in FRAME_MAPS], dim=1)
         flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
         pen = self.bn_dense(F.relu(self.dense(self.bn_pool(flat))))
         logits = self.out(pen)
         if not return_embeddings:
             return logits
         emb: dict[str, Tensor] = {}
-        for k in ("timbral", "temporal", "cnn1", "cnn2", "cnn3"):
-            emb[f"{k}_mean"] = maps[k].mean(dim=2)
-            emb[f"{k}_max"] = maps[k].amax(dim=2)
+        for k in FRAME_MAPS:
+            emb[f"{k}_mean"], emb[f"{k}_max"] = pooled[k][1], pooled[k][0]
         emb["mean_pool"], emb["max_pool"], emb["penultimate"] = mean_pool, max_pool, pen
         return logits, emb
 
@@ -436,7 +447,7 @@ def load_musicnn(path: str | Path, variant: str | None = None, device: str | tor
 
 # Pooled embeddings a transfer head can use: each map is pooled over time by mean
 # and max; "penultimate" (the tagger's 200-unit layer) is already pooled.
-POOLABLE: tuple[str, ...] = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "penultimate")
+POOLABLE: tuple[str, ...] = (*FRAME_MAPS, "penultimate")
 DEFAULT_POOLING: tuple[str, ...] = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "penultimate")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from genretag.audio.containers import fingerprint
 from genretag.errors import FingerprintError
-from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, applied
 from genretag.pipeline.executor import CacheStats
 from genretag.pipeline.inference import TrackResult, classify, default_batch_segments, run_model, schedule
 from genretag.pipeline.prepare import Prepared, prepare_file
@@ -64,7 +64,7 @@ class Classifier:
         self.fingerprints = fingerprints or cache is not None
         self.stats = CacheStats()
         # the soft vote without a sub-track count stops early; the rule is part of the cache key
-        self.early_exit = DEFAULT_EARLY_EXIT if segments is None and vote == "soft" else None
+        self.early_exit = applied(DEFAULT_EARLY_EXIT, vote, segments)
         self._cached = (cache.for_model(model, vote=vote, segments=segments, early_exit=self.early_exit)
                         if cache is not None else None)
         self._unstored: list[TrackResult] = []

@@ -50,7 +50,7 @@ import distributed
 from distributed import KilledWorker, WorkerPlugin, as_completed
 
 from genretag.errors import GenretagError, ModelError, one_line
-from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit, applied
 from genretag.pipeline.executor import CacheStats
 from genretag.pipeline.inference import TrackResult, error_result
 from genretag.pipeline.result_cache import ResultCache
@@ -337,7 +337,7 @@ class ClusterExecutor:
         self.chunk = max(1, int(chunk))
         self.window = window
         self.stats = CacheStats()
-        early_exit = DEFAULT_EARLY_EXIT if segments is None and vote == "soft" else None  # as Classifier's
+        early_exit = applied(DEFAULT_EARLY_EXIT, vote, segments)  # as Classifier's
         self._cached = (cache.for_model(model, vote=vote, segments=segments, early_exit=early_exit)
                         if cache is not None else None)
         self.plugin = ModelPlugin(model.path, device, model.precision)

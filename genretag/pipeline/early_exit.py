@@ -70,6 +70,12 @@ class EarlyExit:
                 return done
 
 
+def applied(rule: EarlyExit | None, vote: str, segments: int | None) -> EarlyExit | None:
+    """`rule` where early exit applies, None where every sub-track runs: it stops only the soft vote,
+    and only with the card's own sub-track count (``--segments`` asks for all of them)."""
+    return rule if vote == "soft" and segments is None else None
+
+
 #: The default rule for the soft vote (`genretag classify` without ``--segments``): look after
 #: 3 sub-tracks, stop at a 0.5 margin. Checked with ``bench/early_exit.py`` on both bundled musicnn
 #: models, it gives the full 10-sub-track vote's genre on every GTZAN valid and test track and every

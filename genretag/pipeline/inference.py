@@ -23,7 +23,7 @@ from genretag.card import AudioParams, ModelCard
 from genretag.deprecation import deprecated, no_attribute
 from genretag.paths import numba_cache_dir
 from genretag.pipeline.calibration import Calibration
-from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit
+from genretag.pipeline.early_exit import DEFAULT_EARLY_EXIT, EarlyExit, applied
 from genretag.pipeline.prepare import Prepared, prepare_file, prepare_rest, prepare_waveform
 from genretag.pipeline.segments import vote as combine
 from genretag.pipeline.threads import blas_threads, network_threads, torch_threads
@@ -518,7 +518,7 @@ def classify(
     `genretag.pipeline.threads.network_threads()` threads for the duration.
     """
     model.tune()
-    rule = early_exit if segments is None else None
+    rule = applied(early_exit, vote, segments)
     decoder: DecodeStream | None = None
     if batch_segments is None:
         batch_segments = default_batch_segments(model)
@@ -531,7 +531,7 @@ def classify(
             for i, x in enumerate(inputs))
     else:  # prepare_file takes str, bytes and os.PathLike paths, and makes anything else an error result
         prepared = decoder = prepare_stream(inputs, model.card.audio, segments=segments, jobs=jobs,
-                                            overlap=schedule() != "rounds", early_exit=rule if vote == "soft" else None)
+                                            overlap=schedule() != "rounds", early_exit=rule)
     results = run_model(prepared, model, vote=vote, batch_segments=batch_segments, early_exit=rule, decoder=decoder)
     if model.device_type != "cpu":
         yield from results

@@ -26,7 +26,7 @@ from pathlib import Path
 from genretag.card import load_card
 from genretag.errors import ModelError, one_line
 from genretag.model import Model, from_export, load_net
-from genretag.pipeline.early_exit import EarlyExit
+from genretag.pipeline.early_exit import EarlyExit, applied
 from genretag.pipeline.inference import (
     TrackResult,
     WorkerStream,
@@ -58,10 +58,7 @@ class WorkerModel:
             return None
         if model.runtime != "onnxruntime fp32":  # builds (and records) the export on a model's first use
             return None
-        key = card_key(model.card)
-        if key is None or ExportRecord.read(key) is None:
-            return None
-        return cls(str(model.path), key, model.verify)
+        return cls._if_recorded(model.path, model.card, model.verify)
 
     @classmethod
     def recorded(cls, name_or_path: str | os.PathLike | None) -> WorkerModel | None:
@@ -70,12 +67,16 @@ class WorkerModel:
         not resolve (loading it says why)."""
         try:
             card_path = find_card(name_or_path)
-            key = card_key(load_card(card_path))
+            card = load_card(card_path)
         except Exception:  # noqa: BLE001 - load_model reports a bad name or card with its own message
             return None
-        if key is None or ExportRecord.read(key) is None:
+        return cls._if_recorded(card_path, card)
+
+    @classmethod
+    def _if_recorded(cls, card_path, card, verify: bool = True) -> WorkerModel | None:
+        if ExportRecord.for_card(card) is None:
             return None
-        return cls(str(card_path), key)
+        return cls(str(card_path), card_key(card), verify)
 
     def open(self, *, fallback: bool = True) -> Model | None:
         """The model in this worker: opened on first use, on one thread, and kept for the next file.
@@ -122,7 +123,7 @@ def classify_in_worker(path, ref: WorkerModel, vote: str, segments: int | None,
     file the network fails on gets an error result, as an undecodable one does."""
     try:
         model = ref.open()
-        rule = early_exit if vote == "soft" and segments is None else None
+        rule = applied(early_exit, vote, segments)
         prepared = prepare_file(path, model.card.audio, segments, rule)
         (result,) = run_model([prepared], model, vote=vote, batch_segments=default_batch_segments(model),
                               early_exit=rule)

@@ -128,6 +128,14 @@ class ExportRecord:
         atomic_write(self.path(key), (json.dumps(asdict(self), sort_keys=True) + "\n").encode())
 
     @classmethod
+    def for_card(cls, card: ModelCard) -> ExportRecord | None:
+        """The record of `card`'s export (`card_key`), made for its sub-track length; None when
+        there is none, or for a card without a key."""
+        key = card_key(card)
+        record = cls.read(key) if key is not None else None
+        return record if record is not None and record.n_samples == card.audio.segment_samples else None
+
+    @classmethod
     def read(cls, key: str) -> ExportRecord | None:
         try:
             raw = json.loads(cls.path(key).read_text(encoding="utf-8"))
@@ -141,11 +149,10 @@ def open_export(card: ModelCard, threads: int) -> OnnxNet | None:
     """The card's network from its cached export, checked, without torch; None when there is no
     usable export (never made, made for other weights, damaged, or computing differently here):
     the caller then builds the network in PyTorch, which exports and checks it again."""
-    key = card_key(card)
-    record = ExportRecord.read(key) if key is not None else None
-    if record is None or record.n_samples != card.audio.segment_samples:
+    record = ExportRecord.for_card(card)
+    if record is None:
         return None
-    graph = ExportRecord.path(key).parent / record.graph
+    graph = onnx_cache_dir() / record.graph  # beside the record
     try:
         if sha256_file(graph) != record.graph_sha256:
             log.debug("%s: the cached export %s is not the one checked", card.name, graph)
