@@ -156,3 +156,44 @@ def test_cli_with_a_broken_onnxruntime_warns_once_and_answers_as_fp32(tmp_path):
     assert len(warn) == 1 and "AVX2" in warn[0] and "PyTorch" in warn[0]
     assert "Traceback" not in auto.stderr
     assert [json.loads(ln) for ln in auto.stdout.splitlines()] == [json.loads(ln) for ln in ref.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("card,stride", [("broad-musicnn", 1), ("msd-musicnn", 2)])
+def test_the_temporal_filters_packed_give_each_blocks_own_outputs(card, stride):
+    """The temporal blocks' live filters, packed into fewer convolutions (shorter kernels placed in
+    the middle of longer ones' taps), give each block's own output, whatever the channel block:
+    broad-musicnn has 3, 7 and 17 live filters, msd-musicnn 51 in each (here with a frequency stride)."""
+    from genretag.nets.frozen import FrozenTemporal
+    from genretag.nets.musicnn import MusicnnNet, _pad_same
+
+    net = load_net(card, device="cpu", verify=False, precision="fp32").net
+    next(m for m in net.modules() if isinstance(m, MusicnnNet)).set_freq_stride(stride)
+    trunk = next(m for m in freeze(net).modules() if isinstance(m, MusicnnNet))
+    x = 0.1 * torch.randn(2, 47616, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        h = trunk.bn_input(net.features(x).unsqueeze(1))
+        want = torch.cat([blk.live(torch.nn.functional.pad(h, (0, 0, *_pad_same(k))))
+                          for k, blk in zip(trunk.temporal_kernels, trunk.temporal)], dim=1)
+        calls = {}
+        for block in (1, 8, 16):
+            packed = FrozenTemporal(list(trunk.temporal), trunk.temporal_kernels, block)
+            torch.testing.assert_close(packed(h), want, atol=1e-5, rtol=1e-5, msg=f"block {block}")
+            calls[block] = packed.kernels
+    live = [int(blk.live_idx.numel()) for blk in trunk.temporal]
+    if card == "broad-musicnn":
+        assert live == [3, 7, 17]
+        assert calls == {1: [128, 64, 32], 8: [128, 64, 32], 16: [128, 32]}  # 3 + 7 + 1 at 128 taps, 16 at 32
+    else:
+        assert live == [51, 51, 51] and calls[16] == [128, 64, 32]
+
+
+def test_packing_groups_filters_where_it_saves_channel_blocks():
+    from genretag.nets.frozen import pack_kernels
+
+    sizes = lambda groups: [len(g) for g in groups]  # noqa: E731
+    assert sizes(pack_kernels([128] * 3 + [64] * 7 + [32] * 17, 16)) == [11, 16]
+    assert sizes(pack_kernels([128] * 3 + [64] * 7 + [32] * 17, 1)) == [3, 7, 17]
+    assert sizes(pack_kernels([128] * 51 + [64] * 51 + [32] * 51, 16)) == [57, 48, 48]
+    assert pack_kernels([], 16) == []
+    with pytest.raises(ValueError, match="longest first"):
+        pack_kernels([32, 64], 16)

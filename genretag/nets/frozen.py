@@ -6,9 +6,11 @@ every `MusicnnNet` trunk's front-end and mid-end blocks hold that work done: the
 (sign-flipped where the batch norm's scale is negative, see `_ConvBN2d.freq_max`), the folded
 scale and shift, and the dead filters' constant outputs; and every trunk passes only its live
 front-end channels on, the constants' share folded into the first mid-end layer and the pooled
-vectors (`_FrozenTrunk`). The copy computes the same outputs to float rounding, and its graph
-has no data-dependent indexing left, so it traces and exports (`genretag.nets.onnx_runtime`). Any network built on the trunk freezes: the taggers, the
-zero-shot model and the transfer models, whatever their head; the original is untouched.
+vectors (`_FrozenTrunk`); and the three temporal blocks' live filters run packed into as few
+convolutions as pay (`FrozenTemporal`). The copy computes the same outputs to float rounding, and
+its graph has no data-dependent indexing left, so it traces and exports
+(`genretag.nets.onnx_runtime`). Any network built on the trunk freezes: the taggers, the zero-shot
+model and the transfer models, whatever their head; the original is untouched.
 """
 
 from __future__ import annotations
@@ -117,6 +119,79 @@ class FrozenConvBN1d(_FrozenBlock):
         return self._full(F.relu(y) * self.scale[:, None] + self.shift[:, None])
 
 
+def nchwc_block() -> int:
+    """The channel block ONNX Runtime's CPU convolutions compute in on this machine: 16 output
+    channels at a time with AVX-512, 8 with AVX2 (its NCHWc layout), 1 where it has no blocked
+    layout. A convolution with fewer live filters than a multiple of it costs as much as the
+    next multiple."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if "AVX512" in capability else 8 if "AVX2" in capability else 1
+
+
+def pack_kernels(lengths: list[int], block: int) -> list[list[int]]:
+    """Filters of the given kernel lengths (longest first) grouped into convolutions, as runs of
+    consecutive filters, each run zero-padded to its first (longest) kernel.
+
+    A convolution of n filters of K taps costs about ``ceil(n / block) * block * K`` plus one
+    ``block`` of 32 taps for the call, its layout conversion and its max (ONNX Runtime,
+    measured from 16 to 32 filters of 32 to 128 taps: docs/performance.md); the grouping that
+    costs least is found by dynamic programming over the runs."""
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("kernel lengths must come longest first")
+    n, per_call = len(lengths), block * 32
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + -(-(j - i) // block) * block * lengths[i] + per_call
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(list(range(cut[j], j)))
+        j = cut[j]
+    return groups[::-1]
+
+
+class FrozenTemporal(nn.Module):
+    """The temporal blocks' `FrozenConvBN2d.live` outputs side by side, (B, live, T), with their
+    filters packed into fewer convolutions (`pack_kernels`).
+
+    The temporal blocks have 128-, 64- and 32-frame kernels over time, each padded TF-'same', so
+    a shorter kernel placed in the middle of a longer one's taps (zeros elsewhere) computes the
+    same output. With a handful of live filters per block (3, 7 and 17 in the GTZAN models), each
+    block alone would pay for a whole channel block of ONNX Runtime's blocked layout; packed, the
+    three take two convolutions with few empty channels."""
+
+    def __init__(self, blocks: list[FrozenConvBN2d], kernels: tuple[int, ...], block: int) -> None:
+        super().__init__()
+        if list(kernels) != sorted(kernels, reverse=True):
+            raise ValueError(f"temporal kernels must come longest first, got {kernels}")
+        filters = [(k, blk.weight[i, 0, :, 0], blk.bias[i]) for k, blk in zip(kernels, blocks)
+                   for i in range(blk.weight.shape[0])]
+        self.stride = blocks[0].stride
+        self.kernels: list[int] = []
+        for g, group in enumerate(pack_kernels([k for k, _, _ in filters], block)):
+            longest = filters[group[0]][0]
+            weight = torch.zeros(len(group), 1, longest, 1, dtype=blocks[0].weight.dtype)
+            for row, f in enumerate(group):
+                k, w, _ = filters[f]
+                start = _pad_same(longest)[0] - _pad_same(k)[0]  # the same frames either side
+                weight[row, 0, start:start + k, 0] = w
+            self.register_buffer(f"weight{g}", weight)
+            self.register_buffer(f"bias{g}", torch.stack([filters[f][2] for f in group]))
+            self.kernels.append(longest)
+        self.register_buffer("sign", torch.cat([blk.sign for blk in blocks]))
+        self.register_buffer("scale", torch.cat([blk.scale for blk in blocks]))
+        self.register_buffer("shift", torch.cat([blk.shift for blk in blocks]))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, 1, T, F) normalised log-mel -> (B, live, T), the blocks' live channels in block order."""
+        z = [F.conv2d(F.pad(h, (0, 0, *_pad_same(k))), getattr(self, f"weight{g}"), getattr(self, f"bias{g}"),
+                      self.stride).amax(dim=3) for g, k in enumerate(self.kernels)]
+        picked = torch.cat(z, dim=1) * self.sign  # max z where the scale >= 0, min z where it is < 0
+        return F.relu(picked) * self.scale[:, None] + self.shift[:, None]
+
+
 class _FrozenTrunk:
     """A frozen `MusicnnNet` (`freeze` gives its copy this class first): the same outputs, from the
     live front-end channels only.
@@ -134,9 +209,7 @@ class _FrozenTrunk:
             raise ValueError(f"expected (B, T, n_mels) log-mel, got {tuple(x.shape)}")
         h = self.bn_input(x.unsqueeze(1))
         hp = F.pad(h, (0, 0, 3, 3))
-        live = [blk.live(hp) for blk in self.timbral]
-        live += [blk.live(F.pad(h, (0, 0, *_pad_same(k)))) for k, blk in zip(self.temporal_kernels, self.temporal)]
-        front = torch.cat(live, dim=1)
+        front = torch.cat([*(blk.live(hp) for blk in self.timbral), self.temporal_live(h)], dim=1)
         c1 = self.midend[0].from_live(front)
         c2 = self.midend[1](c1) + c1
         c3 = self.midend[2](c2) + c2
@@ -168,6 +241,7 @@ def _freeze_trunk(m: MusicnnNet) -> None:
     m.timbral = nn.ModuleList([FrozenConvBN2d(b) for b in m.timbral])
     m.temporal = nn.ModuleList([FrozenConvBN2d(b) for b in m.temporal])
     m.midend = nn.ModuleList([FrozenConvBN1d(b) for b in m.midend])
+    m.temporal_live = FrozenTemporal(list(m.temporal), m.temporal_kernels, nchwc_block())
     live, dead, const, offset = [], [], [], 0
     for blk in (*m.timbral, *m.temporal):  # the front-end's channels, block after block
         live.append(blk.live_idx + offset)

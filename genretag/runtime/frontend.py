@@ -92,10 +92,15 @@ def musicnn_logmel(waves: np.ndarray) -> np.ndarray:
     frames = 1 + (x.shape[1] - N_FFT) // HOP_LENGTH
     strided = np.lib.stride_tricks.as_strided(
         x, (x.shape[0], frames, N_FFT), (x.strides[0], x.strides[1] * HOP_LENGTH, x.strides[1]), writeable=False)
-    spec = scipy.fft.rfft(strided * _hann(), axis=-1, workers=1)  # (batch, frames, 257) complex64
-    power = np.square(np.abs(spec))  # as torch computes it: the magnitude, squared
+    # (batch, frames, 257) complex64; the windowed frames are a copy the transform may overwrite
+    spec = scipy.fft.rfft(strided * _hann(), axis=-1, workers=1, overwrite_x=True)
+    power = np.abs(spec)
+    np.square(power, out=power)  # as torch computes it: the magnitude, squared
     # a BLAS product: `genretag.pipeline.threads.blas_threads` keeps it on one thread in a run
     mel = power @ _filterbank_t()  # (batch, frames, 96)
     # the original stores the mel power as float16 before the log; saturate instead of inf
-    mel = np.minimum(mel, np.float32(FLOAT16_MAX)).astype(np.float16).astype(np.float32)
-    return np.log10(np.float32(LOG_SCALE) * mel + np.float32(1.0))
+    np.minimum(mel, np.float32(FLOAT16_MAX), out=mel)
+    mel = mel.astype(np.float16).astype(np.float32)
+    mel *= np.float32(LOG_SCALE)  # the steps in place, each rounded as before
+    mel += np.float32(1.0)
+    return np.log10(mel, out=mel)

@@ -32,7 +32,7 @@ from genretag.runtime.probabilities import sigmoid, softmax
 log = logging.getLogger(__name__)
 
 #: Bump when the exported graph changes for the same weights (invalidates cached exports).
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 OPSET = 17
 #: Largest difference in probability the probe batch may show between the session and PyTorch
 #: (float rounding gives about 1e-5; a wrong graph gives tenths).
