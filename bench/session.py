@@ -78,18 +78,15 @@ def batches(source: Path, files: int, n_samples: int, sizes: tuple[int, ...]) ->
 
 
 def open_session(path: Path, profile_dir: str | None = None):
+    """A session as `classify` opens one, on one thread; with ONNX Runtime's profiler on when
+    `profile_dir` is given."""
     import onnxruntime as ort
 
-    from genretag.runtime.onnx import session
+    from genretag.runtime.onnx import session_options
 
-    if profile_dir is None:
-        return session(path, threads=1)
-    so = ort.SessionOptions()  # as `session`, with ONNX Runtime's profiler on
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    so.enable_profiling, so.profile_file_prefix = True, os.path.join(profile_dir, "session")
+    so = session_options(threads=1)
+    if profile_dir is not None:
+        so.enable_profiling, so.profile_file_prefix = True, os.path.join(profile_dir, "session")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

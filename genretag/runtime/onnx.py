@@ -69,6 +69,13 @@ def session(path: Path, threads: int):
     see docs/performance.md."""
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int):
+    """The `onnxruntime.SessionOptions` of `session`."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
@@ -76,7 +83,7 @@ def session(path: Path, threads: int):
     passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
     so.add_session_config_entry("session.intra_op.allow_spinning", "0" if passive else "1")
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return so
 
 
 def probe_waves(n_samples: int) -> np.ndarray:
