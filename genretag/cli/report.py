@@ -9,7 +9,6 @@ import typer
 
 from genretag.cli.app import app, fail, info
 from genretag.cli.common import genre_names_option
-from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
 
 
 @app.command("report")
@@ -39,6 +38,7 @@ def report_cmd(
     from genretag.card import load_card
     from genretag.report import ReportSettings, check_writable, read_results, rows_from_results, write_report
     from genretag.store.local import find_local
+    from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
     from genretag.tags.tagger import Tagger
 
     if overwrite and append:

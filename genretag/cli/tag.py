@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,7 +32,9 @@ from genretag.cli.common import (
     open_result_cache,
 )
 from genretag.cli.outputs import refuse_unsafe_output
-from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE, ERROR, WRITE, WRITTEN, TagPlan
+
+if TYPE_CHECKING:
+    from genretag.tags.plan import TagPlan
 
 
 class TagFormat(str, Enum):
@@ -90,6 +92,8 @@ class _Report:
         return self.written + self.skipped + self.failed
 
     def add(self, plan: TagPlan, result=None) -> None:
+        from genretag.tags.plan import ERROR, WRITE, WRITTEN  # the tag stack loads with `tag`, not with the CLI
+
         if plan.action == ERROR:
             self.failed += 1
         elif plan.action in (WRITE, WRITTEN):
@@ -114,6 +118,8 @@ class _Report:
 
     def table(self):
         from rich.table import Table
+
+        from genretag.tags.plan import ERROR
 
         t = Table(show_header=True, header_style="bold")
         t.add_column("file", overflow="fold")
@@ -182,6 +188,7 @@ def tag_cmd(
 
     Exit code 0 when no file failed, 1 when any did, 2 on a usage error.
     """
+    from genretag.tags.plan import DEFAULT_MIN_CONFIDENCE
     from genretag.tags.tagger import Tagger
 
     if only is not None and paths:

@@ -25,7 +25,6 @@ weights is ever fetched or loaded.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import math
@@ -33,9 +32,7 @@ import os
 import re
 import struct
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -105,6 +102,9 @@ def _check_sha(hexdigest: str, what: str = "--sha256") -> str:
 # --------------------------------------------------------------------------- network
 
 def _is_network_error(e: BaseException) -> bool:
+    import http.client  # the network modules load with the first download, not with the CLI
+    import urllib.error
+
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500
     if isinstance(e, urllib.error.URLError):
@@ -113,6 +113,8 @@ def _is_network_error(e: BaseException) -> bool:
 
 
 def _wrap(e: BaseException, url: str) -> HubError:
+    import urllib.error
+
     if isinstance(e, urllib.error.HTTPError):
         msg = f"{url}: HTTP {e.code} {e.reason}"
     elif isinstance(e, urllib.error.URLError):
@@ -124,6 +126,8 @@ def _wrap(e: BaseException, url: str) -> HubError:
 
 
 def _open(url: str, headers: dict[str, str] | None = None):
+    import urllib.request
+
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "file"):
         raise HubError(f"refusing {url}: only http, https and file URLs", 2)
@@ -133,6 +137,9 @@ def _open(url: str, headers: dict[str, str] | None = None):
 
 def fetch_bytes(url: str, limit: int) -> bytes:
     """A small file (an index or a card), at most `limit` bytes."""
+    import http.client
+    import urllib.error
+
     log.debug(f"fetching {url}")
     try:
         with _open(url) as resp:
@@ -305,6 +312,9 @@ def _fetch_once(url: str, part: Path, update: Callable[[int, int | None], None],
     Raises _Interrupted when the transfer is cut short (what arrived is kept),
     OfflineError when the server cannot be reached, HubError otherwise.
     """
+    import http.client
+    import urllib.error
+
     start = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={start}-"} if start else {}
     log.debug(f"GET {url}" + (f" (resuming at byte {start})" if start else ""))
