@@ -78,9 +78,9 @@ def through_float16(x: np.ndarray) -> np.ndarray:
     """``x.astype(np.float16).astype(np.float32)`` for a contiguous float32 array of values in
     [0, 65504] (or NaN), bit for bit, in float32 and integer arithmetic.
 
-    numpy's conversion takes a slow path for values below float16's normal range, and about a
-    fifth of a music log-mel's mel bins are there: 0.37 ms per sub-track against 0.06 here.
-    Normal values keep their top 10 mantissa bits, rounded to nearest even on the 13 dropped
+    numpy's conversion takes a slow path for values below float16's normal range, where about a
+    fifth of a music log-mel's mel bins fall; it was a third of the log-mel's time (the figures
+    are in docs/performance.md). Normal values keep their top 10 mantissa bits, rounded to nearest even on the 13 dropped
     bits (a carry moves into the exponent, as it must); smaller ones become the nearest even
     multiple of 2^-24, float16's subnormal step. Equal to numpy's on every float32 in
     [0, 65504] (`tests/test_runtime.py` checks a sample and the edges)."""
