@@ -164,13 +164,11 @@ class FrozenTemporal(nn.Module):
 
     def __init__(self, blocks: list[FrozenConvBN2d], kernels: tuple[int, ...], block: int) -> None:
         super().__init__()
-        if list(kernels) != sorted(kernels, reverse=True):
-            raise ValueError(f"temporal kernels must come longest first, got {kernels}")
         filters = [(k, blk.weight[i, 0, :, 0], blk.bias[i]) for k, blk in zip(kernels, blocks)
                    for i in range(blk.weight.shape[0])]
         self.stride = blocks[0].stride
         self.kernels: list[int] = []
-        for g, group in enumerate(pack_kernels([k for k, _, _ in filters], block)):
+        for g, group in enumerate(pack_kernels([k for k, _, _ in filters], block)):  # checks the order
             longest = filters[group[0]][0]
             weight = torch.zeros(len(group), 1, longest, 1, dtype=blocks[0].weight.dtype)
             for row, f in enumerate(group):
